@@ -1,0 +1,310 @@
+//! Everything the leads service reads and writes in its schema. Small functions over a
+//! connection or transaction, so the consumer decides where transactions begin and end.
+
+use ande_events::{from_timestamp, ActionRecorded, LeadOutcomeKind};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::config::LeadsConfig;
+use crate::phone;
+
+/// What an action meant for the CRM, as stored with the action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredOutcome {
+    pub action_id: Uuid,
+    pub advisor_id: String,
+    pub customer_id: String,
+    pub action_type: String,
+    pub kind: OutcomeKind,
+    pub no_lead_reason: Option<String>,
+    pub lead_id: Option<Uuid>,
+    pub customer_code: Option<String>,
+    pub is_new_customer: bool,
+    pub customer_name: Option<String>,
+    pub phone: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+    pub outcome_event_id: Uuid,
+    pub published: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeKind {
+    Created,
+    Matched,
+    None,
+}
+
+impl OutcomeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Created => "created",
+            OutcomeKind::Matched => "matched",
+            OutcomeKind::None => "none",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "created" => OutcomeKind::Created,
+            "matched" => OutcomeKind::Matched,
+            _ => OutcomeKind::None,
+        }
+    }
+    pub fn to_event(self) -> LeadOutcomeKind {
+        match self {
+            OutcomeKind::Created => LeadOutcomeKind::Created,
+            OutcomeKind::Matched => LeadOutcomeKind::Matched,
+            OutcomeKind::None => LeadOutcomeKind::None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The remark of a lead created by an action, naming the action as the original did.
+pub fn remark_for(action_type: &str) -> String {
+    let what = match action_type {
+        "view_resume" => "查看简历",
+        "contact_advisor" => "联系顾问",
+        "book_service" => "预约服务",
+        other => other,
+    };
+    format!("通过微信小程序{what}自动创建")
+}
+
+/// Postgres text cannot hold NUL; nothing legitimate contains it.
+fn clean(s: &str) -> Option<String> {
+    let s: String = s.chars().filter(|c| *c != '\0').collect();
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn json_or_raw(text: &str) -> serde_json::Value {
+    if text.trim().is_empty() {
+        return serde_json::json!({});
+    }
+    serde_json::from_str(&text.replace("\\u0000", "")).unwrap_or_else(|_| serde_json::json!({ "_raw": text.replace('\0', "") }))
+}
+
+/// Store an action and its lead outcome, once. A second call for the same action id (a
+/// redelivery, a replay, a retried publish) changes nothing and returns the stored outcome.
+///
+/// The action row is inserted first: a concurrent duplicate blocks on it and then sees the
+/// conflict, so the lead's touch is counted once. The lead upsert is a single statement, so two
+/// actions with the same new phone in two processes create exactly one lead: one inserts, the
+/// other waits for the row and matches it.
+pub async fn record_action(
+    conn: &mut PgConnection,
+    ev: &ActionRecorded,
+    stream_seq: u64,
+    config: &LeadsConfig,
+) -> Result<StoredOutcome, RecordError> {
+    let meta = ev.meta.as_ref().ok_or_else(|| RecordError::Invalid("no envelope".into()))?;
+    let action_id = Uuid::parse_str(&ev.action_id).map_err(|_| RecordError::Invalid(format!("action_id {:?} is not a UUID", ev.action_id)))?;
+    let event_id = Uuid::parse_str(&meta.event_id).map_err(|_| RecordError::Invalid("event_id is not a UUID".into()))?;
+    let occurred_at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+    let advisor_id = clean(&ev.advisor_id).ok_or_else(|| RecordError::Invalid("advisor_id is empty".into()))?;
+    let customer_id = clean(&ev.customer_id).ok_or_else(|| RecordError::Invalid("customer_id is empty".into()))?;
+    let action_type = clean(&ev.action_type).ok_or_else(|| RecordError::Invalid("action_type is empty".into()))?;
+    let name = clean(&ev.customer_name);
+    let raw_phone = clean(&ev.customer_phone);
+    let openid = clean(&ev.openid);
+    let phone = phone::mainland_mobile(raw_phone.as_deref());
+
+    let inserted = sqlx::query(
+        "INSERT INTO actions (action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
+             customer_name, customer_phone, phone_normalized, openid, client_ip, user_agent, occurred_at,
+             outcome_kind, is_new_customer, outcome_event_id)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,'none',false,$16)
+         ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
+    )
+    .bind(action_id)
+    .bind(event_id)
+    .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
+    .bind(&customer_id)
+    .bind(&advisor_id)
+    .bind(&action_type)
+    .bind(json_or_raw(&ev.action_data_json))
+    .bind(json_or_raw(&ev.extra_json))
+    .bind(&name)
+    .bind(&raw_phone)
+    .bind(phone.as_ref().ok())
+    .bind(&openid)
+    .bind(clean(&ev.client_ip))
+    .bind(clean(&ev.user_agent))
+    .bind(occurred_at)
+    .bind(Uuid::now_v7())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if inserted.is_none() {
+        return load_outcome(conn, action_id).await?.ok_or_else(|| RecordError::Invalid("action vanished".into()));
+    }
+
+    match phone {
+        Err(reason) => {
+            sqlx::query("UPDATE actions SET no_lead_reason = $2 WHERE action_id = $1")
+                .bind(action_id)
+                .bind(reason.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(phone) => {
+            let row = sqlx::query(
+                "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, last_touch_at)
+                 VALUES ($1, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || lpad(nextval('customer_code_seq')::text, 6, '0'),
+                         $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (phone) DO UPDATE SET
+                     name = COALESCE(leads.name, EXCLUDED.name),
+                     openid = COALESCE(leads.openid, EXCLUDED.openid),
+                     touch_count = leads.touch_count + 1,
+                     last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
+                     updated_at = now()
+                 RETURNING id, (xmax = 0) AS inserted",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&phone)
+            .bind(&name)
+            .bind(&openid)
+            .bind(&advisor_id)
+            .bind(&config.source)
+            .bind(&config.default_status)
+            .bind(&config.default_level)
+            .bind(remark_for(&action_type))
+            .bind(occurred_at)
+            .fetch_one(&mut *conn)
+            .await?;
+            let lead_id: Uuid = row.get("id");
+            let created: bool = row.get("inserted");
+            sqlx::query("UPDATE actions SET outcome_kind = $2, lead_id = $3, is_new_customer = $4 WHERE action_id = $1")
+                .bind(action_id)
+                .bind(if created { OutcomeKind::Created.as_str() } else { OutcomeKind::Matched.as_str() })
+                .bind(lead_id)
+                .bind(created)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(load_outcome(conn, action_id).await?.expect("row inserted above"))
+}
+
+const OUTCOME_SELECT: &str = "SELECT a.action_id, a.advisor_id, a.customer_id, a.action_type, a.outcome_kind, a.no_lead_reason,
+        a.lead_id, l.customer_code, a.is_new_customer, COALESCE(l.name, a.customer_name) AS customer_name,
+        COALESCE(l.phone, a.phone_normalized) AS phone, a.occurred_at, a.stored_at, a.outcome_event_id,
+        a.outcome_published_at IS NOT NULL AS published
+     FROM actions a LEFT JOIN leads l ON l.id = a.lead_id";
+
+fn outcome_from_row(r: &sqlx::postgres::PgRow) -> StoredOutcome {
+    StoredOutcome {
+        action_id: r.get("action_id"),
+        advisor_id: r.get("advisor_id"),
+        customer_id: r.get("customer_id"),
+        action_type: r.get("action_type"),
+        kind: OutcomeKind::parse(r.get::<&str, _>("outcome_kind")),
+        no_lead_reason: r.get("no_lead_reason"),
+        lead_id: r.get("lead_id"),
+        customer_code: r.get("customer_code"),
+        is_new_customer: r.get("is_new_customer"),
+        customer_name: r.get("customer_name"),
+        phone: r.get("phone"),
+        occurred_at: r.get("occurred_at"),
+        stored_at: r.get("stored_at"),
+        outcome_event_id: r.get("outcome_event_id"),
+        published: r.get("published"),
+    }
+}
+
+pub async fn load_outcome(conn: &mut PgConnection, action_id: Uuid) -> Result<Option<StoredOutcome>, sqlx::Error> {
+    let row = sqlx::query(&format!("{OUTCOME_SELECT} WHERE a.action_id = $1"))
+        .bind(action_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.as_ref().map(outcome_from_row))
+}
+
+pub async fn mark_published(conn: &mut PgConnection, action_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE actions SET outcome_published_at = now() WHERE action_id = ANY($1) AND outcome_published_at IS NULL")
+        .bind(action_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A lead as the CRM sees it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Lead {
+    pub id: Uuid,
+    pub customer_code: String,
+    pub phone: String,
+    pub name: Option<String>,
+    pub openid: Option<String>,
+    pub owner_advisor_id: String,
+    pub created_by: String,
+    pub source: String,
+    pub status: String,
+    pub level: String,
+    pub remark: String,
+    pub touch_count: i32,
+    pub last_touch_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, created_at";
+
+pub async fn lead_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1")).bind(id).fetch_optional(conn).await
+}
+
+pub async fn lead_by_phone(conn: &mut PgConnection, phone: &str) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE phone = $1")).bind(phone).fetch_optional(conn).await
+}
+
+/// A page of leads, newest first, optionally for one advisor and a time range; `before` is the
+/// `created_at` of the last lead of the previous page.
+pub async fn list_leads(
+    conn: &mut PgConnection,
+    advisor_id: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Lead>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LEAD_COLUMNS} FROM leads
+         WHERE ($1::text IS NULL OR owner_advisor_id = $1)
+           AND ($2::timestamptz IS NULL OR created_at >= $2)
+           AND ($3::timestamptz IS NULL OR created_at < $3)
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ))
+    .bind(advisor_id)
+    .bind(since)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The stored action with every field, for the journey view.
+pub async fn action_detail(conn: &mut PgConnection, action_id: Uuid) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT jsonb_build_object(
+            'actionId', action_id, 'eventId', event_id, 'streamSeq', stream_seq, 'customerId', customer_id,
+            'advisorId', advisor_id, 'actionType', action_type, 'actionData', action_data, 'extra', extra,
+            'customerName', customer_name, 'customerPhone', customer_phone, 'openid', openid,
+            'clientIp', client_ip, 'userAgent', user_agent, 'occurredAt', occurred_at, 'storedAt', stored_at,
+            'outcomePublishedAt', outcome_published_at) AS j
+         FROM actions WHERE action_id = $1",
+    )
+    .bind(action_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.get("j")))
+}

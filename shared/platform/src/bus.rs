@@ -1,0 +1,183 @@
+//! The event bus: one JetStream stream per environment, events published with their envelope in
+//! the headers, and dead letters in a stream of their own.
+//!
+//! Streams use limits retention: events stay for `event_max_age` after every consumer has acked
+//! them, which is what makes replay possible. The duplicate window makes a publish retried with
+//! the same event id (`Nats-Msg-Id`) land once.
+
+use std::time::Duration;
+
+use ande_events::{headers, Event, Subjects};
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::config::CommonConfig;
+
+/// How long JetStream remembers event ids to drop duplicate publishes. Two minutes is the server
+/// default; longer costs memory per message. Beyond it, consumers' own idempotency takes over.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Dead letters wait for an operator this long.
+pub const DLQ_MAX_AGE: Duration = Duration::from_secs(90 * 86_400);
+/// How long a publish waits for JetStream's ack before the caller treats the bus as down.
+pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Headers of a dead letter, beside the original event's own headers.
+pub mod dlq_headers {
+    pub const REASON: &str = "Ande-Dlq-Reason";
+    pub const CONSUMER: &str = "Ande-Dlq-Consumer";
+    pub const SUBJECT: &str = "Ande-Dlq-Subject";
+    pub const STREAM_SEQ: &str = "Ande-Dlq-Stream-Seq";
+    pub const DELIVERIES: &str = "Ande-Dlq-Deliveries";
+    pub const AT: &str = "Ande-Dlq-At";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("JetStream did not acknowledge the publish in time")]
+    AckTimeout,
+}
+
+/// A connected client plus JetStream context and this environment's subjects.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+}
+
+impl Bus {
+    /// Connect, waiting for NATS to answer (services that must not start without it).
+    pub async fn connect(config: &CommonConfig, name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(3))
+            .connect(&config.nats_url)
+            .await
+            .map_err(|e| BusError::Connect { url: config.nats_url.clone(), reason: e.to_string() })?;
+        Ok(Self::from_client(client, config))
+    }
+
+    /// Connect in the background: returns at once and keeps trying, so a service (the gateway)
+    /// can start and answer 503 until NATS is there, then recover by itself.
+    pub async fn connect_lazy(config: &CommonConfig, name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connect(&config.nats_url)
+            .await
+            .map_err(|e| BusError::Connect { url: config.nats_url.clone(), reason: e.to_string() })?;
+        Ok(Self::from_client(client, config))
+    }
+
+    pub fn from_client(client: async_nats::Client, config: &CommonConfig) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(PUBLISH_ACK_TIMEOUT);
+        Self { client, js, subjects: config.subjects() }
+    }
+
+    /// Create the event and dead-letter streams if missing; bring their limits up to date if not.
+    /// Idempotent, so every service calls it at start.
+    pub async fn ensure_streams(&self, event_max_age: Duration) -> Result<(), BusError> {
+        let events = stream::Config {
+            name: self.subjects.stream(),
+            subjects: vec![self.subjects.all_events()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: event_max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            description: Some("Ande pipeline events (kept for replay)".into()),
+            ..Default::default()
+        };
+        let dlq = stream::Config {
+            name: self.subjects.dlq_stream(),
+            subjects: vec![self.subjects.all_dead_letters()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: DLQ_MAX_AGE,
+            duplicate_window: DUPLICATE_WINDOW,
+            description: Some("Ande dead letters".into()),
+            ..Default::default()
+        };
+        for config in [events, dlq] {
+            let mut s = self
+                .js
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| BusError::JetStream(format!("stream {}: {e}", config.name)))?;
+            let info = s.info().await.map_err(|e| BusError::JetStream(e.to_string()))?;
+            if info.config.max_age != config.max_age {
+                self.js
+                    .update_stream(config.clone())
+                    .await
+                    .map_err(|e| BusError::JetStream(format!("update {}: {e}", config.name)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish an event with its envelope headers and trace context; returns once JetStream
+    /// has stored it (or recognised it as a duplicate of the same event id).
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<jetstream::publish::PublishAck, BusError> {
+        self.publish_start(event).await?.await.map_err(map_ack_err)
+    }
+
+    /// Send an event and return the ack future without waiting, so a batch of publishes can be
+    /// in flight together and awaited after.
+    pub async fn publish_start<E: Event>(&self, event: &E) -> Result<PublishAckFuture, BusError> {
+        let meta = event.meta().cloned().unwrap_or_default();
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", meta.event_id.as_str());
+        h.insert(headers::EVENT_TYPE, E::KIND.type_name());
+        h.insert(headers::CORRELATION_ID, meta.correlation_id.as_str());
+        h.insert(headers::PRODUCER, meta.producer.as_str());
+        crate::telemetry::inject(&mut h);
+        let subject = self.subjects.event(E::KIND);
+        self.js
+            .publish_with_headers(subject, h, Bytes::from(event.encode_to_vec()))
+            .await
+            .map_err(map_ack_err)
+    }
+
+    /// Record a message that cannot be processed, with why, for an operator to inspect and retry.
+    pub async fn dead_letter(&self, consumer: &str, msg: &jetstream::Message, reason: &str) -> Result<(), BusError> {
+        let (seq, deliveries) = msg.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 0));
+        let mut h = msg.headers.clone().unwrap_or_default();
+        // One dead letter per consumer and original message, however often this is retried.
+        h.insert("Nats-Msg-Id", format!("dlq-{consumer}-{seq}").as_str());
+        h.insert(dlq_headers::REASON, truncate(reason, 1000).as_str());
+        h.insert(dlq_headers::CONSUMER, consumer);
+        h.insert(dlq_headers::SUBJECT, msg.subject.as_str());
+        h.insert(dlq_headers::STREAM_SEQ, seq.to_string().as_str());
+        h.insert(dlq_headers::DELIVERIES, deliveries.to_string().as_str());
+        h.insert(dlq_headers::AT, chrono::Utc::now().to_rfc3339().as_str());
+        self.js
+            .publish_with_headers(self.subjects.dead_letters(consumer), h, msg.payload.clone())
+            .await
+            .map_err(map_ack_err)?
+            .await
+            .map_err(map_ack_err)?;
+        Ok(())
+    }
+
+    /// Is the NATS connection up right now?
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+fn map_ack_err(e: async_nats::jetstream::context::PublishError) -> BusError {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::TimedOut => BusError::AckTimeout,
+        _ => BusError::JetStream(e.to_string()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}

@@ -1,0 +1,264 @@
+//! Configuration: read the environment once, into typed settings, failing fast.
+//!
+//! Every variable name is a constant here so that a reader can grep for it, and parsing works on
+//! any map of variables ([`Env`]) so tests never mutate the process environment.
+//! The names follow the original system's (`WECHAT_APP_ID`, `API_PORT`, `DB_*`, `JWT_*`) plus
+//! `DATABASE_URL`, `NATS_URL` and `WECHAT_API_BASE`. With nothing set, the defaults run on a
+//! developer machine of this project's kind (local Postgres with trust auth, local NATS).
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub const NATS_URL: &str = "NATS_URL";
+pub const DATABASE_URL: &str = "DATABASE_URL";
+pub const DB_HOST: &str = "DB_HOST";
+pub const DB_PORT: &str = "DB_PORT";
+pub const DB_NAME: &str = "DB_NAME";
+pub const DB_USERNAME: &str = "DB_USERNAME";
+pub const DB_PASSWORD: &str = "DB_PASSWORD";
+pub const EVENT_PREFIX: &str = "ANDE_PREFIX";
+pub const EVENT_MAX_AGE: &str = "ANDE_EVENT_MAX_AGE";
+pub const WECHAT_APP_ID: &str = "WECHAT_APP_ID";
+pub const WECHAT_APP_SECRET: &str = "WECHAT_APP_SECRET";
+pub const WECHAT_API_BASE: &str = "WECHAT_API_BASE";
+pub const WECHAT_TOKEN_MODE: &str = "WECHAT_TOKEN_MODE";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+/// Defaults that work on a developer machine with nothing set.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_PREFIX: &str = "ande";
+pub const DEFAULT_WECHAT_API_BASE: &str = "http://127.0.0.1:3900";
+pub const DEFAULT_APP_ID: &str = "wx_dev_appid";
+pub const DEFAULT_APP_SECRET: &str = "dev_app_secret";
+
+/// A configuration value that could not be used. The message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {var}={shown:?} is invalid: {reason}")]
+pub struct ConfigError {
+    pub var: String,
+    /// The offending value, or `<redacted>` for secrets.
+    pub shown: String,
+    pub reason: String,
+}
+
+/// A snapshot of environment variables. Build it from the process once, or from a map in tests.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self { vars: std::env::vars().collect() }
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// The value, if set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_string()
+    }
+
+    pub fn secret(&self, name: &str, default: &str) -> SecretString {
+        SecretString::from(self.get(name).unwrap_or(default).to_string())
+    }
+
+    /// Parse a value with `FromStr`, or return the default when unset.
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse::<T>().map_err(|e| ConfigError {
+                var: name.to_string(),
+                shown: raw.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// A duration written as `90s`, `15m`, `24h`, `30d` or plain seconds (`JWT_EXPIRES_IN=24h`).
+    pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => parse_duration(raw).map_err(|reason| ConfigError {
+                var: name.to_string(),
+                shown: raw.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError {
+                var: name.to_string(),
+                shown: v,
+                reason: "expected true or false".into(),
+            }),
+        }
+    }
+}
+
+/// Parse `500ms`, `90s`, `15m`, `24h`, `30d`, or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().map_err(|_| "expected a number with an optional unit (ms, s, m, h, d)".to_string())?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_seed_writes_them() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let env = Env::from_pairs([("API_PORT", "eighty")]);
+        let err = env.parse::<u16>("API_PORT", 3001).unwrap_err();
+        assert!(err.to_string().contains("API_PORT"), "{err}");
+        assert_eq!(Env::default().parse::<u16>("API_PORT", 3001).unwrap(), 3001);
+    }
+}
+
+/// The settings every service shares: where NATS and Postgres are, and which environment prefix.
+#[derive(Clone, Debug)]
+pub struct CommonConfig {
+    pub nats_url: String,
+    /// May carry a password: kept secret so it never reaches a log.
+    pub database_url: SecretString,
+    pub prefix: String,
+    /// How long the event stream keeps events for replay.
+    pub event_max_age: Duration,
+    pub log_json: bool,
+}
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let prefix = env.string(EVENT_PREFIX, DEFAULT_PREFIX);
+        ande_events::Subjects::new(&prefix).map_err(|reason| ConfigError {
+            var: EVENT_PREFIX.into(),
+            shown: prefix.clone(),
+            reason,
+        })?;
+        let nats_url = env.string(NATS_URL, DEFAULT_NATS_URL);
+        Ok(Self {
+            nats_url,
+            database_url: SecretString::from(database_url(env)?),
+            prefix,
+            event_max_age: env.duration(EVENT_MAX_AGE, Duration::from_secs(30 * 86_400))?,
+            log_json: env.get(LOG_FORMAT).is_some_and(|f| f.eq_ignore_ascii_case("json")),
+        })
+    }
+
+    pub fn subjects(&self) -> ande_events::Subjects {
+        ande_events::Subjects::new(&self.prefix).expect("prefix validated in from_env")
+    }
+}
+
+/// `DATABASE_URL`, else one built from the seed's `DB_HOST`/`DB_PORT`/`DB_NAME`/`DB_USERNAME`/
+/// `DB_PASSWORD` when any of them is set, else the local default.
+fn database_url(env: &Env) -> Result<String, ConfigError> {
+    if let Some(url) = env.get(DATABASE_URL) {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: DATABASE_URL.into(),
+                shown: "<redacted>".into(),
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        return Ok(url.to_string());
+    }
+    let parts = [DB_HOST, DB_PORT, DB_NAME, DB_USERNAME, DB_PASSWORD];
+    if parts.iter().all(|p| env.get(p).is_none()) {
+        return Ok(DEFAULT_DATABASE_URL.to_string());
+    }
+    let port: u16 = env.parse(DB_PORT, 5432)?;
+    let user = env.string(DB_USERNAME, "postgres");
+    let auth = match env.get(DB_PASSWORD) {
+        Some(pw) => format!("{}:{}", encode(&user), encode(pw)),
+        None => encode(&user),
+    };
+    Ok(format!(
+        "postgres://{auth}@{}:{port}/{}",
+        env.string(DB_HOST, "127.0.0.1"),
+        encode(&env.string(DB_NAME, "postgres"))
+    ))
+}
+
+/// Percent-encode what may not stand raw in a URL's user-info or path.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod common_tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn defaults_run_with_nothing_set() {
+        let c = CommonConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.prefix, "ande");
+    }
+
+    #[test]
+    fn seed_db_variables_build_the_url_and_the_password_stays_secret() {
+        let env = Env::from_pairs([("DB_HOST", "db"), ("DB_NAME", "crm"), ("DB_USERNAME", "crm_user"), ("DB_PASSWORD", "p@ss")]);
+        let c = CommonConfig::from_env(&env).unwrap();
+        assert_eq!(c.database_url.expose_secret(), "postgres://crm_user:p%40ss@db:5432/crm");
+        assert!(!format!("{c:?}").contains("p%40ss"));
+    }
+
+    #[test]
+    fn a_bad_prefix_names_its_variable() {
+        let err = CommonConfig::from_env(&Env::from_pairs([(EVENT_PREFIX, "a.b")])).unwrap_err();
+        assert!(err.to_string().contains(EVENT_PREFIX));
+    }
+}

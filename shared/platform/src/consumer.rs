@@ -1,0 +1,261 @@
+//! The durable pull-consumer loop that every consuming service runs.
+//!
+//! One mechanism for the whole workspace, so the rules hold everywhere:
+//! - explicit acks, sent only after the handler returns, i.e. after its effects are committed;
+//! - messages arrive in batches (`ready_chunks`): one when idle (low latency), many under a
+//!   backlog, so a handler can commit several events in one transaction;
+//! - a message that cannot be decoded is dead-lettered and acked: it never blocks the queue;
+//! - a handler error means "infrastructure unavailable" (Postgres down, NATS publish failing):
+//!   the whole batch is retried with backoff while the messages are kept alive with progress
+//!   acks, so nothing is lost and nothing burns its delivery count;
+//! - per-message `Retry` naks with a delay; when the delivery count reaches `max_deliver` the
+//!   message is dead-lettered instead of retried forever;
+//! - on shutdown the loop stops taking messages, finishes the batch in hand, and naks what it
+//!   could not finish so another worker takes it at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ande_events::Event;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bus::{Bus, BusError};
+
+/// How a consumer is set up on the server. Creating it is idempotent: every worker process of a
+/// service uses the same durable name and so shares the same consumer (work is split between them).
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub durable: String,
+    pub filter_subject: String,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub batch: usize,
+}
+
+impl ConsumerSpec {
+    pub fn new(durable: &str, filter_subject: String) -> Self {
+        Self {
+            durable: durable.to_string(),
+            filter_subject,
+            max_deliver: 10,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            batch: 64,
+        }
+    }
+}
+
+/// One decoded message handed to a handler.
+pub struct Delivery<E> {
+    pub event: E,
+    pub msg: Message,
+    /// A span whose parent is the producer's trace; run the message's work inside it.
+    pub span: tracing::Span,
+    pub stream_seq: u64,
+    /// 1 on first delivery.
+    pub delivered: i64,
+}
+
+/// What to do with a message once the handler has looked at it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Effects committed (or the message was a duplicate): acknowledge.
+    Ack,
+    /// Try again later (a retryable failure of this message alone).
+    Retry { after: Duration, reason: String },
+    /// Will never succeed: keep it for an operator.
+    DeadLetter(String),
+}
+
+/// A service's message handler. `Err` means the infrastructure failed (retry the whole batch);
+/// `Ok` carries one disposition per delivery, in order.
+pub trait Handler: Send + Sync + 'static {
+    type Event: Event + Send + Sync + 'static;
+    fn handle(
+        &self,
+        batch: &[Delivery<Self::Event>],
+    ) -> impl Future<Output = anyhow::Result<Vec<Disposition>>> + Send;
+}
+
+/// Create the durable consumer if missing (idempotent).
+pub async fn ensure_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
+    let stream = bus
+        .js
+        .get_stream(bus.subjects.stream())
+        .await
+        .map_err(|e| BusError::JetStream(format!("stream {}: {e}", bus.subjects.stream())))?;
+    stream
+        .get_or_create_consumer(
+            &spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: spec.ack_wait,
+                max_deliver: spec.max_deliver,
+                max_ack_pending: spec.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BusError::JetStream(format!("consumer {}: {e}", spec.durable)))
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The server sends a heartbeat this often while idle; a missed one means the connection is
+/// stale and the message stream is rebuilt.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Run the consumer until `shutdown` is cancelled.
+pub async fn run<H: Handler>(bus: Bus, spec: ConsumerSpec, handler: Arc<H>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let consumer = ensure_consumer(&bus, &spec).await?;
+    tracing::info!(consumer = %spec.durable, subject = %spec.filter_subject, "consuming");
+    while !shutdown.is_cancelled() {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(spec.batch)
+            .heartbeat(HEARTBEAT)
+            .expires(HEARTBEAT * 6)
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = %spec.durable, error = %e, "cannot pull; retrying");
+                sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+        };
+        let mut chunks = messages.ready_chunks(spec.batch);
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                c = chunks.next() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut broken = false;
+            for item in chunk {
+                match item {
+                    Ok(m) => batch.push(m),
+                    Err(e) => {
+                        tracing::warn!(consumer = %spec.durable, error = %e, "message stream error");
+                        broken = true;
+                    }
+                }
+            }
+            process(&bus, &spec, handler.as_ref(), batch, &shutdown).await;
+            if broken {
+                break;
+            }
+        }
+        if !shutdown.is_cancelled() {
+            sleep_or_shutdown(Duration::from_millis(500), &shutdown).await;
+        }
+    }
+    tracing::info!(consumer = %spec.durable, "consumer stopped");
+    Ok(())
+}
+
+async fn process<H: Handler>(bus: &Bus, spec: &ConsumerSpec, handler: &H, batch: Vec<Message>, shutdown: &CancellationToken) {
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for msg in batch {
+        let (stream_seq, delivered) = msg.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
+        match H::Event::decode_checked(&msg.payload) {
+            Ok(event) => {
+                let event_id = event.meta().map(|m| m.event_id.clone()).unwrap_or_default();
+                let correlation_id = event.meta().map(|m| m.correlation_id.clone()).unwrap_or_default();
+                let span = tracing::info_span!("consume", consumer = %spec.durable, seq = stream_seq, delivered, %event_id, %correlation_id);
+                crate::telemetry::extract_into(msg.headers.as_ref(), &span);
+                deliveries.push(Delivery { event, msg, span, stream_seq, delivered });
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %spec.durable, seq = stream_seq, error = %e, "dead-lettering an undecodable message");
+                settle_dead_letter(bus, spec, &msg, &e.to_string()).await;
+            }
+        }
+    }
+    if deliveries.is_empty() {
+        return;
+    }
+    let mut backoff = FIRST_BACKOFF;
+    let dispositions = loop {
+        match handler.handle(&deliveries).instrument(tracing::info_span!("batch", size = deliveries.len())).await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(consumer = %spec.durable, error = format!("{e:#}"), retry_in = ?backoff, "batch failed; will retry");
+                for d in &deliveries {
+                    let _ = d.msg.ack_with(AckKind::Progress).await;
+                }
+                if sleep_or_shutdown(backoff, shutdown).await {
+                    for d in &deliveries {
+                        let _ = d.msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    debug_assert_eq!(dispositions.len(), deliveries.len());
+    for (i, d) in deliveries.iter().enumerate() {
+        let disposition = dispositions.get(i).cloned().unwrap_or(Disposition::Retry {
+            after: FIRST_BACKOFF,
+            reason: "handler gave no disposition".into(),
+        });
+        match disposition {
+            Disposition::Ack => {
+                if let Err(e) = d.msg.ack().await {
+                    tracing::warn!(error = %e, seq = d.stream_seq, "ack failed; the message will be redelivered (handled idempotently)");
+                }
+            }
+            Disposition::Retry { reason, .. } if d.delivered >= spec.max_deliver => {
+                let why = format!("gave up after {} deliveries: {reason}", d.delivered);
+                settle_dead_letter(bus, spec, &d.msg, &why).await;
+            }
+            Disposition::Retry { after, reason } => {
+                tracing::info!(parent: &d.span, %reason, ?after, "retrying later");
+                let _ = d.msg.ack_with(AckKind::Nak(Some(after))).await;
+            }
+            Disposition::DeadLetter(reason) => {
+                tracing::warn!(parent: &d.span, %reason, "dead-lettering");
+                settle_dead_letter(bus, spec, &d.msg, &reason).await;
+            }
+        }
+    }
+}
+
+/// Dead-letter then ack; if the dead letter cannot be stored, nak so the message is not lost.
+async fn settle_dead_letter(bus: &Bus, spec: &ConsumerSpec, msg: &Message, reason: &str) {
+    match bus.dead_letter(&spec.durable, msg, reason).await {
+        Ok(()) => {
+            let _ = msg.ack().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store dead letter; leaving the message for redelivery");
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}
+
+/// Sleep, or return early (true) when shutdown is requested.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Exponential backoff for a message's n-th delivery: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff_for(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 9) as u32 - 1;
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}

@@ -1,0 +1,81 @@
+//! Postgres for one service: a pool whose connections see only the service's own schema.
+//!
+//! Each service owns a schema (`leads`, `notifier`, `gateway`) and its migrations. The pool sets
+//! `search_path` to that schema, so migrations create unqualified tables there and sqlx's own
+//! `_sqlx_migrations` bookkeeping is per service too: services sharing one database never trip
+//! over each other's migration history.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// How long to wait for a connection from the pool before the caller sees an error (and, for a
+/// consumer, backs off and retries): short, so an unreachable Postgres is noticed quickly.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid Postgres URL")]
+    BadUrl,
+    #[error("cannot reach Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating schema {schema}: {source}")]
+    Migrate {
+        schema: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// Connect to `schema` (created if missing) and apply `migrations` to it.
+pub async fn connect(
+    url: &SecretString,
+    schema: &str,
+    max_connections: u32,
+    migrations: &Migrator,
+) -> Result<PgPool, DbError> {
+    let base = PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|_| DbError::BadUrl)?;
+    // CREATE SCHEMA IF NOT EXISTS can race with another process doing the same; the loser's
+    // duplicate error is harmless.
+    let mut conn = base.clone().connect().await.map_err(DbError::Connect)?;
+    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&mut conn).await {
+        let dup = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
+        if !dup {
+            return Err(DbError::Connect(e));
+        }
+    }
+    drop(conn);
+    let opts = base.options([("search_path", schema)]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(opts)
+        .await
+        .map_err(DbError::Connect)?;
+    migrations.run(&pool).await.map_err(|source| DbError::Migrate { schema: schema.into(), source })?;
+    Ok(pool)
+}
+
+/// True when an error means Postgres could not be reached or the connection broke (retry
+/// later), rather than a problem with the statement or the data.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions,
+            // 40001 serialization failure, 40P01 deadlock: all worth retrying.
+            c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// Is this a unique-constraint violation (for 409 answers and idempotent inserts)?
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505")
+}

@@ -1,0 +1,22 @@
+//! Glue every service shares, so that config, shutdown, telemetry, NATS and Postgres work the
+//! same way everywhere:
+//!
+//! - [`config`]: the environment read once into typed settings, failing fast with the variable's name;
+//! - [`shutdown`]: one `CancellationToken` per process, cancelled by SIGTERM or Ctrl-C;
+//! - [`telemetry`]: tracing, with W3C trace context carried in NATS headers;
+//! - [`bus`]: the JetStream stream, publishing events with their envelope headers, dead letters;
+//! - [`consumer`]: the one durable pull-consumer loop every consuming service runs;
+//! - [`rpc`]: JSON request/reply over NATS for queries between services;
+//! - [`db`]: a Postgres pool confined to the service's own schema, with its migrations.
+
+pub mod bus;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod rpc;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testing;
+
+pub use secrecy::{ExposeSecret, SecretString};
+pub use tokio_util::sync::CancellationToken;

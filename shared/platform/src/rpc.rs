@@ -1,0 +1,124 @@
+//! JSON request/reply over NATS: how the gateway and andectl ask leads and notifier questions
+//! (an action's journey, a lead) and how a direct send reaches the notifier's token cache.
+//!
+//! Replies are `{"ok": …}` or `{"error": {"code", "message", "details"}}`. Responders join a
+//! queue group named for the service, so several worker processes share the load.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// At most this many requests are handled at once per responder.
+const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error, PartialEq)]
+#[error("{code}: {message}")]
+pub struct RpcError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl RpcError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into(), details: serde_json::Value::Null }
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(codes::NOT_FOUND, what)
+    }
+    pub fn bad_request(why: impl Into<String>) -> Self {
+        Self::new(codes::BAD_REQUEST, why)
+    }
+    pub fn internal() -> Self {
+        Self::new(codes::INTERNAL, "internal error")
+    }
+}
+
+pub mod codes {
+    pub const NOT_FOUND: &str = "not_found";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const INTERNAL: &str = "internal";
+    /// Nobody answered: the service is down or NATS is unreachable.
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply<T> {
+    Ok(T),
+    Error(RpcError),
+}
+
+/// Answer requests on `subject` until shutdown.
+pub async fn serve<Req, Resp, F, Fut>(
+    client: async_nats::Client,
+    subject: String,
+    queue_group: &str,
+    shutdown: CancellationToken,
+    handler: F,
+) -> anyhow::Result<()>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+{
+    let mut sub = client.queue_subscribe(subject.clone(), queue_group.to_string()).await?;
+    let handler = Arc::new(handler);
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Some(reply_to) = msg.reply.clone() else { continue };
+        let permit = limit.clone().acquire_owned().await?;
+        let (client, handler) = (client.clone(), handler.clone());
+        tokio::spawn(async move {
+            let reply = match serde_json::from_slice::<Req>(&msg.payload) {
+                Ok(req) => match handler(req).await {
+                    Ok(r) => Reply::Ok(r),
+                    Err(e) => Reply::Error(e),
+                },
+                Err(e) => Reply::Error(RpcError::bad_request(format!("undecodable request: {e}"))),
+            };
+            let body = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encode\"}}".to_vec());
+            if let Err(e) = client.publish(reply_to, body.into()).await {
+                tracing::warn!(error = %e, "cannot send reply");
+            }
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(())
+}
+
+/// Ask and wait for the answer, at most `timeout`.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, RpcError> {
+    let body = serde_json::to_vec(req).map_err(|e| RpcError::bad_request(e.to_string()))?;
+    let answer = tokio::time::timeout(timeout, client.request(subject, body.into()))
+        .await
+        .map_err(|_| RpcError::new(codes::UNAVAILABLE, "no answer in time"))?
+        .map_err(|e| RpcError::new(codes::UNAVAILABLE, e.to_string()))?;
+    match serde_json::from_slice::<Reply<Resp>>(&answer.payload) {
+        Ok(Reply::Ok(r)) => Ok(r),
+        Ok(Reply::Error(e)) => Err(e),
+        Err(e) => Err(RpcError::new(codes::INTERNAL, format!("undecodable reply: {e}"))),
+    }
+}
