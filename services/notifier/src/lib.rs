@@ -1,0 +1,71 @@
+//! The notifier: decides whether and what to tell an advisor about each action outcome, and
+//! sends it as a WeChat subscribe message, once, within WeChat's rules.
+//!
+//! - [`consumers`]: durable consumers of `lead.outcome` and `subscription.changed`; they only
+//!   write rows (notifications to send, credits) and ack after the commit;
+//! - [`dispatch`]: workers that claim queued notifications, reserve a credit, send, and record
+//!   the result; retries, pauses, digests;
+//! - [`content`]: the message texts, fitted to WeChat's keyword limits;
+//! - [`store`]: the schema's reads and writes (migrations in `migrations/`);
+//! - [`queries`]: request/reply: journey, digest, direct send, resume.
+//!
+//! Scaling out: run more `notifier` processes. They share the durable consumers (NATS splits the
+//! messages) and the queue table (rows are claimed with SKIP LOCKED), and they all get access
+//! tokens from `stable_token`, which never invalidates another process's token.
+
+pub mod config;
+pub mod consumers;
+pub mod content;
+pub mod dispatch;
+pub mod queries;
+pub mod store;
+
+use std::sync::Arc;
+
+use ande_events::EventKind;
+use ande_platform::bus::Bus;
+use ande_platform::consumer::{self, ConsumerSpec};
+use ande_wechat::WechatClient;
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::NotifierConfig;
+
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub const SCHEMA: &str = "notifier";
+
+pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
+    (
+        ConsumerSpec::new(consumers::OUTCOMES_DURABLE, bus.subjects.event(EventKind::LeadOutcome)),
+        ConsumerSpec::new(consumers::SUBSCRIPTIONS_DURABLE, bus.subjects.event(EventKind::SubscriptionChanged)),
+    )
+}
+
+/// Run the notifier until `shutdown` is cancelled.
+pub async fn run(config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
+    let bus = Bus::connect(&config.common, "notifier").await?;
+    bus.ensure_streams(config.common.event_max_age).await?;
+    let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;
+    let config = Arc::new(config);
+    let wake = Arc::new(Notify::new());
+    let (outcomes, subscriptions) = consumer_specs(&bus);
+    let outcome_handler = Arc::new(consumers::OutcomeHandler { pool: pool.clone(), config: config.clone(), wake: wake.clone() });
+    let sub_handler = Arc::new(consumers::SubscriptionHandler { pool: pool.clone(), config: config.clone(), wake: wake.clone() });
+    let dispatcher = Arc::new(dispatch::Dispatcher { pool: pool.clone(), wechat: wechat.clone(), config: config.clone(), wake });
+    tracing::info!(workers = config.workers, template = %config.template_id, "notifier running");
+    let dispatching = async {
+        dispatcher.run(shutdown.clone()).await;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::try_join!(
+        consumer::run(bus.clone(), outcomes, outcome_handler, shutdown.clone()),
+        consumer::run(bus.clone(), subscriptions, sub_handler, shutdown.clone()),
+        queries::serve(bus.client.clone(), bus.subjects.clone(), pool.clone(), wechat, shutdown.clone()),
+        dispatching,
+    )
+    .context("notifier")?;
+    pool.close().await;
+    Ok(())
+}

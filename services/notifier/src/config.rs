@@ -1,0 +1,155 @@
+//! The notifier's settings.
+
+use std::time::Duration;
+
+use ande_platform::config::{self as cfg, CommonConfig, ConfigError, Env};
+use ande_wechat::{TokenMode, WechatConfig};
+
+pub const NOTIFIER_TEMPLATE_ID: &str = "NOTIFIER_TEMPLATE_ID";
+pub const NOTIFIER_TEMPLATE_FIELDS: &str = "NOTIFIER_TEMPLATE_FIELDS";
+pub const NOTIFIER_PAGE: &str = "NOTIFIER_PAGE";
+pub const NOTIFIER_DIGEST_PAGE: &str = "NOTIFIER_DIGEST_PAGE";
+pub const NOTIFIER_LONG_TERM_TEMPLATES: &str = "NOTIFIER_LONG_TERM_TEMPLATES";
+pub const NOTIFIER_MINIPROGRAM_STATE: &str = "NOTIFIER_MINIPROGRAM_STATE";
+pub const NOTIFIER_LANG: &str = "NOTIFIER_LANG";
+pub const NOTIFIER_WORKERS: &str = "NOTIFIER_WORKERS";
+pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
+pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
+
+/// Which keyword of the template carries which piece of the notification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TemplateFields {
+    pub action: String,
+    pub time: String,
+    pub phone: String,
+    pub name: String,
+}
+
+impl Default for TemplateFields {
+    /// The seed's mapping: thing1 action text, time2 time, thing3 phone, thing7 name.
+    fn default() -> Self {
+        Self { action: "thing1".into(), time: "time2".into(), phone: "thing3".into(), name: "thing7".into() }
+    }
+}
+
+impl TemplateFields {
+    /// `action=thing1,time=time2,phone=thing3,name=thing7`; omitted parts keep the default.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut f = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not role=keyword"))?;
+            let v = v.trim().to_string();
+            if ande_wechat::keywords::KeywordType::of(&v).is_none() {
+                return Err(format!("{v:?} is not a WeChat keyword name (thing1, time2, …)"));
+            }
+            match k.trim() {
+                "action" => f.action = v,
+                "time" => f.time = v,
+                "phone" => f.phone = v,
+                "name" => f.name = v,
+                other => return Err(format!("unknown role {other:?}; use action, time, phone, name")),
+            }
+        }
+        Ok(f)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NotifierConfig {
+    pub common: CommonConfig,
+    pub wechat: WechatConfig,
+    pub template_id: String,
+    pub fields: TemplateFields,
+    /// Page opened from a message; `{id}` is the lead (or customer) id.
+    pub page: String,
+    /// Page opened from a digest; `{digest}` is the digest id.
+    pub digest_page: String,
+    /// Templates with long-term subscriptions (no credit needed).
+    pub long_term_templates: Vec<String>,
+    pub miniprogram_state: String,
+    pub lang: String,
+    /// Concurrent sends per process.
+    pub workers: usize,
+    /// Most notifications kept waiting for credit per advisor; beyond it they are dropped (logged).
+    pub max_waiting: i64,
+    /// Attempts of a retryable failure before the notification is marked failed.
+    pub max_attempts: i32,
+    /// A claimed notification not finished after this long is assumed abandoned by a crashed
+    /// worker and sent again (see `dispatch`).
+    pub stale_after: Duration,
+}
+
+impl NotifierConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let bad = |var: &str, shown: &str, reason: String| ConfigError { var: var.into(), shown: shown.into(), reason };
+        let token_mode = match env.get(cfg::WECHAT_TOKEN_MODE) {
+            None => TokenMode::Stable,
+            Some(m) => m.parse().map_err(|_| bad(cfg::WECHAT_TOKEN_MODE, m, "expected stable or classic".into()))?,
+        };
+        let mut wechat = WechatConfig::new(
+            env.string(cfg::WECHAT_API_BASE, cfg::DEFAULT_WECHAT_API_BASE),
+            env.string(cfg::WECHAT_APP_ID, cfg::DEFAULT_APP_ID),
+            env.secret(cfg::WECHAT_APP_SECRET, cfg::DEFAULT_APP_SECRET),
+        );
+        wechat.token_mode = token_mode;
+        let fields_raw = env.string(NOTIFIER_TEMPLATE_FIELDS, "");
+        let fields = TemplateFields::parse(&fields_raw).map_err(|r| bad(NOTIFIER_TEMPLATE_FIELDS, &fields_raw, r))?;
+        let state = env.string(NOTIFIER_MINIPROGRAM_STATE, "formal");
+        if !["developer", "trial", "formal"].contains(&state.as_str()) {
+            return Err(bad(NOTIFIER_MINIPROGRAM_STATE, &state, "expected developer, trial or formal".into()));
+        }
+        let lang = env.string(NOTIFIER_LANG, "zh_CN");
+        if !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str()) {
+            return Err(bad(NOTIFIER_LANG, &lang, "expected zh_CN, en_US, zh_HK or zh_TW".into()));
+        }
+        Ok(Self {
+            common: CommonConfig::from_env(env)?,
+            wechat,
+            template_id: env.string(NOTIFIER_TEMPLATE_ID, ande_wechat::DEV_TEMPLATE_ID),
+            fields,
+            page: env.string(NOTIFIER_PAGE, "pages/customer/detail?id={id}"),
+            digest_page: env.string(NOTIFIER_DIGEST_PAGE, "pages/customer/pending?digest={digest}"),
+            long_term_templates: env
+                .string(NOTIFIER_LONG_TERM_TEMPLATES, "")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            miniprogram_state: state,
+            lang,
+            workers: env.parse(NOTIFIER_WORKERS, 4usize)?.clamp(1, 64),
+            max_waiting: env.parse(NOTIFIER_MAX_WAITING, 50i64)?.max(1),
+            max_attempts: env.parse(NOTIFIER_MAX_ATTEMPTS, 6i32)?.clamp(1, 50),
+            stale_after: Duration::from_secs(120),
+        })
+    }
+
+    /// Defaults, with the given shared settings and WeChat base URL (tests, `andectl up`).
+    pub fn with_common(common: CommonConfig, wechat_base: &str) -> Self {
+        let mut c = Self::from_env(&Env::default()).expect("defaults are valid");
+        c.common = common;
+        c.wechat.base_url = wechat_base.to_string();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_fields_parse_and_refuse_nonsense() {
+        assert_eq!(TemplateFields::parse("").unwrap(), TemplateFields::default());
+        let f = TemplateFields::parse("phone=phone_number5, name=name3").unwrap();
+        assert_eq!((f.phone.as_str(), f.name.as_str(), f.action.as_str()), ("phone_number5", "name3", "thing1"));
+        assert!(TemplateFields::parse("phone=colour2").is_err());
+        assert!(TemplateFields::parse("mood=thing1").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = NotifierConfig::from_env(&Env::from_pairs([(NOTIFIER_LANG, "fr_FR")])).unwrap_err();
+        assert!(err.to_string().contains(NOTIFIER_LANG));
+    }
+}

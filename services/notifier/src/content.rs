@@ -1,0 +1,108 @@
+//! What a notification says: the seed's texts, fitted to WeChat's keyword limits.
+
+use ande_events::{from_timestamp, LeadOutcome};
+use ande_wechat::keywords::{self, fit, format_time};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use crate::config::NotifierConfig;
+
+/// The seed's action text: 新客户… when the action created the lead, 客户… otherwise.
+pub fn action_text(action_type: &str, new_customer: bool) -> String {
+    let base = match action_type {
+        "view_resume" => "客户查看了您的简历",
+        "contact_advisor" => "客户想要联系您",
+        "book_service" => "客户预约了您的服务",
+        _ => "客户进行了操作",
+    };
+    if new_customer {
+        format!("新{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// Keyword values and page of the message for one action outcome.
+pub fn for_outcome(config: &NotifierConfig, o: &LeadOutcome) -> (BTreeMap<String, String>, String) {
+    let f = &config.fields;
+    let at = from_timestamp(o.action_at.as_ref()).unwrap_or_else(Utc::now);
+    let mut data = BTreeMap::new();
+    data.insert(f.action.clone(), fit(&f.action, &action_text(&o.action_type, o.is_new_customer)));
+    data.insert(f.time.clone(), format_time(at));
+    data.insert(f.phone.clone(), fit(&f.phone, or_placeholder(&o.customer_phone)));
+    data.insert(f.name.clone(), fit(&f.name, or_placeholder(&o.customer_name)));
+    let id = if o.lead_id.is_empty() { &o.customer_id } else { &o.lead_id };
+    (data, config.page.replace("{id}", &url_component(id)))
+}
+
+/// A digest: how many customer actions waited, the latest one's phone and name.
+pub fn for_digest(
+    config: &NotifierConfig,
+    count: usize,
+    digest_id: &str,
+    latest_phone: &str,
+    latest_name: &str,
+    at: DateTime<Utc>,
+) -> (BTreeMap<String, String>, String) {
+    let f = &config.fields;
+    let mut data = BTreeMap::new();
+    data.insert(f.action.clone(), fit(&f.action, &format!("{count}条客户动态等您查看")));
+    data.insert(f.time.clone(), format_time(at));
+    data.insert(f.phone.clone(), fit(&f.phone, or_placeholder(latest_phone)));
+    data.insert(f.name.clone(), fit(&f.name, or_placeholder(latest_name)));
+    (data, config.digest_page.replace("{digest}", digest_id))
+}
+
+fn or_placeholder(s: &str) -> &str {
+    if s.trim().is_empty() {
+        keywords::PLACEHOLDER
+    } else {
+        s
+    }
+}
+
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ande_platform::config::Env;
+
+    #[test]
+    fn texts_follow_the_seed() {
+        assert_eq!(action_text("view_resume", true), "新客户查看了您的简历");
+        assert_eq!(action_text("contact_advisor", false), "客户想要联系您");
+        assert_eq!(action_text("book_service", true), "新客户预约了您的服务");
+        assert_eq!(action_text("dance", false), "客户进行了操作");
+    }
+
+    #[test]
+    fn every_value_fits_its_keyword() {
+        let config = NotifierConfig::from_env(&Env::default()).unwrap();
+        let o = LeadOutcome {
+            action_type: "view_resume".into(),
+            is_new_customer: true,
+            customer_name: "欧阳娜娜欧阳娜娜欧阳娜娜欧阳娜娜欧阳娜娜欧阳娜娜".into(),
+            customer_phone: "13800138000".into(),
+            lead_id: "l 1".into(),
+            ..Default::default()
+        };
+        let (data, page) = for_outcome(&config, &o);
+        for (k, v) in &data {
+            keywords::validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
+        }
+        assert_eq!(data["thing1"], "新客户查看了您的简历");
+        assert_eq!(data["thing3"], "13800138000");
+        assert_eq!(page, "pages/customer/detail?id=l%201");
+        let (digest, _) = for_digest(&config, 12, "d1", "", "", Utc::now());
+        assert_eq!(digest["thing1"], "12条客户动态等您查看");
+        assert_eq!(digest["thing7"], keywords::PLACEHOLDER);
+    }
+}

@@ -1,0 +1,137 @@
+//! Request/reply for the gateway and andectl (`<prefix>.rpc.notifier.<method>`):
+//! - `journey`: the notifications and delivery log of an action;
+//! - `digest`: the notifications a digest stands for;
+//! - `send`: a direct send (staff), through this service's token cache so there is one cache;
+//! - `resume`: lift a pause (after 45009, or an operator's).
+
+use ande_platform::rpc::{self, RpcError};
+use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store;
+
+pub const QUEUE_GROUP: &str = "notifier";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionQuery {
+    pub action_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestQuery {
+    pub digest_id: String,
+}
+
+/// WeChat's answer to a direct send, passed back as is.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct SendAnswer {
+    pub errcode: i64,
+    pub errmsg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgid: Option<String>,
+}
+
+fn db_err(e: sqlx::Error) -> RpcError {
+    tracing::warn!(error = %e, "query failed");
+    RpcError::new(rpc::codes::UNAVAILABLE, "database unavailable")
+}
+
+fn uuid(s: &str) -> Result<Uuid, RpcError> {
+    Uuid::parse_str(s.trim()).map_err(|_| RpcError::bad_request(format!("{s:?} is not a valid id")))
+}
+
+pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<serde_json::Value, RpcError> {
+    let id = uuid(&q.action_id)?;
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let (notifications, log) = store::journey(&mut conn, id).await.map_err(db_err)?;
+    Ok(serde_json::json!({ "notifications": notifications, "log": log }))
+}
+
+pub async fn digest(pool: &PgPool, q: DigestQuery) -> Result<serde_json::Value, RpcError> {
+    let id = uuid(&q.digest_id)?;
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let members = store::digest_members(&mut conn, id).await.map_err(db_err)?;
+    Ok(serde_json::json!({ "digestId": id, "notifications": members }))
+}
+
+/// Send now. Keyword values are checked before WeChat is called; WeChat's refusals are answered
+/// as WeChat gave them (errcode, errmsg) rather than as RPC errors. An accepted send uses one of
+/// our counted credits for that user and template, if we have any.
+pub async fn send(pool: &PgPool, wechat: &WechatClient, msg: SubscribeMessage) -> Result<SendAnswer, RpcError> {
+    if msg.touser.trim().is_empty() || msg.template_id.trim().is_empty() {
+        return Err(RpcError::bad_request("touser and template_id are required"));
+    }
+    if let Err(e) = msg.validate() {
+        return Err(RpcError::bad_request(e.to_string()).with_details(serde_json::json!({ "keyword": e.keyword })));
+    }
+    let result = wechat.send_subscribe(&msg).await;
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let answer = match result {
+        Ok(r) => {
+            sqlx::query("UPDATE subscriptions SET credits = credits - 1, updated_at = now() WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term AND advisor_id = (SELECT advisor_id FROM subscriptions WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term LIMIT 1)")
+                .bind(&msg.touser)
+                .bind(&msg.template_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            SendAnswer { errcode: 0, errmsg: "ok".into(), msgid: Some(r.msgid) }
+        }
+        Err(WechatError::Api { errcode, errmsg }) => {
+            if errcode == ande_wechat::error::ERRCODE_NO_SUBSCRIPTION {
+                store::zero_credits(&mut conn, &msg.touser, &msg.template_id).await.map_err(db_err)?;
+            }
+            SendAnswer { errcode, errmsg, msgid: None }
+        }
+        Err(e) => return Err(RpcError::new("wechat_unavailable", e.to_string())),
+    };
+    store::log(&mut conn, None, None, "", "direct_send", Some(answer.errcode), Some(&answer.errmsg), answer.msgid.as_deref(), Some(&msg.touser))
+        .await
+        .map_err(db_err)?;
+    Ok(answer)
+}
+
+pub async fn resume(pool: &PgPool) -> Result<serde_json::Value, RpcError> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    store::pause_until(&mut tx, None, "resumed by operator").await.map_err(db_err)?;
+    let n = sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE state = 'queued' AND next_attempt_at > now()")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    tx.commit().await.map_err(db_err)?;
+    Ok(serde_json::json!({ "resumed": true, "requeued": n }))
+}
+
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: ande_events::Subjects,
+    pool: PgPool,
+    wechat: WechatClient,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (p1, p2, p3, p4) = (pool.clone(), pool.clone(), pool.clone(), pool);
+    tokio::try_join!(
+        rpc::serve(client.clone(), subjects.rpc("notifier", "journey"), QUEUE_GROUP, shutdown.clone(), move |q| {
+            let p = p1.clone();
+            async move { journey(&p, q).await }
+        }),
+        rpc::serve(client.clone(), subjects.rpc("notifier", "digest"), QUEUE_GROUP, shutdown.clone(), move |q| {
+            let p = p2.clone();
+            async move { digest(&p, q).await }
+        }),
+        rpc::serve(client.clone(), subjects.rpc("notifier", "send"), QUEUE_GROUP, shutdown.clone(), move |m| {
+            let (p, w) = (p3.clone(), wechat.clone());
+            async move { send(&p, &w, m).await }
+        }),
+        rpc::serve(client, subjects.rpc("notifier", "resume"), QUEUE_GROUP, shutdown, move |_: serde_json::Value| {
+            let p = p4.clone();
+            async move { resume(&p).await }
+        }),
+    )?;
+    Ok(())
+}
