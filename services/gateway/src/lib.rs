@@ -1,0 +1,97 @@
+//! The gateway: the only HTTP surface, for the mini-program and for staff tools.
+//!
+//! It validates, authenticates, assigns ids, publishes events and waits for JetStream's ack before
+//! answering. It owns only its own schema (staff accounts, idempotency keys); everything else it
+//! asks the leads and notifier services over NATS request/reply.
+//!
+//! - [`routes`]: the endpoints and middleware; [`error`]: the envelope and error mapping;
+//! - [`extract`]: body, IP and token extractors; [`auth`]: JWTs and staff passwords;
+//! - [`validate`]: input rules; [`limits`]: rate limits; [`openapi`]: the API document.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod openapi;
+pub mod routes;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ande_platform::bus::Bus;
+use ande_wechat::WechatClient;
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub const SCHEMA: &str = "gateway";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<GatewayConfig>,
+    pub bus: Bus,
+    pub pool: PgPool,
+    pub wechat: WechatClient,
+    pub ip_limiter: limits::RateLimiter,
+    pub openid_limiter: limits::RateLimiter,
+}
+
+/// The gateway bound to its port, ready to serve.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Gateway {
+    /// Connect to Postgres (migrating the gateway's schema) and NATS, and bind the port (0 picks
+    /// a free one). NATS is connected lazily: the gateway starts and answers 503 on publishes
+    /// until NATS is there, and recovers by itself.
+    pub async fn bind(config: GatewayConfig) -> anyhow::Result<Self> {
+        let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 16, &MIGRATIONS).await?;
+        let bus = Bus::connect_lazy(&config.common, "gateway").await?;
+        if let Err(e) = bus.ensure_streams(config.common.event_max_age).await {
+            tracing::warn!(error = %e, "cannot create the streams yet; publishes will fail until NATS answers");
+        }
+        if secrecy::ExposeSecret::expose_secret(&config.jwt_secret) == config::DEV_JWT_SECRET {
+            tracing::warn!("JWT_SECRET is not set: using the development secret; never deploy like this");
+        }
+        let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;
+        let listener = tokio::net::TcpListener::bind((config.host, config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            ip_limiter: limits::RateLimiter::per_minute(config.rate_per_ip),
+            openid_limiter: limits::RateLimiter::per_minute(config.rate_per_openid),
+            config: Arc::new(config),
+            bus,
+            pool,
+            wechat,
+        };
+        Ok(Self { addr, listener, state })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown`; in-flight requests finish first.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "gateway listening");
+        let app = routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        self.state.pool.close().await;
+        Ok(())
+    }
+}
+
+/// Bind and serve until `shutdown` is cancelled.
+pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Gateway::bind(config).await?.run(shutdown).await
+}

@@ -2,6 +2,7 @@
 //! - `journey`: the notifications and delivery log of an action;
 //! - `digest`: the notifications a digest stands for;
 //! - `send`: a direct send (staff), through this service's token cache so there is one cache;
+//! - `phone`: a phone number by the phone button's code (needs the access token);
 //! - `resume`: lift a pause (after 45009, or an operator's).
 
 use ande_platform::rpc::{self, RpcError};
@@ -95,6 +96,28 @@ pub async fn send(pool: &PgPool, wechat: &WechatClient, msg: SubscribeMessage) -
     Ok(answer)
 }
 
+#[derive(Debug, Deserialize)]
+pub struct PhoneQuery {
+    pub code: String,
+    #[serde(default)]
+    pub openid: Option<String>,
+}
+
+/// A phone number by the phone button's code (`getuserphonenumber` needs the access token, which
+/// lives here). WeChat's refusals come back as code `wechat` with errcode and errmsg.
+pub async fn phone(wechat: &WechatClient, q: PhoneQuery) -> Result<ande_wechat::PhoneInfo, RpcError> {
+    if q.code.trim().is_empty() {
+        return Err(RpcError::bad_request("code is required"));
+    }
+    match wechat.phone_number(&q.code, q.openid.as_deref()).await {
+        Ok(info) => Ok(info),
+        Err(WechatError::Api { errcode, errmsg }) => {
+            Err(RpcError::new("wechat", "WeChat refused").with_details(serde_json::json!({ "errcode": errcode, "errmsg": errmsg })))
+        }
+        Err(e) => Err(RpcError::new("wechat_unavailable", e.to_string())),
+    }
+}
+
 pub async fn resume(pool: &PgPool) -> Result<serde_json::Value, RpcError> {
     let mut tx = pool.begin().await.map_err(db_err)?;
     store::pause_until(&mut tx, None, "resumed by operator").await.map_err(db_err)?;
@@ -115,6 +138,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (p1, p2, p3, p4) = (pool.clone(), pool.clone(), pool.clone(), pool);
+    let w1 = wechat.clone();
     tokio::try_join!(
         rpc::serve(client.clone(), subjects.rpc("notifier", "journey"), QUEUE_GROUP, shutdown.clone(), move |q| {
             let p = p1.clone();
@@ -125,8 +149,12 @@ pub async fn serve(
             async move { digest(&p, q).await }
         }),
         rpc::serve(client.clone(), subjects.rpc("notifier", "send"), QUEUE_GROUP, shutdown.clone(), move |m| {
-            let (p, w) = (p3.clone(), wechat.clone());
+            let (p, w) = (p3.clone(), w1.clone());
             async move { send(&p, &w, m).await }
+        }),
+        rpc::serve(client.clone(), subjects.rpc("notifier", "phone"), QUEUE_GROUP, shutdown.clone(), move |q| {
+            let w = wechat.clone();
+            async move { phone(&w, q).await }
         }),
         rpc::serve(client, subjects.rpc("notifier", "resume"), QUEUE_GROUP, shutdown, move |_: serde_json::Value| {
             let p = p4.clone();

@@ -1,0 +1,113 @@
+//! Tokens and passwords.
+//!
+//! Two kinds of JWT, signed with `JWT_SECRET` (HS256) and told apart by audience so one can never
+//! stand for the other: a customer's mini-program session (`aud = ande-miniprogram`, `sub` = the
+//! openid, optionally the phone number WeChat confirmed) and a staff token (`aud = ande-staff`,
+//! `sub` = the username). Staff passwords are argon2id hashes, checked off the async runtime.
+
+use std::time::Duration;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+pub const MINIPROGRAM_AUDIENCE: &str = "ande-miniprogram";
+pub const STAFF_AUDIENCE: &str = "ande-staff";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+pub fn issue(secret: &SecretString, audience: &str, sub: &str, phone: Option<String>, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims { sub: sub.to_string(), aud: audience.to_string(), iat: now, exp: now + ttl.as_secs() as i64, phone };
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.expose_secret().as_bytes()))
+}
+
+pub fn verify(secret: &SecretString, audience: &str, token: &str) -> Option<Claims> {
+    let mut v = Validation::new(Algorithm::HS256);
+    v.set_audience(&[audience]);
+    v.leeway = 5;
+    decode::<Claims>(token, &DecodingKey::from_secret(secret.expose_secret().as_bytes()), &v).ok().map(|d| d.claims)
+}
+
+/// argon2id with the crate's default (OWASP-recommended) parameters.
+pub fn hash_password(password: &SecretString) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub fn verify_password(password: &SecretString, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(password.expose_secret().as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// Create or replace a staff account (used by `andectl user add/passwd`).
+pub async fn set_staff_password(pool: &PgPool, username: &str, password: SecretString) -> anyhow::Result<bool> {
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await?.map_err(anyhow::Error::msg)?;
+    let inserted: bool = sqlx::query_scalar(
+        "INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
+         ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now()
+         RETURNING (xmax = 0)",
+    )
+    .bind(username)
+    .bind(hash)
+    .fetch_one(pool)
+    .await?;
+    Ok(inserted)
+}
+
+pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staff_users WHERE username = $1)").bind(username).fetch_one(pool).await
+}
+
+/// Check a login. A missing user costs the same hashing time as a wrong password, so timing does
+/// not reveal which usernames exist.
+pub async fn check_login(pool: &PgPool, username: &str, password: SecretString) -> Result<bool, sqlx::Error> {
+    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM staff_users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(pool)
+        .await?;
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$8mVbG6Kq7rDQ8bY0sRDo3N1bqu6P8xw2b7yH0yV0qWc";
+    let found = hash.is_some();
+    let hash = hash.unwrap_or_else(|| DUMMY.to_string());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
+    Ok(found && ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_do_not_mix() {
+        let secret = SecretString::from("s3cret".to_string());
+        let t = issue(&secret, MINIPROGRAM_AUDIENCE, "openid-1", None, Duration::from_secs(60)).unwrap();
+        assert_eq!(verify(&secret, MINIPROGRAM_AUDIENCE, &t).unwrap().sub, "openid-1");
+        assert!(verify(&secret, STAFF_AUDIENCE, &t).is_none(), "a customer session is not a staff token");
+        assert!(verify(&SecretString::from("other".to_string()), MINIPROGRAM_AUDIENCE, &t).is_none());
+        assert!(verify(&secret, MINIPROGRAM_AUDIENCE, "garbage").is_none());
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let pw = SecretString::from("correct horse".to_string());
+        let h = hash_password(&pw).unwrap();
+        assert!(verify_password(&pw, &h));
+        assert!(!verify_password(&SecretString::from("wrong".to_string()), &h));
+        assert!(!verify_password(&pw, "not a hash"));
+    }
+}

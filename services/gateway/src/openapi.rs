@@ -1,0 +1,104 @@
+//! The OpenAPI 3 document of the gateway, built from the same route table the router serves
+//! ([`ENDPOINTS`]) so the list of paths cannot drift from the code; request schemas are written
+//! beside it.
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// "none", "session" (optional mini-program session), "staff", "staff-or-session".
+    pub auth: &'static str,
+    pub request: Option<fn() -> Value>,
+}
+
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint { method: "post", path: "/api/wechat/openid", summary: "Exchange a wx.login code for the openid and a session token", auth: "none", request: Some(openid_req) },
+    Endpoint { method: "post", path: "/api/wechat/phone", summary: "Exchange the phone button's code for the phone number", auth: "session", request: Some(openid_req) },
+    Endpoint { method: "post", path: "/api/advisor/subscribe", summary: "Record an advisor's subscribe-message decisions (each accept is one send credit)", auth: "session", request: Some(subscribe_req) },
+    Endpoint { method: "post", path: "/api/customer/action", summary: "Record a customer action durably; answers after JetStream's ack with the action id", auth: "session", request: Some(action_req) },
+    Endpoint { method: "get", path: "/api/actions/{id}", summary: "The journey of an action: recorded, lead outcome, notification", auth: "staff-or-session", request: None },
+    Endpoint { method: "post", path: "/api/message/send", summary: "Send a subscribe message now (staff only)", auth: "staff", request: Some(send_req) },
+    Endpoint { method: "post", path: "/api/auth/login", summary: "Staff login", auth: "none", request: Some(login_req) },
+    Endpoint { method: "get", path: "/api/health", summary: "Liveness, with each dependency's state", auth: "none", request: None },
+    Endpoint { method: "get", path: "/api/health/ready", summary: "Readiness: 503 until NATS, the stream and the database answer", auth: "none", request: None },
+    Endpoint { method: "get", path: "/api/openapi.json", summary: "This document", auth: "none", request: None },
+];
+
+fn s(max: u32) -> Value {
+    json!({ "type": "string", "maxLength": max })
+}
+fn openid_req() -> Value {
+    json!({ "type": "object", "required": ["code"], "properties": { "code": s(128) } })
+}
+fn subscribe_req() -> Value {
+    json!({ "type": "object", "required": ["advisorId"], "properties": {
+        "advisorId": s(128), "openid": s(128), "templateId": s(128), "subscribed": { "type": "boolean" },
+        "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": ["accept", "reject", "ban", "filter"] }, "source": s(32) } },
+        "result": { "type": "object", "description": "wx.requestSubscribeMessage's answer: {templateId: accept|reject|ban|filter, errMsg}" } } })
+}
+fn action_req() -> Value {
+    json!({ "type": "object", "required": ["customerId", "advisorId", "actionType"], "additionalProperties": true, "properties": {
+        "customerId": s(128), "advisorId": s(128), "actionType": s(64), "actionData": { "type": "object" },
+        "customerName": s(64), "customerPhone": s(32) } })
+}
+fn send_req() -> Value {
+    json!({ "type": "object", "required": ["touser", "template_id", "data"], "properties": {
+        "touser": s(128), "template_id": s(128), "page": s(512),
+        "data": { "type": "object", "additionalProperties": { "type": "object", "properties": { "value": { "type": "string" } } } },
+        "miniprogram_state": { "enum": ["developer", "trial", "formal"] }, "lang": { "enum": ["zh_CN", "en_US", "zh_HK", "zh_TW"] } } })
+}
+fn login_req() -> Value {
+    json!({ "type": "object", "required": ["username", "password"], "properties": { "username": s(64), "password": s(256) } })
+}
+
+pub fn build() -> Value {
+    let mut paths = Map::new();
+    for e in ENDPOINTS {
+        let mut op = json!({
+            "summary": e.summary,
+            "responses": {
+                "200": { "description": "Success envelope", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Success" } } } },
+                "default": { "description": "Error envelope (400, 401, 403, 404, 409, 413, 429, 502, 503)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+            }
+        });
+        if let Some(req) = e.request {
+            op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": req() } } });
+        }
+        match e.auth {
+            "staff" => op["security"] = json!([{ "staffToken": [] }]),
+            "session" => op["security"] = json!([{}, { "sessionToken": [] }]),
+            "staff-or-session" => op["security"] = json!([{ "staffToken": [] }, { "sessionToken": [] }]),
+            _ => {}
+        }
+        if e.path.contains("{id}") {
+            op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
+        }
+        if e.path == "/api/customer/action" {
+            op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": s(200) }]);
+        }
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        entry[e.method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Ande gateway", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "sessionToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "aud ande-miniprogram, from /api/wechat/openid" },
+                "staffToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "aud ande-staff, from /api/auth/login" }
+            },
+            "schemas": {
+                "Success": { "type": "object", "properties": { "success": { "type": "boolean" }, "data": {}, "message": { "type": "string" }, "timestamp": { "type": "integer" }, "requestId": { "type": "string" } } },
+                "Error": { "type": "object", "properties": { "success": { "type": "boolean" }, "message": { "type": "string" }, "error": { "type": "object", "properties": { "code": { "type": "string" }, "details": {} } }, "timestamp": { "type": "integer" }, "requestId": { "type": "string" } } }
+            }
+        }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}

@@ -1,0 +1,218 @@
+//! `POST /api/customer/action` and `GET /api/actions/{id}`.
+
+use std::time::Duration;
+
+use ande_events::{meta_with_id, ActionRecorded};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::error::{ok, ok_with, ApiError};
+use crate::extract::{Caller, ClientIp, JsonBody, MaybeSession};
+use crate::validate::{self, MAX_ACTION_TYPE, MAX_ID, MAX_NAME, MAX_PHONE};
+use crate::AppState;
+
+const PRODUCER: &str = "gateway";
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// How long the journey view waits for each back-end service.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fields this endpoint models; everything else the client sends is kept as `extra`.
+const KNOWN: [&str; 6] = ["customerId", "advisorId", "actionType", "actionData", "customerName", "customerPhone"];
+
+#[tracing::instrument(skip_all, fields(action_id))]
+pub async fn record(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    MaybeSession(session): MaybeSession,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let customer_id = validate::required("customerId", body.get("customerId"), MAX_ID)?;
+    let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
+    let action_type = validate::required("actionType", body.get("actionType"), MAX_ACTION_TYPE)?;
+    let action_data = validate::action_data(body.get("actionData"))?;
+    let customer_name = validate::optional("customerName", body.get("customerName"), MAX_NAME)?;
+    let mut customer_phone = validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
+    let extra: Map<String, Value> = body.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let extra = Value::Object(extra);
+    if extra.to_string().len() > validate::MAX_ACTION_DATA_BYTES {
+        return Err(ApiError::validation("body", "too many or too large extra fields"));
+    }
+
+    // The openid comes from the session, never from the body.
+    let openid = session.as_ref().map(|s| s.sub.clone()).unwrap_or_default();
+    if customer_phone.is_none() {
+        customer_phone = session.as_ref().and_then(|s| s.phone.clone());
+    }
+    if !openid.is_empty() {
+        state.openid_limiter.check(&openid).map_err(|wait| {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many actions from this user").retry_after(wait)
+        })?;
+    }
+    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").chars().take(512).collect::<String>();
+
+    let (action_id, event_id, replayed) = match idempotency_key(&headers)? {
+        None => (Uuid::now_v7(), Uuid::now_v7(), false),
+        Some(key) => {
+            let hash = request_hash(&customer_id, &advisor_id, &action_type, &action_data, &customer_name, &customer_phone);
+            claim_key(&state, &customer_id, &key, &hash).await?
+        }
+    };
+    tracing::Span::current().record("action_id", tracing::field::display(action_id));
+
+    let now = chrono::Utc::now();
+    let event = ActionRecorded {
+        meta: Some(meta_with_id(event_id, &action_id.to_string(), PRODUCER, now)),
+        action_id: action_id.to_string(),
+        customer_id,
+        advisor_id,
+        action_type,
+        action_data_json: action_data.to_string(),
+        customer_name: customer_name.unwrap_or_default(),
+        customer_phone: customer_phone.unwrap_or_default(),
+        openid,
+        client_ip: ip.to_string(),
+        user_agent,
+        extra_json: extra.to_string(),
+    };
+    if !state.bus.is_connected() {
+        return Err(ApiError::bus_unavailable());
+    }
+    let ack = state.bus.publish(&event).await.map_err(|e| {
+        tracing::warn!(error = %e, "publish failed");
+        ApiError::bus_unavailable()
+    })?;
+    let data = json!({
+        "actionId": action_id,
+        "eventId": event_id,
+        "sequence": ack.sequence,
+        "duplicate": replayed || ack.duplicate,
+    });
+    Ok(ok_with(if replayed { StatusCode::OK } else { StatusCode::CREATED }, data, "行为记录成功"))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let k = v.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?.trim();
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::validation("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")));
+    }
+    Ok(Some(k.to_string()))
+}
+
+fn request_hash(parts: &str, advisor: &str, action_type: &str, data: &Value, name: &Option<String>, phone: &Option<String>) -> String {
+    // Not a security boundary: only to tell "same request retried" from "key reused for another".
+    let canonical = json!([parts, advisor, action_type, data, name, phone]).to_string();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in canonical.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Reserve (or find) the ids of a keyed request. Returns (action id, event id, seen before).
+async fn claim_key(state: &AppState, scope: &str, key: &str, hash: &str) -> Result<(Uuid, Uuid, bool), ApiError> {
+    let fresh: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, action_id, event_id) VALUES ($1,$2,$3,$4,$5)
+         ON CONFLICT (scope, key) DO NOTHING RETURNING action_id, event_id",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .bind(Uuid::now_v7())
+    .bind(Uuid::now_v7())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(ApiError::db)?;
+    if let Some((a, e)) = fresh {
+        return Ok((a, e, false));
+    }
+    let (a, e, h): (Uuid, Uuid, String) = sqlx::query_as("SELECT action_id, event_id, request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(ApiError::db)?;
+    if h != hash {
+        return Err(ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", "this Idempotency-Key was used for a different request"));
+    }
+    // Publish again under the same event id: if the first attempt never reached JetStream this
+    // records it; if it did, JetStream (or leads, after the duplicate window) drops the copy.
+    Ok((a, e, true))
+}
+
+/// The journey of one action: recorded, lead outcome, notification.
+#[tracing::instrument(skip_all, fields(action_id = %id))]
+pub async fn journey(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::validation("id", "must be an action id (UUID)"))?;
+    let q = json!({ "actionId": id });
+    let client = &state.bus.client;
+    let subjects = &state.bus.subjects;
+    let (leads, notes) = tokio::join!(
+        ande_platform::rpc::call::<_, Value>(client, subjects.rpc("leads", "journey"), &q, QUERY_TIMEOUT),
+        ande_platform::rpc::call::<_, Value>(client, subjects.rpc("notifier", "journey"), &q, QUERY_TIMEOUT),
+    );
+    let leads = match leads {
+        Ok(v) => v,
+        Err(e) if e.code == ande_platform::rpc::codes::NOT_FOUND => return Err(ApiError::not_found("no such action (or not processed yet)")),
+        Err(e) => return Err(e.into()),
+    };
+    if let Caller::Customer(c) = &caller {
+        let owner = leads.pointer("/action/openid").and_then(Value::as_str).unwrap_or("");
+        if owner.is_empty() || owner != c.sub {
+            return Err(ApiError::forbidden("this action belongs to another customer"));
+        }
+    }
+    let notification = match notes {
+        Ok(v) => summarize_notification(&v),
+        Err(e) => json!({ "status": "unknown", "reason": e.message }),
+    };
+    let outcome = leads.get("outcome").cloned().unwrap_or(Value::Null);
+    let lead = json!({
+        "status": outcome.get("kind").cloned().unwrap_or(Value::Null),
+        "reason": outcome.get("no_lead_reason").cloned().unwrap_or(Value::Null),
+        "leadId": outcome.get("lead_id").cloned().unwrap_or(Value::Null),
+        "customerCode": outcome.get("customer_code").cloned().unwrap_or(Value::Null),
+        "newCustomer": outcome.get("is_new_customer").cloned().unwrap_or(Value::Null),
+        "published": outcome.get("published").cloned().unwrap_or(Value::Null),
+    });
+    let mut action = leads.get("action").cloned().unwrap_or(Value::Null);
+    if let (Caller::Customer(_), Some(obj)) = (&caller, action.as_object_mut()) {
+        // A customer sees their action, not our bookkeeping about their connection.
+        obj.remove("clientIp");
+        obj.remove("userAgent");
+    }
+    Ok(ok(json!({ "actionId": id, "recorded": action, "lead": lead, "notification": notification }), "ok"))
+}
+
+/// Reduce the notifier's rows to one status: sent (msgid), pending (waiting for credit),
+/// failed (errcode), queued, or none.
+fn summarize_notification(v: &Value) -> Value {
+    let notes = v.get("notifications").and_then(Value::as_array).cloned().unwrap_or_default();
+    let log = v.get("log").cloned().unwrap_or(Value::Array(vec![]));
+    // A digest that carried this action is its delivery.
+    let main = notes.iter().rev().find(|n| n.get("kind").and_then(Value::as_str) == Some("digest")).or_else(|| notes.first());
+    let Some(n) = main else {
+        return json!({ "status": "none", "log": log });
+    };
+    let state = n.get("state").and_then(Value::as_str).unwrap_or("");
+    let status = match state {
+        "sent" => "sent",
+        "waiting_credit" => "pending_credit",
+        "failed" | "dropped" => "failed",
+        _ => "queued",
+    };
+    json!({
+        "status": status,
+        "state": state,
+        "kind": n.get("kind"),
+        "msgid": n.get("msgid"),
+        "errcode": n.get("errcode"),
+        "errmsg": n.get("errmsg"),
+        "attempts": n.get("attempts"),
+        "log": log,
+    })
+}

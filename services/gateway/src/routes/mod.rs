@@ -1,0 +1,80 @@
+//! The routes, and the middleware every request passes: request id, per-IP rate limit, body
+//! limit, CORS, tracing.
+
+pub mod actions;
+pub mod health;
+pub mod messages;
+pub mod subscribe;
+pub mod wechat;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::error::{ApiError, REQUEST_ID};
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let cors = if state.config.cors_origins.is_empty() {
+        CorsLayer::new().allow_origin(Any)
+    } else {
+        let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        CorsLayer::new().allow_origin(AllowOrigin::list(origins))
+    }
+    .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+    .allow_headers(Any)
+    .expose_headers(["x-request-id".parse::<axum::http::HeaderName>().expect("valid header")]);
+
+    Router::new()
+        .route("/api/wechat/openid", post(wechat::openid))
+        .route("/api/wechat/phone", post(wechat::phone))
+        .route("/api/advisor/subscribe", post(subscribe::subscribe))
+        .route("/api/customer/action", post(actions::record))
+        .route("/api/actions/{id}", get(actions::journey))
+        .route("/api/message/send", post(messages::send))
+        .route("/api/auth/login", post(messages::login))
+        .route("/api/health", get(health::health))
+        .route("/api/health/ready", get(health::ready))
+        .route("/api/openapi.json", get(crate::openapi::document))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(cors)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Accept the caller's `x-request-id` (when sane) or make one; answer it; make it available to
+/// the envelope and the logs.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let mut resp = REQUEST_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(req), span)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let ip = crate::extract::client_ip(&parts, state.config.trust_forwarded);
+    if let Err(wait) = state.ip_limiter.check(&ip.to_string()) {
+        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down").retry_after(wait).into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}

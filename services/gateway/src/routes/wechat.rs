@@ -1,0 +1,71 @@
+//! `POST /api/wechat/openid` (login) and `POST /api/wechat/phone` (phone number by code).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+
+use crate::auth;
+use crate::error::{ok, ApiError};
+use crate::extract::{JsonBody, MaybeSession};
+use crate::validate;
+use crate::AppState;
+
+const MAX_CODE: usize = 128;
+/// The phone lookup goes through the notifier (which holds the access token); WeChat's own
+/// timeout is 5 s, so allow a little more.
+const PHONE_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Exchange a `wx.login()` code for the openid and a session token. The session_key stays here.
+#[tracing::instrument(skip_all)]
+pub async fn openid(State(state): State<AppState>, JsonBody(body): JsonBody<Map<String, Value>>) -> Result<Response, ApiError> {
+    let code = validate::required("code", body.get("code"), MAX_CODE)?;
+    let session = state.wechat.code2session(&code).await?;
+    let token = auth::issue(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, &session.openid, None, state.config.jwt_expires_in)
+        .map_err(ApiError::internal)?;
+    let mut data = json!({
+        "openid": session.openid,
+        "token": token,
+        "expiresIn": state.config.jwt_expires_in.as_secs(),
+    });
+    if let Some(u) = session.unionid {
+        data["unionid"] = json!(u);
+    }
+    Ok(ok(data, "获取openid成功"))
+}
+
+/// Exchange the phone button's code for the user's phone number. With a session token, the
+/// answer carries a renewed session token that includes the number, so later actions of this
+/// customer carry it without the client sending it.
+#[tracing::instrument(skip_all)]
+pub async fn phone(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let code = validate::required("code", body.get("code"), MAX_CODE)?;
+    let openid = session.as_ref().map(|s| s.sub.clone());
+    let q = json!({ "code": code, "openid": openid });
+    let info: Value = ande_platform::rpc::call(&state.bus.client, state.bus.subjects.rpc("notifier", "phone"), &q, PHONE_TIMEOUT).await.map_err(|e| {
+        if e.code == "wechat" {
+            let errcode = e.details.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+            let errmsg = e.details.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string();
+            ApiError::from(ande_wechat::WechatError::Api { errcode, errmsg })
+        } else {
+            ApiError::from(e)
+        }
+    })?;
+    let mut data = json!({
+        "phoneNumber": info.get("phone_number").or_else(|| info.get("phoneNumber")),
+        "purePhoneNumber": info.get("pure_phone_number").or_else(|| info.get("purePhoneNumber")),
+        "countryCode": info.get("country_code").or_else(|| info.get("countryCode")),
+    });
+    if let Some(s) = session {
+        let phone = data["purePhoneNumber"].as_str().map(String::from);
+        let token = auth::issue(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, &s.sub, phone, state.config.jwt_expires_in)
+            .map_err(ApiError::internal)?;
+        data["token"] = json!(token);
+    }
+    Ok(ok(data, "获取手机号成功"))
+}
