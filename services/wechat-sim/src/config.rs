@@ -1,0 +1,154 @@
+//! The simulator's settings: the app credentials it accepts and the lifetimes it enforces.
+//!
+//! The defaults are WeChat's own numbers (codes live 5 minutes, tokens 2 hours, 5-minute overlaps),
+//! so a local run behaves like production. Tests shorten the lifetimes to seconds; when only a
+//! token lifetime is shortened, the 5-minute margins shrink with it (to a quarter of the lifetime)
+//! so that "renew early" and "overlap" keep meaning something.
+
+use std::time::Duration;
+
+use ande_platform::config::{
+    ConfigError, Env, DEFAULT_APP_ID, DEFAULT_APP_SECRET, WECHAT_APP_ID, WECHAT_APP_SECRET,
+};
+
+/// Where the binary listens (`host:port`).
+pub const WECHAT_SIM_ADDR: &str = "WECHAT_SIM_ADDR";
+/// Lifetime of classic and stable access tokens (`7200s`, `2h`, `5s`…).
+pub const WECHAT_SIM_TOKEN_TTL: &str = "WECHAT_SIM_TOKEN_TTL";
+/// Lifetime of login and phone codes.
+pub const WECHAT_SIM_CODE_TTL: &str = "WECHAT_SIM_CODE_TTL";
+
+/// The default listen address of the binary.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:3900";
+
+const CODE_TTL: Duration = Duration::from_secs(300);
+const TOKEN_TTL: Duration = Duration::from_secs(7200);
+const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+/// What the simulator accepts and enforces. See the module docs for the defaults.
+/// `Debug` leaves the secret out, so the config can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    pub app_id: String,
+    pub app_secret: String,
+    /// How long a login or phone code stays usable after it was minted or first seen.
+    pub code_ttl: Duration,
+    /// Lifetime of a token from `GET /cgi-bin/token`.
+    pub classic_token_ttl: Duration,
+    /// How long a classic token stays valid after a newer one was issued.
+    pub classic_overlap: Duration,
+    /// Lifetime of a token from `POST /cgi-bin/stable_token`.
+    pub stable_token_ttl: Duration,
+    /// How long before expiry a stable token call starts returning the next token.
+    pub stable_renew_before: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            app_id: DEFAULT_APP_ID.to_string(),
+            app_secret: DEFAULT_APP_SECRET.to_string(),
+            code_ttl: CODE_TTL,
+            classic_token_ttl: TOKEN_TTL,
+            classic_overlap: TOKEN_MARGIN,
+            stable_token_ttl: TOKEN_TTL,
+            stable_renew_before: TOKEN_MARGIN,
+        }
+    }
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("app_id", &self.app_id)
+            .field("app_secret", &"<redacted>")
+            .field("code_ttl", &self.code_ttl)
+            .field("classic_token_ttl", &self.classic_token_ttl)
+            .field("classic_overlap", &self.classic_overlap)
+            .field("stable_token_ttl", &self.stable_token_ttl)
+            .field("stable_renew_before", &self.stable_renew_before)
+            .finish()
+    }
+}
+
+impl SimConfig {
+    /// Read `WECHAT_APP_ID`, `WECHAT_APP_SECRET`, `WECHAT_SIM_TOKEN_TTL` and `WECHAT_SIM_CODE_TTL`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let token_ttl = positive(env, WECHAT_SIM_TOKEN_TTL, TOKEN_TTL)?;
+        let code_ttl = positive(env, WECHAT_SIM_CODE_TTL, CODE_TTL)?;
+        Ok(Self {
+            app_id: env.string(WECHAT_APP_ID, &defaults.app_id),
+            app_secret: env.string(WECHAT_APP_SECRET, &defaults.app_secret),
+            code_ttl,
+            classic_token_ttl: token_ttl,
+            classic_overlap: margin_for(token_ttl),
+            stable_token_ttl: token_ttl,
+            stable_renew_before: margin_for(token_ttl),
+        })
+    }
+}
+
+/// WeChat's 5-minute margin, or a quarter of a lifetime too short to hold it comfortably.
+pub(crate) fn margin_for(ttl: Duration) -> Duration {
+    TOKEN_MARGIN.min(ttl / 4)
+}
+
+fn positive(env: &Env, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = env.duration(name, default)?;
+    if d.is_zero() {
+        return Err(ConfigError {
+            var: name.to_string(),
+            shown: env.string(name, ""),
+            reason: "must be longer than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_wechats_numbers() {
+        let c = SimConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(c, SimConfig::default());
+        assert_eq!(c.app_id, DEFAULT_APP_ID);
+        assert_eq!(c.code_ttl, Duration::from_secs(300));
+        assert_eq!(c.stable_token_ttl, Duration::from_secs(7200));
+        assert_eq!(c.stable_renew_before, Duration::from_secs(300));
+        assert_eq!(c.classic_overlap, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let shown = format!("{:?}", SimConfig::default());
+        assert!(!shown.contains(DEFAULT_APP_SECRET), "{shown}");
+        assert!(shown.contains(DEFAULT_APP_ID), "{shown}");
+    }
+
+    #[test]
+    fn a_short_token_ttl_shrinks_the_margins() {
+        let env = Env::from_pairs([
+            (WECHAT_SIM_TOKEN_TTL, "8s"),
+            (WECHAT_SIM_CODE_TTL, "2s"),
+            (WECHAT_APP_ID, "wx_test"),
+        ]);
+        let c = SimConfig::from_env(&env).unwrap();
+        assert_eq!(c.app_id, "wx_test");
+        assert_eq!(c.classic_token_ttl, Duration::from_secs(8));
+        assert_eq!(c.stable_renew_before, Duration::from_secs(2));
+        assert_eq!(c.classic_overlap, Duration::from_secs(2));
+        assert_eq!(c.code_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err =
+            SimConfig::from_env(&Env::from_pairs([(WECHAT_SIM_TOKEN_TTL, "soon")])).unwrap_err();
+        assert_eq!(err.var, WECHAT_SIM_TOKEN_TTL);
+        let err = SimConfig::from_env(&Env::from_pairs([(WECHAT_SIM_CODE_TTL, "0")])).unwrap_err();
+        assert_eq!(err.var, WECHAT_SIM_CODE_TTL);
+    }
+}

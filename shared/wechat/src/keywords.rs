@@ -1,0 +1,816 @@
+//! Subscribe-message keyword values: their types, WeChat's limits, and fitting values to them.
+//!
+//! WeChat rejects a whole subscribe message with `47003` when one keyword value breaks the limit of
+//! its type (`data.thing3.value invalid`), and the type is only the prefix of the keyword's name
+//! (`thing3` is a `thing`). The notifier uses [`fit`] to shape values before sending and
+//! [`validate`] to catch what fitting cannot fix; the simulator uses [`validate`] to answer as
+//! WeChat does. Both sides share this one module so that what we send and what the simulator
+//! accepts can never drift apart.
+//!
+//! The limits are the table in `docs/WECHAT.md`. Two details it leaves open are decided here:
+//! a blank value (empty or whitespace only) and control characters (line breaks, tabs) are
+//! invalid for every type, since WeChat answers `47003` for an empty value and none of the types
+//! lists such characters among what it accepts.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+
+/// Type of a subscribe-message keyword, named by the prefix of the keyword's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeywordType {
+    /// `thing`: up to 20 characters of any kind.
+    Thing,
+    /// `number`: up to 32 digits, a decimal point allowed.
+    Number,
+    /// `letter`: up to 32 letters.
+    Letter,
+    /// `symbol`: up to 5 symbols.
+    Symbol,
+    /// `character_string`: up to 32 digits, letters and symbols.
+    CharacterString,
+    /// `time`: a 24-hour time, optionally after a date; ranges with `~`.
+    Time,
+    /// `date`: a date, optionally with a 24-hour time; ranges with `~`.
+    Date,
+    /// `amount`: a currency symbol and up to 10 digits, decimals allowed, may end in `元`.
+    Amount,
+    /// `phone_number`: up to 17 digits and symbols.
+    PhoneNumber,
+    /// `car_number`: up to 8 characters, the first and last may be Chinese.
+    CarNumber,
+    /// `name`: up to 10 Chinese characters, or up to 20 letters and symbols.
+    Name,
+    /// `phrase`: up to 5 Chinese characters.
+    Phrase,
+    /// `enum`: one of the template's values (not known here: any short value is accepted).
+    Enum,
+}
+
+/// Name stems of the keyword types. A keyword name is a stem followed by its index, and stems
+/// are matched whole (after the index digits are cut off), so `phone_number3` can never be read
+/// as a `number` and `phrase1` never as a `phone_number`: the order of this table does not matter.
+const STEMS: [(&str, KeywordType); 13] = [
+    ("thing", KeywordType::Thing),
+    ("number", KeywordType::Number),
+    ("letter", KeywordType::Letter),
+    ("symbol", KeywordType::Symbol),
+    ("character_string", KeywordType::CharacterString),
+    ("time", KeywordType::Time),
+    ("date", KeywordType::Date),
+    ("amount", KeywordType::Amount),
+    ("phone_number", KeywordType::PhoneNumber),
+    ("car_number", KeywordType::CarNumber),
+    ("name", KeywordType::Name),
+    ("phrase", KeywordType::Phrase),
+    ("enum", KeywordType::Enum),
+];
+
+impl KeywordType {
+    /// The type of a keyword by its name: `thing1` is [`KeywordType::Thing`],
+    /// `character_string2` is [`KeywordType::CharacterString`]. `None` for an unknown stem.
+    ///
+    /// The index digits after the stem are optional here (`thing` alone is a `thing`).
+    pub fn of(keyword: &str) -> Option<KeywordType> {
+        let stem = keyword.trim_end_matches(|c: char| c.is_ascii_digit());
+        STEMS
+            .iter()
+            .find(|(name, _)| *name == stem)
+            .map(|(_, kind)| *kind)
+    }
+
+    /// The stem WeChat uses for this type, e.g. `"character_string"`.
+    pub fn stem(self) -> &'static str {
+        STEMS
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map(|(name, _)| *name)
+            .unwrap_or("unknown")
+    }
+}
+
+impl fmt::Display for KeywordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.stem())
+    }
+}
+
+/// A keyword value that WeChat would refuse, or a keyword of an unknown type.
+///
+/// Its `Display` follows WeChat's own `47003` wording (`data.thing3.value invalid`) with the
+/// reason appended, so it can be logged or returned as the simulator's `errmsg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("data.{keyword}.value invalid: {reason}")]
+pub struct KeywordError {
+    /// The keyword's name, e.g. `thing3`.
+    pub keyword: String,
+    /// Why the value breaks the limit, in plain words.
+    pub reason: String,
+}
+
+impl KeywordError {
+    fn new(keyword: &str, reason: impl Into<String>) -> Self {
+        Self {
+            keyword: keyword.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Limits, as named constants so that `validate` and `fit` agree.
+const THING_MAX: usize = 20;
+const NUMBER_MAX: usize = 32;
+const LETTER_MAX: usize = 32;
+const SYMBOL_MAX: usize = 5;
+const CHARACTER_STRING_MAX: usize = 32;
+const AMOUNT_DIGITS_MAX: usize = 10;
+const PHONE_NUMBER_MAX: usize = 17;
+const CAR_NUMBER_MAX: usize = 8;
+const NAME_CHINESE_MAX: usize = 10;
+const NAME_OTHER_MAX: usize = 20;
+const PHRASE_MAX: usize = 5;
+const ENUM_MAX: usize = 20;
+
+/// What [`fit`] puts in place of a value from which nothing valid is left (for the types that
+/// accept a symbol). WeChat has no notion of an absent keyword: every keyword must carry a value.
+pub const PLACEHOLDER: &str = "-";
+
+/// Currency symbols accepted at the start of an `amount`.
+const CURRENCY_SYMBOLS: [char; 10] = ['¥', '￥', '$', '€', '£', '₩', '₹', '₽', '₱', '฿'];
+
+/// Whether `c` is a Chinese (CJK ideograph) character, the unit WeChat's limits count in.
+pub fn is_chinese(c: char) -> bool {
+    matches!(c,
+        '\u{4E00}'..='\u{9FFF}'     // CJK Unified Ideographs
+        | '\u{3400}'..='\u{4DBF}'   // Extension A
+        | '\u{F900}'..='\u{FAFF}'   // Compatibility Ideographs
+        | '\u{20000}'..='\u{2A6DF}' // Extension B
+        | '\u{2A700}'..='\u{2EBEF}' // Extensions C to F
+        | '\u{30000}'..='\u{3134F}' // Extension G
+    )
+}
+
+/// A symbol: visible, neither a letter nor a digit (Chinese punctuation counts).
+fn is_symbol(c: char) -> bool {
+    !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control()
+}
+
+/// Checks `value` against the limit of `keyword`'s type, counting characters, not bytes.
+///
+/// An unknown type is an error, since WeChat would refuse the template's data. For `enum` the
+/// template's list of values is not known here, so any non-blank value of up to 20 characters is
+/// accepted.
+pub fn validate(keyword: &str, value: &str) -> Result<(), KeywordError> {
+    let kind = KeywordType::of(keyword)
+        .ok_or_else(|| KeywordError::new(keyword, "unknown keyword type"))?;
+    let err = |reason: String| Err(KeywordError::new(keyword, reason));
+
+    if value.trim().is_empty() {
+        return err("value is empty".into());
+    }
+    if value.chars().any(char::is_control) {
+        return err("value contains a control character".into());
+    }
+    let len = value.chars().count();
+    let too_long = |max: usize| format!("{len} characters, at most {max} allowed for {kind}");
+
+    match kind {
+        KeywordType::Thing => {
+            if len > THING_MAX {
+                return err(too_long(THING_MAX));
+            }
+        }
+        KeywordType::Number => {
+            if len > NUMBER_MAX {
+                return err(too_long(NUMBER_MAX));
+            }
+            if !is_decimal(value) {
+                return err("not a number (digits with at most one decimal point)".into());
+            }
+        }
+        KeywordType::Letter => {
+            if len > LETTER_MAX {
+                return err(too_long(LETTER_MAX));
+            }
+            if !value.chars().all(|c| c.is_ascii_alphabetic()) {
+                return err("only letters allowed".into());
+            }
+        }
+        KeywordType::Symbol => {
+            if len > SYMBOL_MAX {
+                return err(too_long(SYMBOL_MAX));
+            }
+            if !value.chars().all(is_symbol) {
+                return err("only symbols allowed".into());
+            }
+        }
+        KeywordType::CharacterString => {
+            if len > CHARACTER_STRING_MAX {
+                return err(too_long(CHARACTER_STRING_MAX));
+            }
+            if !value.chars().all(|c| c.is_ascii_graphic()) {
+                return err("only digits, letters and symbols allowed".into());
+            }
+        }
+        KeywordType::Time => {
+            if !is_range_of(value, |p| parse_point(p).is_some_and(|(_, clock)| clock)) {
+                return err("not a 24-hour time such as 15:01 or 2019年10月1日 15:01".into());
+            }
+        }
+        KeywordType::Date => {
+            if !is_range_of(value, |p| parse_point(p).is_some_and(|(date, _)| date)) {
+                return err("not a date such as 2019年10月1日 or 2019年10月1日 15:01".into());
+            }
+        }
+        KeywordType::Amount => {
+            if let Some(reason) = amount_problem(value) {
+                return err(reason);
+            }
+        }
+        KeywordType::PhoneNumber => {
+            if len > PHONE_NUMBER_MAX {
+                return err(too_long(PHONE_NUMBER_MAX));
+            }
+            if !value
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' ')
+            {
+                return err("only digits and symbols allowed".into());
+            }
+        }
+        KeywordType::CarNumber => {
+            if len > CAR_NUMBER_MAX {
+                return err(too_long(CAR_NUMBER_MAX));
+            }
+            let last = len - 1;
+            let ok = value.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphanumeric() || ((i == 0 || i == last) && is_chinese(c))
+            });
+            if !ok {
+                return err("only letters and digits, Chinese only first or last".into());
+            }
+        }
+        KeywordType::Name => {
+            let max = name_limit(value);
+            if len > max {
+                return err(too_long(max));
+            }
+        }
+        KeywordType::Phrase => {
+            if len > PHRASE_MAX {
+                return err(too_long(PHRASE_MAX));
+            }
+            if !value.chars().all(is_chinese) {
+                return err("only Chinese characters allowed".into());
+            }
+        }
+        KeywordType::Enum => {
+            if len > ENUM_MAX {
+                return err(too_long(ENUM_MAX));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates every keyword of a message's data, returning the first failure in key order.
+pub fn validate_data<'a, I>(data: I) -> Result<(), KeywordError>
+where
+    I: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    data.into_iter().try_for_each(|(k, v)| validate(k, v))
+}
+
+/// Best effort to make `value` valid for `keyword`'s type.
+///
+/// - `thing`: over 20 characters, the first 19 and `…`;
+/// - `name`: cut to 10 characters when it holds Chinese, else to 20;
+/// - `phone_number`: keeps digits, `+` and `-`, up to 17;
+/// - `character_string`: keeps digits, ASCII letters and symbols, up to 32;
+/// - `number`: keeps digits and the first decimal point, up to 32;
+/// - `time`, `date` and every other type: returned as is (format times with [`format_time`]).
+///
+/// Line breaks and other control characters become spaces and the value is trimmed. For
+/// `thing`, `name`, `phone_number`, `character_string` and `number` the result always passes
+/// [`validate`]: a value from which nothing is left becomes [`PLACEHOLDER`] (`0` for a number).
+pub fn fit(keyword: &str, value: &str) -> String {
+    let Some(kind) = KeywordType::of(keyword) else {
+        return value.to_owned();
+    };
+    match kind {
+        KeywordType::Thing => {
+            let clean = clean(value);
+            let out = if clean.chars().count() > THING_MAX {
+                let mut cut: String = clean.chars().take(THING_MAX - 1).collect();
+                cut.push('…');
+                cut
+            } else {
+                clean
+            };
+            or_placeholder(out)
+        }
+        KeywordType::Name => {
+            let clean = clean(value);
+            let max = name_limit(&clean);
+            let cut: String = clean.chars().take(max).collect();
+            or_placeholder(cut.trim_end().to_owned())
+        }
+        KeywordType::PhoneNumber => or_placeholder(
+            value
+                .chars()
+                .filter(|c| c.is_ascii_digit() || matches!(c, '+' | '-'))
+                .take(PHONE_NUMBER_MAX)
+                .collect(),
+        ),
+        KeywordType::CharacterString => or_placeholder(
+            value
+                .chars()
+                .filter(char::is_ascii_graphic)
+                .take(CHARACTER_STRING_MAX)
+                .collect(),
+        ),
+        KeywordType::Number => fit_number(value),
+        _ => value.to_owned(),
+    }
+}
+
+/// Formats a moment for a `time` or `date` keyword, in China's time (UTC+8 all year: China has
+/// no daylight saving time), as `2019年10月1日 15:01`, a form WeChat documents for both types.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&china_offset())
+        .format("%Y年%-m月%-d日 %H:%M")
+        .to_string()
+}
+
+/// UTC+8, China Standard Time.
+fn china_offset() -> FixedOffset {
+    const CHINA_UTC_OFFSET_SECS: i32 = 8 * 3600;
+    FixedOffset::east_opt(CHINA_UTC_OFFSET_SECS).expect("UTC+8 is a valid offset")
+}
+
+/// Control characters to spaces, then trimmed.
+fn clean(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+fn or_placeholder(s: String) -> String {
+    if s.trim().is_empty() {
+        PLACEHOLDER.to_owned()
+    } else {
+        s
+    }
+}
+
+/// A name with any Chinese character counts as Chinese: "mixed counts as Chinese".
+fn name_limit(value: &str) -> usize {
+    if value.chars().any(is_chinese) {
+        NAME_CHINESE_MAX
+    } else {
+        NAME_OTHER_MAX
+    }
+}
+
+fn fit_number(value: &str) -> String {
+    let mut out = String::new();
+    let mut seen_point = false;
+    for c in value.chars() {
+        if c.is_ascii_digit() {
+            out.push(c);
+        } else if c == '.' && !seen_point {
+            seen_point = true;
+            if out.is_empty() {
+                out.push('0');
+            }
+            out.push('.');
+        }
+    }
+    let mut out: String = out.chars().take(NUMBER_MAX).collect();
+    if out.ends_with('.') {
+        out.pop();
+    }
+    if out.is_empty() {
+        "0".to_owned()
+    } else {
+        out
+    }
+}
+
+/// Digits, optionally with one decimal point between digits.
+fn is_decimal(s: &str) -> bool {
+    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('.') {
+        None => all_digits(s),
+        Some((int, frac)) => all_digits(int) && all_digits(frac),
+    }
+}
+
+fn amount_problem(value: &str) -> Option<String> {
+    // The currency symbol is allowed, not demanded: the table does not say a bare number fails,
+    // and a simulator stricter than WeChat would hide nothing but cause false alarms.
+    let rest = value
+        .strip_prefix(|c: char| CURRENCY_SYMBOLS.contains(&c))
+        .unwrap_or(value);
+    let rest = rest.strip_suffix('元').unwrap_or(rest);
+    if !is_decimal(rest) {
+        return Some("not an amount such as ¥100.50 or 100元".into());
+    }
+    let digits = rest.bytes().filter(u8::is_ascii_digit).count();
+    if digits > AMOUNT_DIGITS_MAX {
+        return Some(format!(
+            "{digits} digits, at most {AMOUNT_DIGITS_MAX} allowed for amount"
+        ));
+    }
+    None
+}
+
+/// A single point or a range `a~b` (spaces around `~` allowed) whose ends both pass `point`.
+fn is_range_of(value: &str, point: impl Fn(&str) -> bool) -> bool {
+    match value.split_once('~') {
+        None => point(value.trim()),
+        Some((a, b)) => !b.contains('~') && point(a.trim()) && point(b.trim()),
+    }
+}
+
+/// Parses `[date][ ][clock]` and tells which parts it had: `(has_date, has_clock)`.
+/// Dates: `2019年10月1日`, `2019-10-01`, `2019/10/01`. Clock: `15:01` or `15:01:59`, 24-hour.
+fn parse_point(s: &str) -> Option<(bool, bool)> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    // Split where the clock starts: the last space, or right after `日`.
+    let (date_part, clock_part) = if let Some((d, c)) = s.rsplit_once(' ') {
+        (d.trim(), c)
+    } else if let Some(idx) = s.find('日') {
+        let end = idx + '日'.len_utf8();
+        (&s[..end], &s[end..])
+    } else if s.contains(':') {
+        ("", s)
+    } else {
+        (s, "")
+    };
+    let has_date = !date_part.is_empty();
+    let has_clock = !clock_part.is_empty();
+    if has_date && !is_date(date_part) {
+        return None;
+    }
+    if has_clock && !is_clock(clock_part) {
+        return None;
+    }
+    Some((has_date, has_clock))
+}
+
+fn is_date(s: &str) -> bool {
+    let parts: Vec<&str> = if let Some(rest) = s.strip_suffix('日') {
+        rest.split(['年', '月']).collect()
+    } else if s.contains('-') {
+        s.split('-').collect()
+    } else {
+        s.split('/').collect()
+    };
+    let [y, m, d] = parts.as_slice() else {
+        return false;
+    };
+    let num = |p: &str, max_len: usize| -> Option<u32> {
+        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    if y.len() != 4 {
+        return false;
+    }
+    match (num(y, 4), num(m, 2), num(d, 2)) {
+        (Some(y), Some(m), Some(d)) => {
+            i32::try_from(y).is_ok_and(|y| NaiveDate::from_ymd_opt(y, m, d).is_some())
+        }
+        _ => false,
+    }
+}
+
+fn is_clock(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    let field = |p: &str, min_len: usize, max: u32| {
+        (min_len..=2).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= max)
+    };
+    match parts.as_slice() {
+        [h, m] => field(h, 1, 23) && field(m, 2, 59),
+        [h, m, sec] => field(h, 1, 23) && field(m, 2, 59) && field(sec, 2, 59),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn ok(k: &str, v: &str) {
+        assert_eq!(validate(k, v), Ok(()), "{k}={v:?} should be valid");
+    }
+    fn bad(k: &str, v: &str) {
+        assert!(validate(k, v).is_err(), "{k}={v:?} should be invalid");
+    }
+
+    #[test]
+    fn type_of_keyword_name() {
+        let cases = [
+            ("thing1", KeywordType::Thing),
+            ("number12", KeywordType::Number),
+            ("letter3", KeywordType::Letter),
+            ("symbol4", KeywordType::Symbol),
+            ("character_string2", KeywordType::CharacterString),
+            ("time2", KeywordType::Time),
+            ("date5", KeywordType::Date),
+            ("amount6", KeywordType::Amount),
+            ("phone_number3", KeywordType::PhoneNumber),
+            ("car_number8", KeywordType::CarNumber),
+            ("name9", KeywordType::Name),
+            ("phrase10", KeywordType::Phrase),
+            ("enum11", KeywordType::Enum),
+        ];
+        for (name, kind) in cases {
+            assert_eq!(KeywordType::of(name), Some(kind), "{name}");
+            assert_eq!(KeywordType::of(&format!("{}1", kind.stem())), Some(kind));
+        }
+        for unknown in [
+            "", "1", "things1", "thing_1", "phone1", "xnumber1", "Thing1",
+        ] {
+            assert_eq!(KeywordType::of(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        let e = validate("foo1", "x").unwrap_err();
+        assert_eq!(e.keyword, "foo1");
+        assert!(e.reason.contains("unknown"));
+    }
+
+    #[test]
+    fn error_display_names_the_field_like_wechat() {
+        let e = validate("thing3", &"a".repeat(21)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("data.thing3.value invalid: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn blank_and_control_characters_are_invalid_for_every_type() {
+        for (stem, _) in STEMS {
+            let k = format!("{stem}1");
+            bad(&k, "");
+            bad(&k, "   ");
+            bad(&k, "a\nb");
+        }
+    }
+
+    #[test]
+    fn thing_counts_characters_not_bytes() {
+        ok("thing1", &"客".repeat(20)); // 60 bytes, 20 characters
+        bad("thing1", &"客".repeat(21));
+        ok("thing1", &"a".repeat(20));
+        bad("thing1", &"a".repeat(21));
+        ok("thing1", "客户查看了您的简历 abc-123!");
+    }
+
+    #[test]
+    fn number_limits() {
+        ok("number1", "42");
+        ok("number1", "3.14");
+        ok("number1", &"9".repeat(32));
+        bad("number1", &"9".repeat(33));
+        bad("number1", "1.2.3");
+        bad("number1", ".5");
+        bad("number1", "5.");
+        bad("number1", "-5");
+        bad("number1", "五");
+    }
+
+    #[test]
+    fn letter_limits() {
+        ok("letter1", "abcXYZ");
+        ok("letter1", &"a".repeat(32));
+        bad("letter1", &"a".repeat(33));
+        bad("letter1", "abc1");
+        bad("letter1", "ab c");
+        bad("letter1", "中");
+    }
+
+    #[test]
+    fn symbol_limits() {
+        ok("symbol1", "!@#$%");
+        ok("symbol1", "，。");
+        bad("symbol1", "!@#$%^");
+        bad("symbol1", "a!");
+        bad("symbol1", "中");
+    }
+
+    #[test]
+    fn character_string_limits() {
+        ok("character_string1", "ORDER-2024_0001#A");
+        ok("character_string1", &"x".repeat(32));
+        bad("character_string1", &"x".repeat(33));
+        bad("character_string1", "订单1");
+        bad("character_string1", "a b");
+    }
+
+    #[test]
+    fn time_forms() {
+        ok("time2", "15:01");
+        ok("time2", "9:05");
+        ok("time2", "15:01:59");
+        ok("time2", "2019年10月1日 15:01");
+        ok("time2", "2019年10月1日15:01");
+        ok("time2", "2019-10-01 15:01");
+        ok("time2", "15:01~16:30");
+        ok("time2", "2019年10月1日 15:01 ~ 2019年10月2日 09:00");
+        bad("time2", "2019年10月1日"); // a time needs a clock
+        bad("time2", "24:00");
+        bad("time2", "15:60");
+        bad("time2", "15:1");
+        bad("time2", "3pm");
+        bad("time2", "15:01~");
+        bad("time2", "1:00~2:00~3:00");
+        bad("time2", "2019年2月30日 15:01");
+    }
+
+    #[test]
+    fn date_forms() {
+        ok("date1", "2019年10月1日");
+        ok("date1", "2019年10月1日 15:01");
+        ok("date1", "2019-10-01");
+        ok("date1", "2019/10/01");
+        ok("date1", "2019年10月1日 ~ 2019年10月7日");
+        bad("date1", "15:01"); // a date needs a date
+        bad("date1", "2019年13月1日");
+        bad("date1", "19年10月1日");
+        bad("date1", "2019年10月1");
+        bad("date1", "tomorrow");
+    }
+
+    #[test]
+    fn amount_limits() {
+        ok("amount1", "¥100");
+        ok("amount1", "￥100.50");
+        ok("amount1", "$1234567890");
+        ok("amount1", "100元");
+        ok("amount1", "¥99.9元");
+        bad("amount1", "¥12345678901");
+        bad("amount1", "¥¥100");
+        bad("amount1", "¥");
+        bad("amount1", "100块");
+        bad("amount1", "1,000");
+    }
+
+    #[test]
+    fn phone_number_limits() {
+        ok("phone_number1", "+86-0766-66888866"); // 17 characters
+        ok("phone_number1", "13800138000");
+        bad("phone_number1", "+86-0766-668888661");
+        bad("phone_number1", "138abc");
+        bad("phone_number1", "一三八");
+    }
+
+    #[test]
+    fn car_number_limits() {
+        ok("car_number1", "粤A8Z8V8");
+        ok("car_number1", "粤A1234学");
+        ok("car_number1", "AB123456");
+        bad("car_number1", "粤A123456学"); // 9
+        bad("car_number1", "A粤1234");
+        bad("car_number1", "粤A-123");
+    }
+
+    #[test]
+    fn name_limits() {
+        ok("name1", &"张".repeat(10));
+        bad("name1", &"张".repeat(11));
+        ok("name1", &"a".repeat(20));
+        bad("name1", &"a".repeat(21));
+        ok("name1", "John O'Neil-Smith");
+        // mixed counts as Chinese
+        ok("name1", "张John三");
+        bad("name1", "张abcdefghij");
+    }
+
+    #[test]
+    fn phrase_limits() {
+        ok("phrase1", "配送中");
+        ok("phrase1", "已经取消了");
+        bad("phrase1", "已经取消了吗");
+        bad("phrase1", "ok");
+        bad("phrase1", "好的!");
+    }
+
+    #[test]
+    fn enum_accepts_short_values() {
+        ok("enum1", "已完成");
+        ok("enum1", &"a".repeat(20));
+        bad("enum1", &"a".repeat(21));
+    }
+
+    #[test]
+    fn fit_thing_truncates_with_ellipsis() {
+        let long = "新客户查看了您的简历并且想要联系您的顾问团队成员";
+        let out = fit("thing1", long);
+        assert_eq!(out.chars().count(), 20);
+        assert!(out.ends_with('…'));
+        assert!(long.starts_with(out.trim_end_matches('…')));
+        assert_eq!(fit("thing1", "客户查看了您的简历"), "客户查看了您的简历");
+        assert_eq!(fit("thing1", &"a".repeat(20)), "a".repeat(20));
+        assert_eq!(fit("thing1", ""), PLACEHOLDER);
+    }
+
+    #[test]
+    fn fit_examples_for_other_types() {
+        assert_eq!(fit("name1", &"张".repeat(12)), "张".repeat(10));
+        assert_eq!(fit("name1", &"a".repeat(25)), "a".repeat(20));
+        assert_eq!(
+            fit("phone_number3", "+86 (138) 0013-8000"),
+            "+861380013-8000"
+        );
+        assert_eq!(fit("phone_number3", "无"), PLACEHOLDER);
+        assert_eq!(fit("character_string1", "订单 AB-12"), "AB-12");
+        assert_eq!(fit("number1", "约 1.5.0 元"), "1.50");
+        assert_eq!(fit("number1", ".5"), "0.5");
+        assert_eq!(fit("number1", "none"), "0");
+        assert_eq!(fit("time2", "whatever"), "whatever");
+        assert_eq!(fit("unknown1", "x"), "x");
+    }
+
+    #[test]
+    fn format_time_is_china_time_and_valid_for_time_and_date() {
+        let t = Utc.with_ymd_and_hms(2019, 10, 1, 7, 1, 0).unwrap();
+        assert_eq!(format_time(t), "2019年10月1日 15:01");
+        // crossing midnight in China
+        let t = Utc.with_ymd_and_hms(2024, 12, 31, 16, 5, 0).unwrap();
+        assert_eq!(format_time(t), "2025年1月1日 00:05");
+        ok("time2", &format_time(t));
+        ok("date1", &format_time(t));
+    }
+
+    #[test]
+    fn validate_data_reports_the_first_bad_keyword() {
+        let data = std::collections::BTreeMap::from([
+            ("thing1".to_owned(), "ok".to_owned()),
+            ("thing3".to_owned(), "x".repeat(21)),
+        ]);
+        assert_eq!(validate_data(&data).unwrap_err().keyword, "thing3");
+    }
+
+    proptest! {
+        #[test]
+        fn fit_always_validates(
+            value in any::<String>(),
+            stem in prop::sample::select(vec![
+                "thing", "name", "phone_number", "character_string", "number",
+            ]),
+        ) {
+            let keyword = format!("{stem}1");
+            let out = fit(&keyword, &value);
+            prop_assert_eq!(validate(&keyword, &out), Ok(()), "fit({:?}) = {:?}", value, out);
+        }
+
+        #[test]
+        fn fit_always_validates_on_chinese_heavy_input(
+            value in "[\\u{4e00}-\\u{9fa5}a-zA-Z0-9 .+\\-…！\n]{0,60}",
+            stem in prop::sample::select(vec![
+                "thing", "name", "phone_number", "character_string", "number",
+            ]),
+        ) {
+            let keyword = format!("{stem}7");
+            let out = fit(&keyword, &value);
+            prop_assert_eq!(validate(&keyword, &out), Ok(()), "fit({:?}) = {:?}", value, out);
+        }
+
+        #[test]
+        fn fit_keeps_valid_values_unchanged(value in "[\\u{4e00}-\\u{9fa5}a-z]{1,20}") {
+            prop_assert_eq!(validate("thing1", &value), Ok(()));
+            prop_assert_eq!(fit("thing1", &value), value);
+        }
+
+        #[test]
+        fn thing_limit_is_in_characters(n in 1usize..40, c in "[\\u{4e00}-\\u{9fa5}]") {
+            let value = c.repeat(n);
+            prop_assert_eq!(validate("thing1", &value).is_ok(), n <= THING_MAX);
+        }
+
+        #[test]
+        fn format_time_always_valid(secs in 0i64..4_102_444_800) {
+            let t = DateTime::<Utc>::from_timestamp(secs, 0).unwrap();
+            let s = format_time(t);
+            prop_assert_eq!(validate("time2", &s), Ok(()));
+            prop_assert_eq!(validate("date1", &s), Ok(()));
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The whole system in one process: the WeChat simulator, gateway, leads and notifier, each on
+//! its own tokio tasks through the same `run` entry its binary uses. `andectl up` runs it for a
+//! developer; the end-to-end tests run it on free ports with an isolated database and prefix.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ande_gateway::{Gateway, GatewayConfig};
+use ande_leads::LeadsConfig;
+use ande_notifier::NotifierConfig;
+use ande_platform::bus::Bus;
+use ande_platform::config::{CommonConfig, Env};
+use anyhow::{bail, Context};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long `start` waits for every consumer to exist before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct StackOptions {
+    pub common: CommonConfig,
+    /// Where the simulator listens; `None` to use the WeChat API the environment names
+    /// (`WECHAT_API_BASE`) instead of starting one.
+    pub sim_addr: Option<SocketAddr>,
+    pub gateway: GatewayConfig,
+    pub leads: LeadsConfig,
+    pub notifier: NotifierConfig,
+    pub sim: wechat_sim::SimConfig,
+}
+
+impl StackOptions {
+    /// From the process environment, as `andectl up` runs it.
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(env)?;
+        let sim_addr = match env.get(ande_platform::config::WECHAT_API_BASE) {
+            Some(_) => None,
+            None => Some(env.string(wechat_sim::WECHAT_SIM_ADDR, wechat_sim::DEFAULT_ADDR).parse().context("WECHAT_SIM_ADDR")?),
+        };
+        Ok(Self {
+            gateway: GatewayConfig::from_env(env)?,
+            leads: LeadsConfig::from_env(env)?,
+            notifier: NotifierConfig::from_env(env)?,
+            sim: wechat_sim::SimConfig::from_env(env)?,
+            common,
+            sim_addr,
+        })
+    }
+
+    /// For tests: this config's database and prefix, every port picked by the OS.
+    pub fn for_test(common: CommonConfig) -> Self {
+        let sim_base = "http://127.0.0.1:0";
+        let mut gateway = GatewayConfig::with_common(common.clone(), sim_base);
+        gateway.port = 0;
+        Self {
+            leads: LeadsConfig::with_common(common.clone()),
+            notifier: NotifierConfig::with_common(common.clone(), sim_base),
+            sim: wechat_sim::SimConfig::default(),
+            sim_addr: Some("127.0.0.1:0".parse().expect("valid")),
+            gateway,
+            common,
+        }
+    }
+}
+
+pub struct Stack {
+    pub gateway_url: String,
+    pub sim_url: Option<String>,
+    pub common: CommonConfig,
+    pub gateway_pool: sqlx::PgPool,
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Stack {
+    /// Start everything and wait until the consumers exist (so the first event is not missed by
+    /// a consumer created later: they start from the beginning of the stream anyway).
+    pub async fn start(mut opts: StackOptions) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut sim_url = None;
+        if let Some(addr) = opts.sim_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("WeChat simulator cannot listen on {addr}"))?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let (cfg, stop) = (opts.sim.clone(), shutdown.clone());
+            tasks.spawn(async move { ("wechat-sim", wechat_sim::run(cfg, listener, stop).await) });
+            opts.gateway.wechat.base_url = url.clone();
+            opts.notifier.wechat.base_url = url.clone();
+            sim_url = Some(url);
+        }
+        // Every service uses the same shared settings.
+        opts.gateway.common = opts.common.clone();
+        opts.leads.common = opts.common.clone();
+        opts.notifier.common = opts.common.clone();
+
+        let gateway = Gateway::bind(opts.gateway).await.context("gateway")?;
+        let gateway_url = format!("http://{}", gateway.addr);
+        let gateway_pool = gateway.state().pool.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { ("gateway", gateway.run(stop).await) });
+        let (cfg, stop) = (opts.leads, shutdown.clone());
+        tasks.spawn(async move { ("leads", ande_leads::run(cfg, stop).await) });
+        let (cfg, stop) = (opts.notifier, shutdown.clone());
+        tasks.spawn(async move { ("notifier", ande_notifier::run(cfg, stop).await) });
+
+        let stack = Self { gateway_url, sim_url, common: opts.common, gateway_pool, shutdown, tasks };
+        stack.wait_ready().await?;
+        Ok(stack)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let bus = Bus::connect(&self.common, "andectl").await?;
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let names = [ande_leads::consumer::DURABLE, ande_notifier::consumers::OUTCOMES_DURABLE, ande_notifier::consumers::SUBSCRIPTIONS_DURABLE];
+        loop {
+            let mut missing = Vec::new();
+            match bus.js.get_stream(bus.subjects.stream()).await {
+                Ok(stream) => {
+                    for n in names {
+                        if stream.consumer_info(n).await.is_err() {
+                            missing.push(n);
+                        }
+                    }
+                }
+                Err(_) => missing.push("stream"),
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("not ready after {READY_TIMEOUT:?}: waiting for {missing:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until a service stops on its own (an error) or shutdown is requested; then stop all.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            r = self.tasks.join_next() => r,
+        };
+        self.shutdown.cancel();
+        let mut failure = None;
+        if let Some(Ok((name, Err(e)))) = first {
+            failure = Some(anyhow::anyhow!("{name} stopped: {e:#}"));
+        }
+        while let Some(r) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = r {
+                tracing::warn!(service = name, error = format!("{e:#}"), "stopped with an error");
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Stop everything and wait for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

@@ -1,0 +1,80 @@
+//! Helpers shared by the system tests: a whole stack per test, on its own database and subject
+//! prefix, against the machine's real NATS and Postgres, with WeChat simulated.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use andectl::stack::{Stack, StackOptions};
+use serde_json::{json, Value};
+
+pub struct TestStack {
+    pub stack: Stack,
+    pub http: reqwest::Client,
+}
+
+pub async fn start() -> TestStack {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut StackOptions)) -> TestStack {
+    ande_platform::telemetry::init_for_tests();
+    let common = ande_platform::testing::isolated_config().await;
+    let mut opts = StackOptions::for_test(common);
+    adjust(&mut opts);
+    let stack = Stack::start(opts).await.expect("stack starts");
+    TestStack { stack, http: reqwest::Client::new() }
+}
+
+impl TestStack {
+    pub fn sim(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.sim_url.as_deref().expect("simulator running"))
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.gateway_url)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.api(path)).json(&body).send().await.expect("gateway answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An advisor accepts one subscription: at the gateway (our credit) and inside WeChat.
+    pub async fn advisor_accepts(&self, advisor: &str, openid: &str, template: &str) {
+        let (status, body) = self
+            .post(
+                "/api/advisor/subscribe",
+                json!({"advisorId": advisor, "openid": openid, "templateId": template, "subscribed": true,
+                       "subscribeData": {"subscriptionStatus": "accept", "source": "miniprogram"}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let r = self
+            .http
+            .post(self.sim("/sim/credits"))
+            .json(&json!({"openid": openid, "template_id": template, "count": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Messages the simulator accepted for `touser`, waiting until there are at least `n`.
+    pub async fn wait_messages(&self, touser: &str, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v: Value = self.http.get(self.sim(&format!("/sim/messages?touser={touser}"))).send().await.unwrap().json().await.unwrap();
+            let list = v.as_array().cloned().or_else(|| v.get("messages").and_then(Value::as_array).cloned()).unwrap_or_default();
+            if list.len() >= n || tokio::time::Instant::now() > deadline {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn db(&self) -> sqlx::PgPool {
+        use ande_platform::ExposeSecret;
+        sqlx::PgPool::connect(self.stack.common.database_url.expose_secret()).await.unwrap()
+    }
+}
