@@ -541,6 +541,123 @@ mod tests {
         assert_eq!(client.token_fetches(), 2);
     }
 
+    /// A loopback HTTP stub that answers every request with `body` and counts requests: a
+    /// stable-token endpoint that, like WeChat's in normal mode, returns the same token each time.
+    async fn stub_server(body: &'static str) -> (String, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    // Requests here are small: one read holds the head and the JSON body.
+                    let mut buf = vec![0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    fn token_error() -> WechatError {
+        WechatError::Api {
+            errcode: 40001,
+            errmsg: "invalid credential".into(),
+        }
+    }
+
+    /// Two calls fail on the same token. The first drops it and refetches; the refetch returns
+    /// the same string (stable tokens do). The second, arriving late, must not drop the fresh
+    /// entry: it is judged by the fetch that produced it, not by the string.
+    #[tokio::test]
+    async fn a_late_token_error_leaves_the_refetched_token_alone() {
+        let (base, hits) = stub_server(r#"{"access_token":"SAME-TOKEN","expires_in":7200}"#).await;
+        let client = WechatClient::new(config(&base)).unwrap();
+        client.access_token().await.unwrap();
+
+        let late_may_fail = Arc::new(tokio::sync::Notify::new());
+        let late_has_token = Arc::new(tokio::sync::Notify::new());
+        let late = {
+            let (client, may_fail, has_token) = (
+                client.clone(),
+                late_may_fail.clone(),
+                late_has_token.clone(),
+            );
+            tokio::spawn(async move {
+                let attempts = AtomicU64::new(0);
+                client
+                    .with_token(|_token| {
+                        let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+                        let (may_fail, has_token) = (&may_fail, &has_token);
+                        async move {
+                            if attempt == 0 {
+                                has_token.notify_one();
+                                may_fail.notified().await;
+                                Err(token_error())
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
+        late_has_token.notified().await;
+
+        // The early call fails on the same token, drops it, refetches and succeeds.
+        let attempts = AtomicU64::new(0);
+        client
+            .with_token(|_token| {
+                let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if attempt == 0 {
+                        Err(token_error())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(client.token_fetches(), 2);
+
+        late_may_fail.notify_one();
+        late.await.unwrap().unwrap();
+
+        assert_eq!(
+            client.token_fetches(),
+            2,
+            "the late error kept the fresh token"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_second_token_error_is_returned_not_retried() {
+        let (base, hits) = stub_server(r#"{"access_token":"T","expires_in":7200}"#).await;
+        let client = WechatClient::new(config(&base)).unwrap();
+        let attempts = AtomicU64::new(0);
+        let err = client
+            .with_token(|_token| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(token_error()) }
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_token_error());
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
     /// A server that accepts connections and never answers: the configured timeout applies.
     #[tokio::test]
     async fn requests_time_out() {
