@@ -67,11 +67,17 @@ impl Handler for ActionHandler {
 }
 
 impl ActionHandler {
-    async fn store_batch(&self, batch: &[Delivery<ActionRecorded>]) -> Result<Vec<StoredOutcome>, sqlx::Error> {
+    async fn store_batch(
+        &self,
+        batch: &[Delivery<ActionRecorded>],
+    ) -> Result<Vec<StoredOutcome>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
-            match store::record_action(&mut tx, &d.event, d.stream_seq, &self.config).instrument(d.span.clone()).await {
+            match store::record_action(&mut tx, &d.event, d.stream_seq, &self.config)
+                .instrument(d.span.clone())
+                .await
+            {
                 Ok(o) => out.push(o),
                 Err(RecordError::Db(e)) => return Err(e),
                 // An invalid event fails the fast path; the slow path dead-letters it alone.
@@ -83,7 +89,10 @@ impl ActionHandler {
     }
 
     /// One transaction per action; `Err(reason)` marks an action that can never be stored.
-    async fn store_one_by_one(&self, batch: &[Delivery<ActionRecorded>]) -> anyhow::Result<Vec<Result<StoredOutcome, String>>> {
+    async fn store_one_by_one(
+        &self,
+        batch: &[Delivery<ActionRecorded>],
+    ) -> anyhow::Result<Vec<Result<StoredOutcome, String>>> {
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let mut tx = self.pool.begin().await.context("begin")?;
@@ -92,7 +101,9 @@ impl ActionHandler {
                     tx.commit().await.context("commit")?;
                     out.push(Ok(o));
                 }
-                Err(RecordError::Db(e)) if is_unavailable(&e) => return Err(e).context("storing action"),
+                Err(RecordError::Db(e)) if is_unavailable(&e) => {
+                    return Err(e).context("storing action")
+                }
                 Err(e) => out.push(Err(e.to_string())),
             }
         }
@@ -107,14 +118,22 @@ impl ActionHandler {
         let mut acks = Vec::with_capacity(outcomes.len());
         for (o, span) in &outcomes {
             let event = outcome_event(o);
-            acks.push(self.bus.publish_start(&event).instrument(span.clone()).await.context("publishing outcome")?);
+            acks.push(
+                self.bus
+                    .publish_start(&event)
+                    .instrument(span.clone())
+                    .await
+                    .context("publishing outcome")?,
+            );
         }
         for ack in acks {
             ack.await.context("outcome not acknowledged")?;
         }
         let ids: Vec<Uuid> = outcomes.iter().map(|(o, _)| o.action_id).collect();
         let mut conn = self.pool.acquire().await.context("acquire")?;
-        store::mark_published(&mut conn, &ids).await.context("marking outcomes published")?;
+        store::mark_published(&mut conn, &ids)
+            .await
+            .context("marking outcomes published")?;
         Ok(())
     }
 }
@@ -123,7 +142,12 @@ impl ActionHandler {
 pub fn outcome_event(o: &StoredOutcome) -> LeadOutcome {
     let action_id = o.action_id.to_string();
     LeadOutcome {
-        meta: Some(meta_with_id(o.outcome_event_id, &action_id, PRODUCER, o.stored_at)),
+        meta: Some(meta_with_id(
+            o.outcome_event_id,
+            &action_id,
+            PRODUCER,
+            o.stored_at,
+        )),
         action_id,
         advisor_id: o.advisor_id.clone(),
         customer_id: o.customer_id.clone(),

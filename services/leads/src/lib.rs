@@ -27,20 +27,33 @@ pub const SCHEMA: &str = "leads";
 
 /// The consumer's settings on the server.
 pub fn consumer_spec(bus: &Bus, config: &LeadsConfig) -> ConsumerSpec {
-    let mut spec = ConsumerSpec::new(consumer::DURABLE, bus.subjects.event(EventKind::ActionRecorded));
+    let mut spec = ConsumerSpec::new(
+        consumer::DURABLE,
+        bus.subjects.event(EventKind::ActionRecorded),
+    );
     spec.batch = config.batch;
     spec
 }
 
 /// Run the service until `shutdown` is cancelled.
 pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
+    let pool =
+        ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
     let bus = Bus::connect(&config.common, "leads").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let spec = consumer_spec(&bus, &config);
-    let handler = Arc::new(consumer::ActionHandler { pool: pool.clone(), bus: bus.clone(), config: Arc::new(config) });
+    let handler = Arc::new(consumer::ActionHandler {
+        pool: pool.clone(),
+        bus: bus.clone(),
+        config: Arc::new(config),
+    });
     tracing::info!("leads service running");
-    let queries = queries::serve(bus.client.clone(), bus.subjects.clone(), pool.clone(), shutdown.clone());
+    let queries = queries::serve(
+        bus.client.clone(),
+        bus.subjects.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    );
     let consuming = ande_platform::consumer::run(bus, spec, handler, shutdown);
     tokio::try_join!(consuming, queries).context("leads service")?;
     pool.close().await;

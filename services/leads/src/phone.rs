@@ -35,10 +35,16 @@ pub fn normalize(raw: &str) -> String {
 
 /// The normalised number if it is a valid mainland mobile, else why not.
 pub fn mainland_mobile(raw: Option<&str>) -> Result<String, NoLead> {
-    let raw = raw.map(str::trim).filter(|s| !s.is_empty()).ok_or(NoLead::MissingPhone)?;
+    let raw = raw
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(NoLead::MissingPhone)?;
     let n = normalize(raw);
     let b = n.as_bytes();
-    let valid = b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit);
+    let valid = b.len() == 11
+        && b[0] == b'1'
+        && (b'3'..=b'9').contains(&b[1])
+        && b.iter().all(u8::is_ascii_digit);
     if valid {
         Ok(n)
     } else {
@@ -53,8 +59,19 @@ mod tests {
 
     #[test]
     fn accepts_the_ways_people_write_numbers() {
-        for raw in ["13800138000", " 138 0013 8000 ", "138-0013-8000", "+86 138 0013 8000", "0086-13800138000", "+86(138)00138000"] {
-            assert_eq!(mainland_mobile(Some(raw)), Ok("13800138000".into()), "{raw}");
+        for raw in [
+            "13800138000",
+            " 138 0013 8000 ",
+            "138-0013-8000",
+            "+86 138 0013 8000",
+            "0086-13800138000",
+            "+86(138)00138000",
+        ] {
+            assert_eq!(
+                mainland_mobile(Some(raw)),
+                Ok("13800138000".into()),
+                "{raw}"
+            );
         }
     }
 
@@ -62,8 +79,20 @@ mod tests {
     fn refuses_what_is_not_a_mainland_mobile() {
         assert_eq!(mainland_mobile(None), Err(NoLead::MissingPhone));
         assert_eq!(mainland_mobile(Some("  ")), Err(NoLead::MissingPhone));
-        for raw in ["12800138000", "1380013800", "138001380000", "010-66888866", "abc", "１３８００１３８０００", "+85213800138000"] {
-            assert_eq!(mainland_mobile(Some(raw)), Err(NoLead::InvalidPhone), "{raw}");
+        for raw in [
+            "12800138000",
+            "1380013800",
+            "138001380000",
+            "010-66888866",
+            "abc",
+            "１３８００１３８０００",
+            "+85213800138000",
+        ] {
+            assert_eq!(
+                mainland_mobile(Some(raw)),
+                Err(NoLead::InvalidPhone),
+                "{raw}"
+            );
         }
     }
 

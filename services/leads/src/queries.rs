@@ -63,36 +63,64 @@ pub async fn lead(pool: &PgPool, q: LeadQuery) -> Result<store::Lead, RpcError> 
     let found = match (q.id.as_deref(), q.phone.as_deref()) {
         (Some(id), _) => store::lead_by_id(&mut conn, uuid(id)?).await,
         (None, Some(p)) => {
-            let p = phone::mainland_mobile(Some(p)).map_err(|r| RpcError::bad_request(r.as_str()))?;
+            let p =
+                phone::mainland_mobile(Some(p)).map_err(|r| RpcError::bad_request(r.as_str()))?;
             store::lead_by_phone(&mut conn, &p).await
         }
         (None, None) => return Err(RpcError::bad_request("give id or phone")),
     };
-    found.map_err(db_err)?.ok_or_else(|| RpcError::not_found("no such lead"))
+    found
+        .map_err(db_err)?
+        .ok_or_else(|| RpcError::not_found("no such lead"))
 }
 
 pub async fn list(pool: &PgPool, q: ListQuery) -> Result<Vec<store::Lead>, RpcError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let mut conn = pool.acquire().await.map_err(db_err)?;
-    store::list_leads(&mut conn, q.advisor_id.as_deref(), q.since, q.until, limit).await.map_err(db_err)
+    store::list_leads(&mut conn, q.advisor_id.as_deref(), q.since, q.until, limit)
+        .await
+        .map_err(db_err)
 }
 
 /// Serve all queries until shutdown.
-pub async fn serve(client: async_nats::Client, subjects: ande_events::Subjects, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: ande_events::Subjects,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (p1, p2, p3) = (pool.clone(), pool.clone(), pool);
     tokio::try_join!(
-        rpc::serve(client.clone(), subjects.rpc("leads", "journey"), QUEUE_GROUP, shutdown.clone(), move |q| {
-            let p = p1.clone();
-            async move { journey(&p, q).await }
-        }),
-        rpc::serve(client.clone(), subjects.rpc("leads", "lead"), QUEUE_GROUP, shutdown.clone(), move |q| {
-            let p = p2.clone();
-            async move { lead(&p, q).await }
-        }),
-        rpc::serve(client, subjects.rpc("leads", "list"), QUEUE_GROUP, shutdown, move |q| {
-            let p = p3.clone();
-            async move { list(&p, q).await }
-        }),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("leads", "journey"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |q| {
+                let p = p1.clone();
+                async move { journey(&p, q).await }
+            }
+        ),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("leads", "lead"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |q| {
+                let p = p2.clone();
+                async move { lead(&p, q).await }
+            }
+        ),
+        rpc::serve(
+            client,
+            subjects.rpc("leads", "list"),
+            QUEUE_GROUP,
+            shutdown,
+            move |q| {
+                let p = p3.clone();
+                async move { list(&p, q).await }
+            }
+        ),
     )?;
     Ok(())
 }

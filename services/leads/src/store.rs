@@ -92,7 +92,8 @@ fn json_or_raw(text: &str) -> serde_json::Value {
     if text.trim().is_empty() {
         return serde_json::json!({});
     }
-    serde_json::from_str(&text.replace("\\u0000", "")).unwrap_or_else(|_| serde_json::json!({ "_raw": text.replace('\0', "") }))
+    serde_json::from_str(&text.replace("\\u0000", ""))
+        .unwrap_or_else(|_| serde_json::json!({ "_raw": text.replace('\0', "") }))
 }
 
 /// Store an action and its lead outcome, once. A second call for the same action id (a
@@ -108,13 +109,21 @@ pub async fn record_action(
     stream_seq: u64,
     config: &LeadsConfig,
 ) -> Result<StoredOutcome, RecordError> {
-    let meta = ev.meta.as_ref().ok_or_else(|| RecordError::Invalid("no envelope".into()))?;
-    let action_id = Uuid::parse_str(&ev.action_id).map_err(|_| RecordError::Invalid(format!("action_id {:?} is not a UUID", ev.action_id)))?;
-    let event_id = Uuid::parse_str(&meta.event_id).map_err(|_| RecordError::Invalid("event_id is not a UUID".into()))?;
+    let meta = ev
+        .meta
+        .as_ref()
+        .ok_or_else(|| RecordError::Invalid("no envelope".into()))?;
+    let action_id = Uuid::parse_str(&ev.action_id)
+        .map_err(|_| RecordError::Invalid(format!("action_id {:?} is not a UUID", ev.action_id)))?;
+    let event_id = Uuid::parse_str(&meta.event_id)
+        .map_err(|_| RecordError::Invalid("event_id is not a UUID".into()))?;
     let occurred_at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
-    let advisor_id = clean(&ev.advisor_id).ok_or_else(|| RecordError::Invalid("advisor_id is empty".into()))?;
-    let customer_id = clean(&ev.customer_id).ok_or_else(|| RecordError::Invalid("customer_id is empty".into()))?;
-    let action_type = clean(&ev.action_type).ok_or_else(|| RecordError::Invalid("action_type is empty".into()))?;
+    let advisor_id =
+        clean(&ev.advisor_id).ok_or_else(|| RecordError::Invalid("advisor_id is empty".into()))?;
+    let customer_id = clean(&ev.customer_id)
+        .ok_or_else(|| RecordError::Invalid("customer_id is empty".into()))?;
+    let action_type = clean(&ev.action_type)
+        .ok_or_else(|| RecordError::Invalid("action_type is empty".into()))?;
     let name = clean(&ev.customer_name);
     let raw_phone = clean(&ev.customer_phone);
     let openid = clean(&ev.openid);
@@ -146,7 +155,9 @@ pub async fn record_action(
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_none() {
-        return load_outcome(conn, action_id).await?.ok_or_else(|| RecordError::Invalid("action vanished".into()));
+        return load_outcome(conn, action_id)
+            .await?
+            .ok_or_else(|| RecordError::Invalid("action vanished".into()));
     }
 
     match phone {
@@ -193,7 +204,9 @@ pub async fn record_action(
                 .await?;
         }
     }
-    Ok(load_outcome(conn, action_id).await?.expect("row inserted above"))
+    Ok(load_outcome(conn, action_id)
+        .await?
+        .expect("row inserted above"))
 }
 
 const OUTCOME_SELECT: &str = "SELECT a.action_id, a.advisor_id, a.customer_id, a.action_type, a.outcome_kind, a.no_lead_reason,
@@ -222,7 +235,10 @@ fn outcome_from_row(r: &sqlx::postgres::PgRow) -> StoredOutcome {
     }
 }
 
-pub async fn load_outcome(conn: &mut PgConnection, action_id: Uuid) -> Result<Option<StoredOutcome>, sqlx::Error> {
+pub async fn load_outcome(
+    conn: &mut PgConnection,
+    action_id: Uuid,
+) -> Result<Option<StoredOutcome>, sqlx::Error> {
     let row = sqlx::query(&format!("{OUTCOME_SELECT} WHERE a.action_id = $1"))
         .bind(action_id)
         .fetch_optional(conn)
@@ -230,7 +246,10 @@ pub async fn load_outcome(conn: &mut PgConnection, action_id: Uuid) -> Result<Op
     Ok(row.as_ref().map(outcome_from_row))
 }
 
-pub async fn mark_published(conn: &mut PgConnection, action_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+pub async fn mark_published(
+    conn: &mut PgConnection,
+    action_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE actions SET outcome_published_at = now() WHERE action_id = ANY($1) AND outcome_published_at IS NULL")
         .bind(action_ids)
         .execute(conn)
@@ -261,11 +280,22 @@ pub struct Lead {
 const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, created_at";
 
 pub async fn lead_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1")).bind(id).fetch_optional(conn).await
+    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
-pub async fn lead_by_phone(conn: &mut PgConnection, phone: &str) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE phone = $1")).bind(phone).fetch_optional(conn).await
+pub async fn lead_by_phone(
+    conn: &mut PgConnection,
+    phone: &str,
+) -> Result<Option<Lead>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LEAD_COLUMNS} FROM leads WHERE phone = $1"
+    ))
+    .bind(phone)
+    .fetch_optional(conn)
+    .await
 }
 
 /// A page of leads, newest first, optionally for one advisor and a time range; `before` is the
@@ -293,7 +323,10 @@ pub async fn list_leads(
 }
 
 /// The stored action with every field, for the journey view.
-pub async fn action_detail(conn: &mut PgConnection, action_id: Uuid) -> Result<Option<serde_json::Value>, sqlx::Error> {
+pub async fn action_detail(
+    conn: &mut PgConnection,
+    action_id: Uuid,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT jsonb_build_object(
             'actionId', action_id, 'eventId', event_id, 'streamSeq', stream_seq, 'customerId', customer_id,

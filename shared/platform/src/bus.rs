@@ -58,7 +58,10 @@ impl Bus {
             .connection_timeout(Duration::from_secs(3))
             .connect(&config.nats_url)
             .await
-            .map_err(|e| BusError::Connect { url: config.nats_url.clone(), reason: e.to_string() })?;
+            .map_err(|e| BusError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self::from_client(client, config))
     }
 
@@ -70,14 +73,21 @@ impl Bus {
             .retry_on_initial_connect()
             .connect(&config.nats_url)
             .await
-            .map_err(|e| BusError::Connect { url: config.nats_url.clone(), reason: e.to_string() })?;
+            .map_err(|e| BusError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self::from_client(client, config))
     }
 
     pub fn from_client(client: async_nats::Client, config: &CommonConfig) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(PUBLISH_ACK_TIMEOUT);
-        Self { client, js, subjects: config.subjects() }
+        Self {
+            client,
+            js,
+            subjects: config.subjects(),
+        }
     }
 
     /// Create the event and dead-letter streams if missing; bring their limits up to date if not.
@@ -109,7 +119,10 @@ impl Bus {
                 .get_or_create_stream(config.clone())
                 .await
                 .map_err(|e| BusError::JetStream(format!("stream {}: {e}", config.name)))?;
-            let info = s.info().await.map_err(|e| BusError::JetStream(e.to_string()))?;
+            let info = s
+                .info()
+                .await
+                .map_err(|e| BusError::JetStream(e.to_string()))?;
             if info.config.max_age != config.max_age {
                 self.js
                     .update_stream(config.clone())
@@ -122,7 +135,10 @@ impl Bus {
 
     /// Publish an event with its envelope headers and trace context; returns once JetStream
     /// has stored it (or recognised it as a duplicate of the same event id).
-    pub async fn publish<E: Event>(&self, event: &E) -> Result<jetstream::publish::PublishAck, BusError> {
+    pub async fn publish<E: Event>(
+        &self,
+        event: &E,
+    ) -> Result<jetstream::publish::PublishAck, BusError> {
         self.publish_start(event).await?.await.map_err(map_ack_err)
     }
 
@@ -144,8 +160,16 @@ impl Bus {
     }
 
     /// Record a message that cannot be processed, with why, for an operator to inspect and retry.
-    pub async fn dead_letter(&self, consumer: &str, msg: &jetstream::Message, reason: &str) -> Result<(), BusError> {
-        let (seq, deliveries) = msg.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 0));
+    pub async fn dead_letter(
+        &self,
+        consumer: &str,
+        msg: &jetstream::Message,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        let (seq, deliveries) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 0));
         let mut h = msg.headers.clone().unwrap_or_default();
         // One dead letter per consumer and original message, however often this is retried.
         h.insert("Nats-Msg-Id", format!("dlq-{consumer}-{seq}").as_str());

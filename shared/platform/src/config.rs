@@ -54,7 +54,9 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Self {
-        Self { vars: std::env::vars().collect() }
+        Self {
+            vars: std::env::vars().collect(),
+        }
     }
 
     pub fn from_pairs<I, K, V>(pairs: I) -> Self
@@ -63,12 +65,20 @@ impl Env {
         K: Into<String>,
         V: Into<String>,
     {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
     }
 
     /// The value, if set and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 
     pub fn string(&self, name: &str, default: &str) -> String {
@@ -126,7 +136,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (num, unit) = raw.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a number with an optional unit (ms, s, m, h, d)".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a number with an optional unit (ms, s, m, h, d)".to_string())?;
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -186,7 +198,9 @@ impl CommonConfig {
             database_url: SecretString::from(database_url(env)?),
             prefix,
             event_max_age: env.duration(EVENT_MAX_AGE, Duration::from_secs(30 * 86_400))?,
-            log_json: env.get(LOG_FORMAT).is_some_and(|f| f.eq_ignore_ascii_case("json")),
+            log_json: env
+                .get(LOG_FORMAT)
+                .is_some_and(|f| f.eq_ignore_ascii_case("json")),
         })
     }
 
@@ -229,7 +243,9 @@ fn database_url(env: &Env) -> Result<String, ConfigError> {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -250,9 +266,17 @@ mod common_tests {
 
     #[test]
     fn seed_db_variables_build_the_url_and_the_password_stays_secret() {
-        let env = Env::from_pairs([("DB_HOST", "db"), ("DB_NAME", "crm"), ("DB_USERNAME", "crm_user"), ("DB_PASSWORD", "p@ss")]);
+        let env = Env::from_pairs([
+            ("DB_HOST", "db"),
+            ("DB_NAME", "crm"),
+            ("DB_USERNAME", "crm_user"),
+            ("DB_PASSWORD", "p@ss"),
+        ]);
         let c = CommonConfig::from_env(&env).unwrap();
-        assert_eq!(c.database_url.expose_secret(), "postgres://crm_user:p%40ss@db:5432/crm");
+        assert_eq!(
+            c.database_url.expose_secret(),
+            "postgres://crm_user:p%40ss@db:5432/crm"
+        );
         assert!(!format!("{c:?}").contains("p%40ss"));
     }
 

@@ -115,7 +115,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Run the consumer until `shutdown` is cancelled.
-pub async fn run<H: Handler>(bus: Bus, spec: ConsumerSpec, handler: Arc<H>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run<H: Handler>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let consumer = ensure_consumer(&bus, &spec).await?;
     tracing::info!(consumer = %spec.durable, subject = %spec.filter_subject, "consuming");
     while !shutdown.is_cancelled() {
@@ -165,17 +170,35 @@ pub async fn run<H: Handler>(bus: Bus, spec: ConsumerSpec, handler: Arc<H>, shut
     Ok(())
 }
 
-async fn process<H: Handler>(bus: &Bus, spec: &ConsumerSpec, handler: &H, batch: Vec<Message>, shutdown: &CancellationToken) {
+async fn process<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    batch: Vec<Message>,
+    shutdown: &CancellationToken,
+) {
     let mut deliveries = Vec::with_capacity(batch.len());
     for msg in batch {
-        let (stream_seq, delivered) = msg.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
+        let (stream_seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
         match H::Event::decode_checked(&msg.payload) {
             Ok(event) => {
                 let event_id = event.meta().map(|m| m.event_id.clone()).unwrap_or_default();
-                let correlation_id = event.meta().map(|m| m.correlation_id.clone()).unwrap_or_default();
+                let correlation_id = event
+                    .meta()
+                    .map(|m| m.correlation_id.clone())
+                    .unwrap_or_default();
                 let span = tracing::info_span!("consume", consumer = %spec.durable, seq = stream_seq, delivered, %event_id, %correlation_id);
                 crate::telemetry::extract_into(msg.headers.as_ref(), &span);
-                deliveries.push(Delivery { event, msg, span, stream_seq, delivered });
+                deliveries.push(Delivery {
+                    event,
+                    msg,
+                    span,
+                    stream_seq,
+                    delivered,
+                });
             }
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, seq = stream_seq, error = %e, "dead-lettering an undecodable message");
@@ -188,7 +211,11 @@ async fn process<H: Handler>(bus: &Bus, spec: &ConsumerSpec, handler: &H, batch:
     }
     let mut backoff = FIRST_BACKOFF;
     let dispositions = loop {
-        match handler.handle(&deliveries).instrument(tracing::info_span!("batch", size = deliveries.len())).await {
+        match handler
+            .handle(&deliveries)
+            .instrument(tracing::info_span!("batch", size = deliveries.len()))
+            .await
+        {
             Ok(d) => break d,
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, error = format!("{e:#}"), retry_in = ?backoff, "batch failed; will retry");
@@ -241,7 +268,9 @@ async fn settle_dead_letter(bus: &Bus, spec: &ConsumerSpec, msg: &Message, reaso
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot store dead letter; leaving the message for redelivery");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
         }
     }
 }

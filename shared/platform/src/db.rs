@@ -38,13 +38,18 @@ pub async fn connect(
     max_connections: u32,
     migrations: &Migrator,
 ) -> Result<PgPool, DbError> {
-    let base = PgConnectOptions::from_str(url.expose_secret())
-        .map_err(|_| DbError::BadUrl)?;
+    let base = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| DbError::BadUrl)?;
     // CREATE SCHEMA IF NOT EXISTS can race with another process doing the same; the loser's
     // duplicate error is harmless.
     let mut conn = base.clone().connect().await.map_err(DbError::Connect)?;
-    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&mut conn).await {
-        let dup = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
+    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut conn)
+        .await
+    {
+        let dup = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "23505" || c == "42P06");
         if !dup {
             return Err(DbError::Connect(e));
         }
@@ -57,7 +62,13 @@ pub async fn connect(
         .connect_with(opts)
         .await
         .map_err(DbError::Connect)?;
-    migrations.run(&pool).await.map_err(|source| DbError::Migrate { schema: schema.into(), source })?;
+    migrations
+        .run(&pool)
+        .await
+        .map_err(|source| DbError::Migrate {
+            schema: schema.into(),
+            source,
+        })?;
     Ok(pool)
 }
 
@@ -65,11 +76,21 @@ pub async fn connect(
 /// later), rather than a problem with the statement or the data.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-            // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions,
+            // 08xxx connection exceptions, 53xxx insufficient resources (too many connections),
+            // 57P0x shutdown / cannot connect now, 55000 database not accepting connections,
             // 40001 serialization failure, 40P01 deadlock: all worth retrying.
-            c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" || c == "40001" || c == "40P01"
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || c == "55000"
+                || c == "40001"
+                || c == "40P01"
         }),
         _ => false,
     }
@@ -77,5 +98,7 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 
 /// Is this a unique-constraint violation (for 409 answers and idempotent inserts)?
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505")
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
 }

@@ -27,7 +27,11 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), details: serde_json::Value::Null }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
@@ -73,7 +77,9 @@ where
     F: Fn(Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
 {
-    let mut sub = client.queue_subscribe(subject.clone(), queue_group.to_string()).await?;
+    let mut sub = client
+        .queue_subscribe(subject.clone(), queue_group.to_string())
+        .await?;
     let handler = Arc::new(handler);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -82,7 +88,9 @@ where
             m = sub.next() => m,
         };
         let Some(msg) = msg else { break };
-        let Some(reply_to) = msg.reply.clone() else { continue };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
         let permit = limit.clone().acquire_owned().await?;
         let (client, handler) = (client.clone(), handler.clone());
         tokio::spawn(async move {
@@ -93,7 +101,9 @@ where
                 },
                 Err(e) => Reply::Error(RpcError::bad_request(format!("undecodable request: {e}"))),
             };
-            let body = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encode\"}}".to_vec());
+            let body = serde_json::to_vec(&reply).unwrap_or_else(|_| {
+                b"{\"error\":{\"code\":\"internal\",\"message\":\"encode\"}}".to_vec()
+            });
             if let Err(e) = client.publish(reply_to, body.into()).await {
                 tracing::warn!(error = %e, "cannot send reply");
             }
@@ -119,6 +129,9 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     match serde_json::from_slice::<Reply<Resp>>(&answer.payload) {
         Ok(Reply::Ok(r)) => Ok(r),
         Ok(Reply::Error(e)) => Err(e),
-        Err(e) => Err(RpcError::new(codes::INTERNAL, format!("undecodable reply: {e}"))),
+        Err(e) => Err(RpcError::new(
+            codes::INTERNAL,
+            format!("undecodable reply: {e}"),
+        )),
     }
 }

@@ -23,15 +23,24 @@ const DEFAULT_FILTER: &str = "info,async_nats=warn,sqlx=warn,hyper=warn";
 /// Install the global subscriber. Safe to call more than once (later calls do nothing), so that
 /// `andectl up`, which runs every service in one process, and tests can call it freely.
 pub fn init(service: &'static str, json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let provider = opentelemetry_sdk::trace::TracerProvider::builder().build();
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true)).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true),
+            )
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");

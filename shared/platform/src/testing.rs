@@ -14,15 +14,22 @@ use crate::config::{CommonConfig, Env, DATABASE_URL, NATS_URL};
 pub async fn isolated_config() -> CommonConfig {
     let env = Env::from_process();
     let mut config = CommonConfig::from_env(&Env::from_pairs(
-        [DATABASE_URL, NATS_URL].into_iter().filter_map(|k| env.get(k).map(|v| (k, v.to_string()))),
+        [DATABASE_URL, NATS_URL]
+            .into_iter()
+            .filter_map(|k| env.get(k).map(|v| (k, v.to_string()))),
     ))
     .expect("test config");
     let name = format!("t_{}", uuid::Uuid::now_v7().simple());
     let admin = config.database_url.expose_secret().to_string();
-    let mut conn = PgConnection::connect(&admin).await.expect("Postgres must run for this test (see README)");
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("Postgres must run for this test (see README)");
     drop_stale_databases(&mut conn).await;
     drop_stale_streams(&config.nats_url).await;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.expect("create test database");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     config.database_url = SecretString::from(with_database(&admin, &name));
     config.prefix = name;
     config
@@ -30,7 +37,9 @@ pub async fn isolated_config() -> CommonConfig {
 
 /// The URL with its database name replaced.
 pub fn with_database(url: &str, db: &str) -> String {
-    let (head, query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
     let scheme_end = head.find("://").map_or(0, |i| i + 3);
     let base = match head[scheme_end..].find('/') {
         Some(i) => &head[..scheme_end + i],
@@ -55,12 +64,21 @@ fn stale(name: &str) -> bool {
 
 async fn drop_stale_streams(nats_url: &str) {
     use futures::StreamExt;
-    let Ok(client) = async_nats::connect(nats_url).await else { return };
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return;
+    };
     let js = async_nats::jetstream::new(client);
-    let names: Vec<String> = js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
     for n in names {
         let lower = n.to_lowercase();
-        let prefix = lower.strip_suffix("_events").or_else(|| lower.strip_suffix("_dlq")).unwrap_or("");
+        let prefix = lower
+            .strip_suffix("_events")
+            .or_else(|| lower.strip_suffix("_dlq"))
+            .unwrap_or("");
         if prefix.starts_with("t_") && stale(prefix) {
             let _ = js.delete_stream(&n).await;
         }
@@ -68,13 +86,16 @@ async fn drop_stale_streams(nats_url: &str) {
 }
 
 async fn drop_stale_databases(conn: &mut PgConnection) {
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
     for n in names {
         if stale(&n) {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)")).execute(&mut *conn).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await;
         }
     }
 }
@@ -85,8 +106,17 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced_keeping_the_query() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
-        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
     }
 }

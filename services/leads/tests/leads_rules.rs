@@ -1,0 +1,610 @@
+//! The leads service against the machine's real NATS and Postgres: every rule of the service,
+//! the concurrent same-phone case, replays, undecodable events, and Postgres going away.
+
+use std::time::Duration;
+
+use ande_events::{new_meta, ActionRecorded, Event, EventKind, LeadOutcome, LeadOutcomeKind};
+use ande_leads::{store, LeadsConfig};
+use ande_platform::bus::Bus;
+use ande_platform::config::CommonConfig;
+use ande_platform::ExposeSecret;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Env {
+    common: CommonConfig,
+    bus: Bus,
+    db: PgPool,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A fresh database and prefix, and `processes` leads services sharing the durable consumer.
+async fn start(processes: usize) -> Env {
+    ande_platform::telemetry::init_for_tests();
+    let common = ande_platform::testing::isolated_config().await;
+    let bus = Bus::connect(&common, "test").await.unwrap();
+    bus.ensure_streams(Duration::from_secs(3600)).await.unwrap();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..processes {
+        let (cfg, s) = (LeadsConfig::with_common(common.clone()), stop.clone());
+        tasks.push(tokio::spawn(ande_leads::run(cfg, s)));
+    }
+    // The service creates its schema; wait for the consumer to exist.
+    let stream = bus.js.get_stream(bus.subjects.stream()).await.unwrap();
+    for _ in 0..200 {
+        if stream
+            .consumer_info(ande_leads::consumer::DURABLE)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = PgPool::connect(common.database_url.expose_secret())
+        .await
+        .unwrap();
+    Env {
+        common,
+        bus,
+        db,
+        stop,
+        tasks,
+    }
+}
+
+impl Env {
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    async fn publish(&self, e: &ActionRecorded) {
+        self.bus.publish(e).await.unwrap();
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// Poll until `sql` counts `n` (or the deadline passes), returning the last count.
+    async fn wait_count(&self, sql: &str, n: i64) -> i64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&self.db)
+                .await
+                .unwrap_or(-1);
+            if c >= n || tokio::time::Instant::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every outcome event in the stream, in order.
+    async fn outcomes(&self) -> Vec<LeadOutcome> {
+        self.read_all(self.bus.subjects.event(EventKind::LeadOutcome))
+            .await
+            .into_iter()
+            .map(|p| LeadOutcome::decode_checked(&p).unwrap())
+            .collect()
+    }
+
+    async fn read_all(&self, subject: String) -> Vec<bytes::Bytes> {
+        let stream = self
+            .bus
+            .js
+            .get_stream(self.bus.subjects.stream())
+            .await
+            .unwrap();
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(10_000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(m.payload.clone());
+        }
+        out
+    }
+
+    async fn dead_letters(&self) -> u64 {
+        let mut s = self
+            .bus
+            .js
+            .get_stream(self.bus.subjects.dlq_stream())
+            .await
+            .unwrap();
+        s.info().await.unwrap().state.messages
+    }
+}
+
+fn action(advisor: &str, action_type: &str, name: &str, phone: &str) -> ActionRecorded {
+    let id = Uuid::now_v7().to_string();
+    ActionRecorded {
+        meta: Some(new_meta(&id, "test", chrono::Utc::now())),
+        action_id: id,
+        customer_id: "cust".into(),
+        advisor_id: advisor.into(),
+        action_type: action_type.into(),
+        action_data_json: json!({"resumeId": "r-1"}).to_string(),
+        customer_name: name.into(),
+        customer_phone: phone.into(),
+        openid: String::new(),
+        client_ip: "10.0.0.1".into(),
+        user_agent: "test-agent".into(),
+        extra_json: "{}".into(),
+    }
+}
+
+const ACTIONS: &str = "SELECT count(*) FROM leads.actions";
+const PUBLISHED: &str = "SELECT count(*) FROM leads.actions WHERE outcome_published_at IS NOT NULL";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_for_new_existing_invalid_and_missing_phones() {
+    let env = start(1).await;
+    let first = action("adv-1", "view_resume", "", "0086 139-1234-5678");
+    env.publish(&first).await;
+    let second = {
+        let mut a = action("adv-2", "book_service", "李四", "13912345678");
+        a.openid = "o_customer".into();
+        a
+    };
+    env.publish(&second).await;
+    let invalid = action("adv-1", "view_resume", "王五", "010-66888866");
+    env.publish(&invalid).await;
+    let missing = action("adv-1", "contact_advisor", "赵六", "");
+    env.publish(&missing).await;
+    assert_eq!(env.wait_count(PUBLISHED, 4).await, 4);
+
+    let lead = sqlx::query("SELECT * FROM leads.leads")
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        lead.len(),
+        1,
+        "one lead: the two valid numbers are the same phone"
+    );
+    let l = &lead[0];
+    assert_eq!(l.get::<String, _>("phone"), "13912345678");
+    assert_eq!(
+        l.get::<Option<String>, _>("name").as_deref(),
+        Some("李四"),
+        "a missing name is filled later"
+    );
+    assert_eq!(
+        l.get::<Option<String>, _>("openid").as_deref(),
+        Some("o_customer")
+    );
+    assert_eq!(
+        l.get::<String, _>("owner_advisor_id"),
+        "adv-1",
+        "the first advisor owns it"
+    );
+    assert_eq!(l.get::<String, _>("created_by"), "adv-1");
+    assert_eq!(l.get::<String, _>("source"), "微信小程序");
+    assert_eq!(l.get::<String, _>("status"), "待定");
+    assert_eq!(l.get::<String, _>("level"), "B类");
+    assert_eq!(
+        l.get::<String, _>("remark"),
+        "通过微信小程序查看简历自动创建"
+    );
+    assert_eq!(l.get::<i32, _>("touch_count"), 2);
+    let code: String = l.get("customer_code");
+    assert!(code.starts_with("KH") && code.len() == 16, "{code}");
+
+    // Staff's values are never overwritten by a later action.
+    sqlx::query("UPDATE leads.leads SET name = '李经理改的名字'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    env.publish(&action(
+        "adv-3",
+        "view_resume",
+        "别的名字",
+        "+8613912345678",
+    ))
+    .await;
+    assert_eq!(env.wait_count(PUBLISHED, 5).await, 5);
+    let name: String = sqlx::query_scalar("SELECT name FROM leads.leads")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(name, "李经理改的名字");
+
+    let outcomes = env.outcomes().await;
+    assert_eq!(outcomes.len(), 5, "exactly one outcome per action");
+    let by_action = |a: &ActionRecorded| {
+        outcomes
+            .iter()
+            .find(|o| o.action_id == a.action_id)
+            .unwrap()
+            .clone()
+    };
+    let o1 = by_action(&first);
+    assert_eq!(o1.kind(), LeadOutcomeKind::Created);
+    assert!(o1.is_new_customer);
+    assert_eq!(o1.customer_code, code);
+    assert_eq!(o1.meta.as_ref().unwrap().correlation_id, first.action_id);
+    let o2 = by_action(&second);
+    assert_eq!(o2.kind(), LeadOutcomeKind::Matched);
+    assert!(!o2.is_new_customer);
+    assert_eq!(o2.lead_id, o1.lead_id);
+    let o3 = by_action(&invalid);
+    assert_eq!(
+        (o3.kind(), o3.no_lead_reason.as_str()),
+        (LeadOutcomeKind::None, "invalid_phone")
+    );
+    let o4 = by_action(&missing);
+    assert_eq!(
+        (o4.kind(), o4.no_lead_reason.as_str()),
+        (LeadOutcomeKind::None, "missing_phone")
+    );
+
+    // Every action is stored with all its fields, even without a lead.
+    let row = sqlx::query("SELECT * FROM leads.actions WHERE action_id = $1::uuid")
+        .bind(&invalid.action_id)
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<serde_json::Value, _>("action_data"),
+        json!({"resumeId": "r-1"})
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("client_ip").as_deref(),
+        Some("10.0.0.1")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("user_agent").as_deref(),
+        Some("test-agent")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("customer_phone").as_deref(),
+        Some("010-66888866")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("no_lead_reason").as_deref(),
+        Some("invalid_phone")
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_new_phone_from_two_processes_makes_one_lead() {
+    let env = start(2).await;
+    let actions: Vec<_> = (0..60)
+        .map(|i| action(&format!("adv-{}", i % 3), "view_resume", "", "13700001111"))
+        .collect();
+    let sends = actions.iter().map(|a| env.bus.publish_start(a));
+    for ack in futures::future::join_all(sends).await {
+        ack.unwrap().await.unwrap();
+    }
+    assert_eq!(env.wait_count(PUBLISHED, 60).await, 60);
+    assert_eq!(env.count("SELECT count(*) FROM leads.leads").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM leads.actions WHERE outcome_kind = 'created'")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM leads.actions WHERE outcome_kind = 'matched'")
+            .await,
+        59
+    );
+    assert_eq!(
+        env.count("SELECT touch_count::bigint FROM leads.leads")
+            .await,
+        60
+    );
+    let outcomes = env.outcomes().await;
+    assert_eq!(outcomes.len(), 60);
+    assert_eq!(outcomes.iter().filter(|o| o.is_new_customer).count(), 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transactions_on_one_new_phone_create_once() {
+    // The race itself, without the consumer's batching: two transactions, same new phone.
+    let env = start(0).await;
+    let pool = ande_platform::db::connect(
+        &env.common.database_url,
+        ande_leads::SCHEMA,
+        4,
+        &ande_leads::MIGRATIONS,
+    )
+    .await
+    .unwrap();
+    let config = LeadsConfig::with_common(env.common.clone());
+    for round in 0..10 {
+        let phone = format!("1360000{round:04}");
+        let (a, b) = (
+            action("adv-a", "view_resume", "", &phone),
+            action("adv-b", "view_resume", "", &phone),
+        );
+        let (ta, tb) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
+        let run =
+            |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, act: ActionRecorded, seq: u64| {
+                let config = config.clone();
+                async move {
+                    let r = store::record_action(&mut tx, &act, seq, &config)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    r
+                }
+            };
+        // One takes the row first; the other waits for it, then sees the first one's lead.
+        let (ra, commit_then_b) = tokio::join!(run(ta, a, 1), run(tb, b, 2));
+        let kinds = [ra.kind, commit_then_b.kind];
+        assert!(
+            kinds.contains(&store::OutcomeKind::Created)
+                && kinds.contains(&store::OutcomeKind::Matched),
+            "{kinds:?}"
+        );
+        assert_eq!(ra.lead_id, commit_then_b.lead_id);
+    }
+    assert_eq!(env.count("SELECT count(*) FROM leads.leads").await, 10);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivery_and_replay_change_nothing_twice() {
+    let env = start(1).await;
+    let actions: Vec<_> = (0..25)
+        .map(|i| action("adv-1", "view_resume", "客户", &format!("1580000{i:04}")))
+        .collect();
+    for a in &actions {
+        env.publish(a).await;
+    }
+    assert_eq!(env.wait_count(PUBLISHED, 25).await, 25);
+    let before: Vec<(String, i32)> =
+        sqlx::query_as("SELECT phone, touch_count FROM leads.leads ORDER BY phone")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+
+    // A replay: the same actions again under new event ids (past JetStream's duplicate window,
+    // a replay tool or a retried gateway request looks like this).
+    for a in &actions {
+        let mut again = a.clone();
+        again.meta = Some(new_meta(&a.action_id, "replay", chrono::Utc::now()));
+        env.publish(&again).await;
+    }
+    // And the very same messages (same event id): JetStream drops them.
+    for a in &actions[..5] {
+        let ack = env.bus.publish(a).await.unwrap();
+        assert!(ack.duplicate);
+    }
+    // Wait until the consumer has no pending messages.
+    let stream = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.stream())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let mut c = stream
+            .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
+            .await
+            .unwrap();
+        let i = c.info().await.unwrap();
+        if i.num_pending == 0 && i.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after: Vec<(String, i32)> =
+        sqlx::query_as("SELECT phone, touch_count FROM leads.leads ORDER BY phone")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(before, after, "no lead touched twice");
+    assert_eq!(env.count(ACTIONS).await, 25);
+    assert_eq!(env.outcomes().await.len(), 25, "no outcome emitted twice");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_event_is_dead_lettered_and_does_not_block() {
+    let env = start(1).await;
+    let subject = env.bus.subjects.event(EventKind::ActionRecorded);
+    env.bus
+        .js
+        .publish(
+            subject.clone(),
+            bytes::Bytes::from_static(b"\xff\xfenot protobuf"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut no_id = action("adv-1", "view_resume", "", "");
+    no_id.action_id = "not-a-uuid".into();
+    env.publish(&no_id).await;
+    let good = action("adv-1", "view_resume", "", "13800001234");
+    env.publish(&good).await;
+    assert_eq!(env.wait_count(PUBLISHED, 1).await, 1);
+    for _ in 0..100 {
+        if env.dead_letters().await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.dead_letters().await,
+        2,
+        "the garbage and the action without a valid id"
+    );
+    let dlq = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.dlq_stream())
+        .await
+        .unwrap();
+    let first = dlq.get_raw_message(1).await.unwrap();
+    let reason = first
+        .headers
+        .get(ande_platform::bus::dlq_headers::REASON)
+        .unwrap()
+        .as_str()
+        .to_string();
+    assert!(reason.contains("undecodable"), "{reason}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_going_away_loses_nothing() {
+    let env = start(1).await;
+    for i in 0..10 {
+        env.publish(&action(
+            "adv-1",
+            "view_resume",
+            "",
+            &format!("1770000{i:04}"),
+        ))
+        .await;
+    }
+    assert_eq!(env.wait_count(PUBLISHED, 10).await, 10);
+
+    // Take the database away: refuse new connections and end the service's current ones.
+    let admin = PgPool::connect(&ande_platform::testing::with_database(
+        env.common.database_url.expose_secret(),
+        "postgres",
+    ))
+    .await
+    .unwrap();
+    let dbname = env.common.prefix.clone();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{dbname}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&dbname)
+        .execute(&admin)
+        .await
+        .unwrap();
+    env.db.close().await;
+
+    for i in 10..30 {
+        env.publish(&action(
+            "adv-1",
+            "view_resume",
+            "",
+            &format!("1770000{i:04}"),
+        ))
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.dead_letters().await,
+        0,
+        "an outage is not a reason to dead-letter"
+    );
+
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{dbname}\" ALLOW_CONNECTIONS true"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let env = Env {
+        db: PgPool::connect(env.common.database_url.expose_secret())
+            .await
+            .unwrap(),
+        ..env
+    };
+    assert_eq!(
+        env.wait_count(PUBLISHED, 30).await,
+        30,
+        "everything processed once Postgres is back"
+    );
+    assert_eq!(env.count(ACTIONS).await, 30);
+    assert_eq!(env.count("SELECT count(*) FROM leads.leads").await, 30);
+    assert_eq!(env.outcomes().await.len(), 30);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_answer_over_request_reply() {
+    let env = start(1).await;
+    let a = action("adv-q", "contact_advisor", "钱七", "13600009999");
+    env.publish(&a).await;
+    env.publish(&action("adv-other", "view_resume", "", "13600008888"))
+        .await;
+    assert_eq!(env.wait_count(PUBLISHED, 2).await, 2);
+    let c = &env.bus.client;
+    let s = &env.bus.subjects;
+    let t = Duration::from_secs(2);
+    let j: serde_json::Value = ande_platform::rpc::call(
+        c,
+        s.rpc("leads", "journey"),
+        &json!({"actionId": a.action_id}),
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(j["outcome"]["kind"], "created");
+    assert_eq!(j["action"]["customerName"], "钱七");
+    let lead: serde_json::Value = ande_platform::rpc::call(
+        c,
+        s.rpc("leads", "lead"),
+        &json!({"phone": "136 0000 9999"}),
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lead["name"], "钱七");
+    let by_id: serde_json::Value =
+        ande_platform::rpc::call(c, s.rpc("leads", "lead"), &json!({"id": lead["id"]}), t)
+            .await
+            .unwrap();
+    assert_eq!(by_id["phone"], "13600009999");
+    let page: Vec<serde_json::Value> =
+        ande_platform::rpc::call(c, s.rpc("leads", "list"), &json!({"advisorId": "adv-q"}), t)
+            .await
+            .unwrap();
+    assert_eq!(page.len(), 1);
+    let missing = ande_platform::rpc::call::<_, serde_json::Value>(
+        c,
+        s.rpc("leads", "journey"),
+        &json!({"actionId": Uuid::now_v7()}),
+        t,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.code, "not_found");
+    let bad = ande_platform::rpc::call::<_, serde_json::Value>(
+        c,
+        s.rpc("leads", "lead"),
+        &json!({"phone": "12345"}),
+        t,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code, "bad_request");
+    env.stop().await;
+}
