@@ -39,8 +39,9 @@ impl Handler for ActionHandler {
     type Event = ActionRecorded;
 
     async fn handle(&self, batch: &[Delivery<ActionRecorded>]) -> anyhow::Result<Vec<Disposition>> {
+        let started = std::time::Instant::now();
         let results = match self.store_batch(batch).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Ok(outcomes) => outcomes,
             Err(e) if is_unavailable(&e) => return Err(e).context("storing actions"),
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one");
@@ -61,7 +62,14 @@ impl Handler for ActionHandler {
                 Err(reason) => dispositions.push(Disposition::DeadLetter(reason)),
             }
         }
+        let stored_ms = started.elapsed().as_millis();
         self.publish(to_publish).await?;
+        tracing::debug!(
+            size = batch.len(),
+            stored_ms,
+            total_ms = started.elapsed().as_millis(),
+            "batch done"
+        );
         Ok(dispositions)
     }
 }
@@ -70,20 +78,11 @@ impl ActionHandler {
     async fn store_batch(
         &self,
         batch: &[Delivery<ActionRecorded>],
-    ) -> Result<Vec<StoredOutcome>, sqlx::Error> {
+    ) -> Result<Vec<Result<StoredOutcome, String>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
-            match store::record_action(&mut tx, &d.event, d.stream_seq, &self.config)
-                .instrument(d.span.clone())
-                .await
-            {
-                Ok(o) => out.push(o),
-                Err(RecordError::Db(e)) => return Err(e),
-                // An invalid event fails the fast path; the slow path dead-letters it alone.
-                Err(RecordError::Invalid(why)) => return Err(sqlx::Error::Protocol(why)),
-            }
-        }
+        let events: Vec<(&ActionRecorded, u64)> =
+            batch.iter().map(|d| (&d.event, d.stream_seq)).collect();
+        let out = store::record_batch(&mut tx, &events, &self.config).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -341,3 +341,235 @@ pub async fn action_detail(
     .await?;
     Ok(row.map(|r| r.get("j")))
 }
+
+/// An action checked and ready to store.
+struct Prepared {
+    action_id: Uuid,
+    event_id: Uuid,
+    seq: i64,
+    customer_id: String,
+    advisor_id: String,
+    action_type: String,
+    data: serde_json::Value,
+    extra: serde_json::Value,
+    name: Option<String>,
+    raw_phone: Option<String>,
+    phone: Result<String, phone::NoLead>,
+    openid: Option<String>,
+    ip: Option<String>,
+    ua: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+fn prepare(ev: &ActionRecorded, stream_seq: u64) -> Result<Prepared, String> {
+    let meta = ev.meta.as_ref().ok_or("no envelope")?;
+    let action_id = Uuid::parse_str(&ev.action_id)
+        .map_err(|_| format!("invalid event: action_id {:?} is not a UUID", ev.action_id))?;
+    let event_id = Uuid::parse_str(&meta.event_id)
+        .map_err(|_| "invalid event: event_id is not a UUID".to_string())?;
+    let need =
+        |v: &str, what: &str| clean(v).ok_or_else(|| format!("invalid event: {what} is empty"));
+    let raw_phone = clean(&ev.customer_phone);
+    Ok(Prepared {
+        action_id,
+        event_id,
+        seq: i64::try_from(stream_seq).unwrap_or(i64::MAX),
+        customer_id: need(&ev.customer_id, "customer_id")?,
+        advisor_id: need(&ev.advisor_id, "advisor_id")?,
+        action_type: need(&ev.action_type, "action_type")?,
+        data: json_or_raw(&ev.action_data_json),
+        extra: json_or_raw(&ev.extra_json),
+        name: clean(&ev.customer_name),
+        phone: phone::mainland_mobile(raw_phone.as_deref()),
+        raw_phone,
+        openid: clean(&ev.openid),
+        ip: clean(&ev.client_ip),
+        ua: clean(&ev.user_agent),
+        occurred_at: from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now),
+    })
+}
+
+/// Store a batch of actions with a handful of set-based statements, whatever the batch size:
+/// the same rules as [`record_action`] (which stays for one-at-a-time use), at a fraction of the
+/// round trips. Per action: `Ok(outcome)`, or `Err(reason)` for an action that can never be
+/// stored (to dead-letter). Actions of one phone within the batch are applied in batch order:
+/// the first may create the lead, the others match it.
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    events: &[(&ActionRecorded, u64)],
+    config: &LeadsConfig,
+) -> Result<Vec<Result<StoredOutcome, String>>, sqlx::Error> {
+    let mut results: Vec<Option<Result<StoredOutcome, String>>> = vec![None; events.len()];
+    let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(events.len());
+    // The same action twice in a batch is stored once; both positions get its outcome.
+    for (i, (ev, seq)) in events.iter().enumerate() {
+        match prepare(ev, *seq) {
+            Ok(p) => prepared.push((i, p)),
+            Err(why) => results[i] = Some(Err(why)),
+        }
+    }
+    let unique: Vec<&Prepared> = {
+        let mut s = std::collections::HashSet::new();
+        prepared
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| s.insert(p.action_id))
+            .collect()
+    };
+    macro_rules! col {
+        ($f:expr) => {
+            unique.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO actions (action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
+             customer_name, customer_phone, phone_normalized, openid, client_ip, user_agent, occurred_at,
+             outcome_kind, is_new_customer, outcome_event_id, no_lead_reason)
+         SELECT u.*, 'none', false, u2.oe, u2.reason
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[],
+                     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+              WITH ORDINALITY AS u(action_id, event_id, seq, customer_id, advisor_id, action_type, data, extra, name, raw_phone, phone, openid, ip, ua, at, n)
+         JOIN UNNEST($16::uuid[], $17::text[]) WITH ORDINALITY AS u2(oe, reason, n) USING (n)
+         ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
+    )
+    .bind(col!(|p| p.action_id))
+    .bind(col!(|p| p.event_id))
+    .bind(col!(|p| p.seq))
+    .bind(col!(|p| p.customer_id.clone()))
+    .bind(col!(|p| p.advisor_id.clone()))
+    .bind(col!(|p| p.action_type.clone()))
+    .bind(col!(|p| p.data.clone()))
+    .bind(col!(|p| p.extra.clone()))
+    .bind(col!(|p| p.name.clone()))
+    .bind(col!(|p| p.raw_phone.clone()))
+    .bind(col!(|p| p.phone.as_ref().ok().cloned()))
+    .bind(col!(|p| p.openid.clone()))
+    .bind(col!(|p| p.ip.clone()))
+    .bind(col!(|p| p.ua.clone()))
+    .bind(col!(|p| p.occurred_at))
+    .bind(col!(|_| Uuid::now_v7()))
+    .bind(col!(|p| p.phone.as_ref().err().map(|r| r.as_str().to_string())))
+    .fetch_all(&mut *conn)
+    .await?;
+    let new: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+
+    // Leads: one upsert row per distinct phone among the new actions, in batch order.
+    struct Group<'a> {
+        first: &'a Prepared,
+        name: Option<String>,
+        openid: Option<String>,
+        touches: i32,
+        last: DateTime<Utc>,
+        actions: Vec<Uuid>,
+    }
+    let mut groups: Vec<(String, Group)> = Vec::new();
+    for p in unique.iter().filter(|p| new.contains(&p.action_id)) {
+        let Ok(phone) = &p.phone else { continue };
+        match groups.iter_mut().find(|(ph, _)| ph == phone) {
+            Some((_, g)) => {
+                g.name = g.name.take().or_else(|| p.name.clone());
+                g.openid = g.openid.take().or_else(|| p.openid.clone());
+                g.touches += 1;
+                g.last = g.last.max(p.occurred_at);
+                g.actions.push(p.action_id);
+            }
+            None => groups.push((
+                phone.clone(),
+                Group {
+                    first: p,
+                    name: p.name.clone(),
+                    openid: p.openid.clone(),
+                    touches: 1,
+                    last: p.occurred_at,
+                    actions: vec![p.action_id],
+                },
+            )),
+        }
+    }
+    if !groups.is_empty() {
+        // Sorted by phone so that concurrent batches lock lead rows in the same order.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        let rows = sqlx::query(
+            "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
+             SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || lpad(nextval('customer_code_seq')::text, 6, '0'),
+                    u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
+                  AS u(id, phone, name, openid, adv, remark, touches, last)
+             ORDER BY u.phone
+             ON CONFLICT (phone) DO UPDATE SET
+                 name = COALESCE(leads.name, EXCLUDED.name),
+                 openid = COALESCE(leads.openid, EXCLUDED.openid),
+                 touch_count = leads.touch_count + EXCLUDED.touch_count,
+                 last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
+                 updated_at = now()
+             RETURNING phone, id, (xmax = 0) AS inserted",
+        )
+        .bind(groups.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>())
+        .bind(groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>())
+        .bind(&config.source)
+        .bind(&config.default_status)
+        .bind(&config.default_level)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (mut ids, mut kinds, mut leads, mut fresh) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            let phone: String = r.get("phone");
+            let lead_id: Uuid = r.get("id");
+            let created: bool = r.get("inserted");
+            let Some((_, g)) = groups.iter().find(|(ph, _)| *ph == phone) else {
+                continue;
+            };
+            for (k, a) in g.actions.iter().enumerate() {
+                let is_new = created && k == 0;
+                ids.push(*a);
+                kinds.push(if is_new {
+                    OutcomeKind::Created.as_str()
+                } else {
+                    OutcomeKind::Matched.as_str()
+                });
+                leads.push(lead_id);
+                fresh.push(is_new);
+            }
+        }
+        sqlx::query(
+            "UPDATE actions a SET outcome_kind = u.kind, lead_id = u.lead, is_new_customer = u.fresh
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[]) AS u(id, kind, lead, fresh) WHERE a.action_id = u.id",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&leads)
+        .bind(&fresh)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
+    let rows = sqlx::query(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
+        .bind(&all)
+        .fetch_all(&mut *conn)
+        .await?;
+    let outcomes: std::collections::HashMap<Uuid, StoredOutcome> = rows
+        .iter()
+        .map(outcome_from_row)
+        .map(|o| (o.action_id, o))
+        .collect();
+    for (i, p) in &prepared {
+        results[*i] = Some(
+            outcomes
+                .get(&p.action_id)
+                .cloned()
+                .ok_or_else(|| "action vanished".to_string()),
+        );
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
+        .collect())
+}

@@ -1,0 +1,203 @@
+//! `ande-bench`: how fast the pipeline is, measured against the raw infrastructure in the same
+//! run, on the same machine, so the numbers mean something whatever the machine:
+//!
+//! 1. gateway `POST /api/customer/action` latency vs a raw JetStream publish-and-ack;
+//! 2. leads throughput on a backlog (batched transactions) vs raw Postgres doing one
+//!    INSERT + COMMIT per event, and vs leads itself with batches of one;
+//! 3. end-to-end latency: HTTP action → lead → outcome → subscribe message at the simulator.
+//!
+//! Run with `cargo run --release -p ande-bench` (NATS and Postgres must be running). Sizes can
+//! be changed with `BENCH_N` (default 2000 events for throughput, a quarter of it for latency).
+
+use std::time::{Duration, Instant};
+
+use ande_events::{new_meta, ActionRecorded, Message};
+use ande_leads::LeadsConfig;
+use ande_platform::bus::Bus;
+use ande_platform::ExposeSecret;
+use andectl::stack::{Stack, StackOptions};
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarize(mut v: Vec<Duration>) -> Latency {
+    v.sort();
+    Latency { p50: percentile(&v, 0.5), p99: percentile(&v, 0.99) }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn action(phone: &str) -> ActionRecorded {
+    let id = Uuid::now_v7().to_string();
+    ActionRecorded {
+        meta: Some(new_meta(&id, "bench", chrono::Utc::now())),
+        action_id: id,
+        customer_id: "bench-customer".into(),
+        advisor_id: "bench-advisor".into(),
+        action_type: "view_resume".into(),
+        action_data_json: json!({"resumeId": "r-1"}).to_string(),
+        customer_name: "压测".into(),
+        customer_phone: phone.into(),
+        client_ip: "127.0.0.1".into(),
+        user_agent: "ande-bench".into(),
+        extra_json: "{}".into(),
+        openid: String::new(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let lat_n = (n / 4).max(50);
+    if std::env::var_os("RUST_LOG").is_some() {
+        ande_platform::telemetry::init("bench", false);
+    }
+    println!("ande-bench: {n} events for throughput, {lat_n} requests for latency\n");
+
+    // 1. Gateway vs raw JetStream.
+    let common = ande_platform::testing::isolated_config().await;
+    let mut opts = StackOptions::for_test(common.clone());
+    // The benchmark is one client sending many requests: not what the per-IP limit is for.
+    opts.gateway.rate_per_ip = u32::MAX;
+    opts.gateway.rate_per_openid = u32::MAX;
+    let stack = Stack::start(opts).await?;
+    let bus = Bus::connect(&common, "bench").await?;
+    let raw_subject = format!("{}.events.bench.raw", common.prefix);
+    let payload = bytes::Bytes::from(action("13800000000").encode_to_vec());
+    let mut raw = Vec::with_capacity(lat_n);
+    for _ in 0..lat_n {
+        let t = Instant::now();
+        bus.js.publish(raw_subject.clone(), payload.clone()).await?.await?;
+        raw.push(t.elapsed());
+    }
+    let raw = summarize(raw);
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/customer/action", stack.gateway_url);
+    let mut gw = Vec::with_capacity(lat_n);
+    for i in 0..lat_n {
+        let body = json!({"customerId": format!("c{i}"), "advisorId": "bench-advisor", "actionType": "view_resume", "actionData": {"resumeId": "r"}});
+        let t = Instant::now();
+        let r = http.post(&url).json(&body).send().await?;
+        anyhow::ensure!(r.status().as_u16() == 201, "gateway answered {}", r.status());
+        gw.push(t.elapsed());
+    }
+    let gw = summarize(gw);
+    println!("1. record an action (sequential, {lat_n} requests)");
+    println!("   raw JetStream publish+ack   p50 {:7.2} ms   p99 {:7.2} ms", ms(raw.p50), ms(raw.p99));
+    println!("   gateway POST /customer/action p50 {:7.2} ms   p99 {:7.2} ms   ratio p50 {:.1}x", ms(gw.p50), ms(gw.p99), ms(gw.p50) / ms(raw.p50).max(1e-9));
+
+    // 3. End to end, on the same stack: the advisor has plenty of credit.
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    let openid = "o_bench_advisor";
+    let sub = json!({"advisorId": "bench-e2e", "openid": openid, "templateId": tpl, "subscribed": true});
+    let sim = stack.sim_url.clone().context("simulator")?;
+    http.post(format!("{sim}/sim/credits")).json(&json!({"openid": openid, "template_id": tpl, "count": lat_n + 10})).send().await?;
+    for _ in 0..lat_n.min(200) {
+        http.post(format!("{}/api/advisor/subscribe", stack.gateway_url)).json(&sub).send().await?;
+    }
+    let e2e_n = lat_n.min(200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut e2e = Vec::with_capacity(e2e_n);
+    for i in 0..e2e_n {
+        let body = json!({"customerId": format!("e{i}"), "advisorId": "bench-e2e", "actionType": "book_service", "customerPhone": format!("139{:08}", i)});
+        let t = Instant::now();
+        http.post(&url).json(&body).send().await?;
+        loop {
+            let v: serde_json::Value = http.get(format!("{sim}/sim/messages?touser={openid}")).send().await?.json().await?;
+            if v["messages"].as_array().map_or(0, Vec::len) > i {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "message {i} did not arrive");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        e2e.push(t.elapsed());
+    }
+    let e2e = summarize(e2e);
+    println!("\n3. end to end: action → lead → outcome → message at the simulator ({e2e_n} sequential)");
+    println!("   p50 {:7.2} ms   p99 {:7.2} ms   (target: within a second)   vs raw publish p50: {:.1}x", ms(e2e.p50), ms(e2e.p99), ms(e2e.p50) / ms(raw.p50).max(1e-9));
+    stack.stop().await?;
+
+    // 2. Leads on a backlog vs one commit per event.
+    let raw_rate = raw_commit_rate(&common, n).await?;
+    let batched = leads_backlog_rate(n, None).await?;
+    let single = leads_backlog_rate(n, Some(1)).await?;
+    println!("\n2. leads throughput on a backlog of {n} actions (each with a new lead)");
+    println!("   raw Postgres, INSERT + COMMIT per event   {raw_rate:9.0} events/s");
+    println!("   leads, batch of 1 (a commit per event)    {single:9.0} events/s   {:.2}x raw", single / raw_rate);
+    println!("   leads, batched (default 64)               {batched:9.0} events/s   {:.2}x raw", batched / raw_rate);
+    Ok(())
+}
+
+/// The baseline a consumer must beat: one INSERT of a comparable row and one COMMIT per event.
+async fn raw_commit_rate(common: &ande_platform::config::CommonConfig, n: usize) -> anyhow::Result<f64> {
+    let pool = sqlx::PgPool::connect(common.database_url.expose_secret()).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (id uuid PRIMARY KEY, phone text, data jsonb, at timestamptz DEFAULT now())").execute(&pool).await?;
+    let t = Instant::now();
+    for i in 0..n {
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO bench_raw (id, phone, data) VALUES ($1, $2, $3)")
+            .bind(Uuid::now_v7())
+            .bind(format!("137{i:08}"))
+            .bind(json!({"resumeId": "r-1"}))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Publish `n` actions first, then start leads and time until all are stored and published.
+async fn leads_backlog_rate(n: usize, batch: Option<usize>) -> anyhow::Result<f64> {
+    let common = ande_platform::testing::isolated_config().await;
+    let bus = Bus::connect(&common, "bench").await?;
+    bus.ensure_streams(Duration::from_secs(3600)).await?;
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        acks.push(bus.publish_start(&action(&format!("135{i:08}"))).await?);
+        if acks.len() >= 256 {
+            for a in acks.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in acks {
+        a.await?;
+    }
+    let mut cfg = LeadsConfig::with_common(common.clone());
+    if let Some(b) = batch {
+        cfg.batch = b;
+    }
+    let stop = CancellationToken::new();
+    // Create the schema first so the timing is of processing only.
+    let pool = ande_platform::db::connect(&common.database_url, ande_leads::SCHEMA, 2, &ande_leads::MIGRATIONS).await?;
+    let t = Instant::now();
+    let task = tokio::spawn(ande_leads::run(cfg, stop.clone()));
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM actions WHERE outcome_published_at IS NOT NULL").fetch_one(&pool).await?;
+        if done as usize >= n {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "backlog not processed in 10 minutes ({done}/{n})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    Ok(rate)
+}
