@@ -425,7 +425,8 @@ pub async fn record_batch(
         "INSERT INTO actions (action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
              customer_name, customer_phone, phone_normalized, openid, client_ip, user_agent, occurred_at,
              outcome_kind, is_new_customer, outcome_event_id, no_lead_reason)
-         SELECT u.*, 'none', false, u2.oe, u2.reason
+         SELECT u.action_id, u.event_id, u.seq, u.customer_id, u.advisor_id, u.action_type, u.data, u.extra, u.name,
+                u.raw_phone, u.phone, u.openid, u.ip, u.ua, u.at, 'none', false, u2.oe, u2.reason
          FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[],
                      $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
               WITH ORDINALITY AS u(action_id, event_id, seq, customer_id, advisor_id, action_type, data, extra, name, raw_phone, phone, openid, ip, ua, at, n)

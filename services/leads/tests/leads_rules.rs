@@ -608,3 +608,61 @@ async fn queries_answer_over_request_reply() {
     assert_eq!(bad.code, "bad_request");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_stored_by_the_set_based_path() {
+    // record_batch directly (the consumer falls back to one by one on error, which would hide a
+    // broken batch statement behind passing end results).
+    let env = start(0).await;
+    let pool = ande_platform::db::connect(
+        &env.common.database_url,
+        ande_leads::SCHEMA,
+        2,
+        &ande_leads::MIGRATIONS,
+    )
+    .await
+    .unwrap();
+    let config = LeadsConfig::with_common(env.common.clone());
+    let a = action("adv-1", "view_resume", "", "13511112222");
+    let b = action("adv-2", "book_service", "周八", "135 1111 2222");
+    let c = action("adv-1", "view_resume", "", "bad");
+    let mut d = action("adv-1", "view_resume", "", "");
+    d.action_id = "nope".into();
+    let events = [(&a, 1u64), (&b, 2), (&c, 3), (&a, 1), (&d, 4)];
+    let mut tx = pool.begin().await.unwrap();
+    let out = store::record_batch(&mut tx, &events, &config)
+        .await
+        .expect("the batch statement works");
+    tx.commit().await.unwrap();
+    let o: Vec<_> = out
+        .iter()
+        .map(|r| r.as_ref().map(|o| (o.kind, o.is_new_customer)))
+        .collect();
+    assert_eq!(o[0], Ok((store::OutcomeKind::Created, true)));
+    assert_eq!(o[1], Ok((store::OutcomeKind::Matched, false)));
+    assert_eq!(o[2], Ok((store::OutcomeKind::None, false)));
+    assert_eq!(o[3], o[0], "a duplicate in the batch gets the same outcome");
+    assert!(out[4].is_err(), "an invalid action is refused alone");
+    assert_eq!(
+        out[2].as_ref().unwrap().no_lead_reason.as_deref(),
+        Some("invalid_phone")
+    );
+    let lead: (Option<String>, i32) = sqlx::query_as("SELECT name, touch_count FROM leads.leads")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(lead, (Some("周八".to_string()), 2));
+    // Again: all duplicates, nothing changes.
+    let mut tx = pool.begin().await.unwrap();
+    let again = store::record_batch(&mut tx, &events[..3], &config)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(again[0].as_ref().unwrap().kind, store::OutcomeKind::Created);
+    let touches: i32 = sqlx::query_scalar("SELECT touch_count FROM leads.leads")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(touches, 2);
+    env.stop().await;
+}

@@ -36,7 +36,10 @@ struct Latency {
 
 fn summarize(mut v: Vec<Duration>) -> Latency {
     v.sort();
-    Latency { p50: percentile(&v, 0.5), p99: percentile(&v, 0.99) }
+    Latency {
+        p50: percentile(&v, 0.5),
+        p99: percentile(&v, 0.99),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -63,7 +66,10 @@ fn action(phone: &str) -> ActionRecorded {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let lat_n = (n / 4).max(50);
     if std::env::var_os("RUST_LOG").is_some() {
         ande_platform::telemetry::init("bench", false);
@@ -83,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
     let mut raw = Vec::with_capacity(lat_n);
     for _ in 0..lat_n {
         let t = Instant::now();
-        bus.js.publish(raw_subject.clone(), payload.clone()).await?.await?;
+        bus.js
+            .publish(raw_subject.clone(), payload.clone())
+            .await?
+            .await?;
         raw.push(t.elapsed());
     }
     let raw = summarize(raw);
@@ -94,22 +103,42 @@ async fn main() -> anyhow::Result<()> {
         let body = json!({"customerId": format!("c{i}"), "advisorId": "bench-advisor", "actionType": "view_resume", "actionData": {"resumeId": "r"}});
         let t = Instant::now();
         let r = http.post(&url).json(&body).send().await?;
-        anyhow::ensure!(r.status().as_u16() == 201, "gateway answered {}", r.status());
+        anyhow::ensure!(
+            r.status().as_u16() == 201,
+            "gateway answered {}",
+            r.status()
+        );
         gw.push(t.elapsed());
     }
     let gw = summarize(gw);
     println!("1. record an action (sequential, {lat_n} requests)");
-    println!("   raw JetStream publish+ack   p50 {:7.2} ms   p99 {:7.2} ms", ms(raw.p50), ms(raw.p99));
-    println!("   gateway POST /customer/action p50 {:7.2} ms   p99 {:7.2} ms   ratio p50 {:.1}x", ms(gw.p50), ms(gw.p99), ms(gw.p50) / ms(raw.p50).max(1e-9));
+    println!(
+        "   raw JetStream publish+ack   p50 {:7.2} ms   p99 {:7.2} ms",
+        ms(raw.p50),
+        ms(raw.p99)
+    );
+    println!(
+        "   gateway POST /customer/action p50 {:7.2} ms   p99 {:7.2} ms   ratio p50 {:.1}x",
+        ms(gw.p50),
+        ms(gw.p99),
+        ms(gw.p50) / ms(raw.p50).max(1e-9)
+    );
 
     // 3. End to end, on the same stack: the advisor has plenty of credit.
     let tpl = ande_wechat::DEV_TEMPLATE_ID;
     let openid = "o_bench_advisor";
-    let sub = json!({"advisorId": "bench-e2e", "openid": openid, "templateId": tpl, "subscribed": true});
+    let sub =
+        json!({"advisorId": "bench-e2e", "openid": openid, "templateId": tpl, "subscribed": true});
     let sim = stack.sim_url.clone().context("simulator")?;
-    http.post(format!("{sim}/sim/credits")).json(&json!({"openid": openid, "template_id": tpl, "count": lat_n + 10})).send().await?;
+    http.post(format!("{sim}/sim/credits"))
+        .json(&json!({"openid": openid, "template_id": tpl, "count": lat_n + 10}))
+        .send()
+        .await?;
     for _ in 0..lat_n.min(200) {
-        http.post(format!("{}/api/advisor/subscribe", stack.gateway_url)).json(&sub).send().await?;
+        http.post(format!("{}/api/advisor/subscribe", stack.gateway_url))
+            .json(&sub)
+            .send()
+            .await?;
     }
     let e2e_n = lat_n.min(200);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -119,18 +148,33 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         http.post(&url).json(&body).send().await?;
         loop {
-            let v: serde_json::Value = http.get(format!("{sim}/sim/messages?touser={openid}")).send().await?.json().await?;
+            let v: serde_json::Value = http
+                .get(format!("{sim}/sim/messages?touser={openid}"))
+                .send()
+                .await?
+                .json()
+                .await?;
             if v["messages"].as_array().map_or(0, Vec::len) > i {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "message {i} did not arrive");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "message {i} did not arrive"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         e2e.push(t.elapsed());
     }
     let e2e = summarize(e2e);
-    println!("\n3. end to end: action → lead → outcome → message at the simulator ({e2e_n} sequential)");
-    println!("   p50 {:7.2} ms   p99 {:7.2} ms   (target: within a second)   vs raw publish p50: {:.1}x", ms(e2e.p50), ms(e2e.p99), ms(e2e.p50) / ms(raw.p50).max(1e-9));
+    println!(
+        "\n3. end to end: action → lead → outcome → message at the simulator ({e2e_n} sequential)"
+    );
+    println!(
+        "   p50 {:7.2} ms   p99 {:7.2} ms   (target: within a second)   vs raw publish p50: {:.1}x",
+        ms(e2e.p50),
+        ms(e2e.p99),
+        ms(e2e.p50) / ms(raw.p50).max(1e-9)
+    );
     stack.stop().await?;
 
     // 2. Leads on a backlog vs one commit per event.
@@ -139,13 +183,22 @@ async fn main() -> anyhow::Result<()> {
     let single = leads_backlog_rate(n, Some(1)).await?;
     println!("\n2. leads throughput on a backlog of {n} actions (each with a new lead)");
     println!("   raw Postgres, INSERT + COMMIT per event   {raw_rate:9.0} events/s");
-    println!("   leads, batch of 1 (a commit per event)    {single:9.0} events/s   {:.2}x raw", single / raw_rate);
-    println!("   leads, batched (default 64)               {batched:9.0} events/s   {:.2}x raw", batched / raw_rate);
+    println!(
+        "   leads, batch of 1 (a commit per event)    {single:9.0} events/s   {:.2}x raw",
+        single / raw_rate
+    );
+    println!(
+        "   leads, batched (default 64)               {batched:9.0} events/s   {:.2}x raw",
+        batched / raw_rate
+    );
     Ok(())
 }
 
 /// The baseline a consumer must beat: one INSERT of a comparable row and one COMMIT per event.
-async fn raw_commit_rate(common: &ande_platform::config::CommonConfig, n: usize) -> anyhow::Result<f64> {
+async fn raw_commit_rate(
+    common: &ande_platform::config::CommonConfig,
+    n: usize,
+) -> anyhow::Result<f64> {
     let pool = sqlx::PgPool::connect(common.database_url.expose_secret()).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (id uuid PRIMARY KEY, phone text, data jsonb, at timestamptz DEFAULT now())").execute(&pool).await?;
     let t = Instant::now();
@@ -185,15 +238,28 @@ async fn leads_backlog_rate(n: usize, batch: Option<usize>) -> anyhow::Result<f6
     }
     let stop = CancellationToken::new();
     // Create the schema first so the timing is of processing only.
-    let pool = ande_platform::db::connect(&common.database_url, ande_leads::SCHEMA, 2, &ande_leads::MIGRATIONS).await?;
+    let pool = ande_platform::db::connect(
+        &common.database_url,
+        ande_leads::SCHEMA,
+        2,
+        &ande_leads::MIGRATIONS,
+    )
+    .await?;
     let t = Instant::now();
     let task = tokio::spawn(ande_leads::run(cfg, stop.clone()));
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM actions WHERE outcome_published_at IS NOT NULL").fetch_one(&pool).await?;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM actions WHERE outcome_published_at IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await?;
         if done as usize >= n {
             break;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "backlog not processed in 10 minutes ({done}/{n})");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "backlog not processed in 10 minutes ({done}/{n})"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
