@@ -14,33 +14,39 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 const DEFAULT_FILTER: &str = "info,async_nats=warn,sqlx=warn,hyper=warn";
 
 /// Install the global subscriber. Safe to call more than once (later calls do nothing), so that
 /// `andectl up`, which runs every service in one process, and tests can call it freely.
 pub fn init(service: &'static str, json: bool) {
+    init_with_filter(service, json, DEFAULT_FILTER)
+}
+
+/// [`init`] with another filter for when `RUST_LOG` is unset.
+pub fn init_with_filter(service: &'static str, json: bool, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let provider = opentelemetry_sdk::trace::TracerProvider::builder().build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    // Traces follow info-level spans whatever the log filter says: turning logs down to `warn`
+    // must not break trace propagation across services.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(LevelFilter::INFO);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true),
-            )
-            .try_init()
+        let fmt = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true);
+        registry.with(fmt.with_filter(filter)).try_init()
     } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init()
+        let fmt = tracing_subscriber::fmt::layer().with_target(false);
+        registry.with(fmt.with_filter(filter)).try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
@@ -57,6 +63,9 @@ pub fn init_for_tests() {
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         self.0.insert(key, value.as_str());
     }
 }
@@ -91,4 +100,35 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let id = cx.span().span_context().trace_id();
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_crosses_headers() {
+        let provider = opentelemetry_sdk::trace::TracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            let producer = tracing::info_span!("publish");
+            let mut headers = HeaderMap::new();
+            producer.in_scope(|| inject(&mut headers));
+            let traceparent = headers
+                .get("traceparent")
+                .expect("traceparent injected")
+                .as_str()
+                .to_string();
+            assert!(traceparent.starts_with("00-"), "{traceparent}");
+            let consumer = tracing::info_span!("consume");
+            extract_into(Some(&headers), &consumer);
+            assert_eq!(trace_id(&consumer), trace_id(&producer));
+            assert!(trace_id(&consumer).is_some());
+            // No headers: a fresh trace, not an error.
+            let lone = tracing::info_span!("lone");
+            extract_into(None, &lone);
+            assert_ne!(trace_id(&lone), trace_id(&producer));
+        });
+    }
 }
