@@ -53,24 +53,32 @@ pub struct Bus {
 impl Bus {
     /// Connect, waiting for NATS to answer (services that must not start without it).
     pub async fn connect(config: &CommonConfig, name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(3))
-            .connect(&config.nats_url)
-            .await
-            .map_err(|e| BusError::Connect {
-                url: config.nats_url.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(Self::from_client(client, config))
+        Self::connect_with(
+            config,
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(3)),
+        )
+        .await
     }
 
     /// Connect in the background: returns at once and keeps trying, so a service (the gateway)
     /// can start and answer 503 until NATS is there, then recover by itself.
     pub async fn connect_lazy(config: &CommonConfig, name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
+        Self::connect_with(
+            config,
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .retry_on_initial_connect(),
+        )
+        .await
+    }
+
+    async fn connect_with(
+        config: &CommonConfig,
+        options: async_nats::ConnectOptions,
+    ) -> Result<Self, BusError> {
+        let client = options
             .connect(&config.nats_url)
             .await
             .map_err(|e| BusError::Connect {
