@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -27,17 +29,39 @@ pub struct Claims {
     pub phone: Option<String>,
 }
 
-pub fn issue(secret: &SecretString, audience: &str, sub: &str, phone: Option<String>, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn issue(
+    secret: &SecretString,
+    audience: &str,
+    sub: &str,
+    phone: Option<String>,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims { sub: sub.to_string(), aud: audience.to_string(), iat: now, exp: now + ttl.as_secs() as i64, phone };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.expose_secret().as_bytes()))
+    let claims = Claims {
+        sub: sub.to_string(),
+        aud: audience.to_string(),
+        iat: now,
+        exp: now + ttl.as_secs() as i64,
+        phone,
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+    )
 }
 
 pub fn verify(secret: &SecretString, audience: &str, token: &str) -> Option<Claims> {
     let mut v = Validation::new(Algorithm::HS256);
     v.set_audience(&[audience]);
     v.leeway = 5;
-    decode::<Claims>(token, &DecodingKey::from_secret(secret.expose_secret().as_bytes()), &v).ok().map(|d| d.claims)
+    decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+        &v,
+    )
+    .ok()
+    .map(|d| d.claims)
 }
 
 /// argon2id with the crate's default (OWASP-recommended) parameters.
@@ -51,13 +75,23 @@ pub fn hash_password(password: &SecretString) -> Result<String, String> {
 
 pub fn verify_password(password: &SecretString, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.expose_secret().as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.expose_secret().as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
 /// Create or replace a staff account (used by `andectl user add/passwd`).
-pub async fn set_staff_password(pool: &PgPool, username: &str, password: SecretString) -> anyhow::Result<bool> {
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await?.map_err(anyhow::Error::msg)?;
+pub async fn set_staff_password(
+    pool: &PgPool,
+    username: &str,
+    password: SecretString,
+) -> anyhow::Result<bool> {
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await?
+        .map_err(anyhow::Error::msg)?;
     let inserted: bool = sqlx::query_scalar(
         "INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
          ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now()
@@ -71,20 +105,30 @@ pub async fn set_staff_password(pool: &PgPool, username: &str, password: SecretS
 }
 
 pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staff_users WHERE username = $1)").bind(username).fetch_one(pool).await
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staff_users WHERE username = $1)")
+        .bind(username)
+        .fetch_one(pool)
+        .await
 }
 
 /// Check a login. A missing user costs the same hashing time as a wrong password, so timing does
 /// not reveal which usernames exist.
-pub async fn check_login(pool: &PgPool, username: &str, password: SecretString) -> Result<bool, sqlx::Error> {
-    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM staff_users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(pool)
-        .await?;
+pub async fn check_login(
+    pool: &PgPool,
+    username: &str,
+    password: SecretString,
+) -> Result<bool, sqlx::Error> {
+    let hash: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM staff_users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(pool)
+            .await?;
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$8mVbG6Kq7rDQ8bY0sRDo3N1bqu6P8xw2b7yH0yV0qWc";
     let found = hash.is_some();
     let hash = hash.unwrap_or_else(|| DUMMY.to_string());
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
     Ok(found && ok)
 }
 
@@ -95,11 +139,60 @@ mod tests {
     #[test]
     fn audiences_do_not_mix() {
         let secret = SecretString::from("s3cret".to_string());
-        let t = issue(&secret, MINIPROGRAM_AUDIENCE, "openid-1", None, Duration::from_secs(60)).unwrap();
-        assert_eq!(verify(&secret, MINIPROGRAM_AUDIENCE, &t).unwrap().sub, "openid-1");
-        assert!(verify(&secret, STAFF_AUDIENCE, &t).is_none(), "a customer session is not a staff token");
-        assert!(verify(&SecretString::from("other".to_string()), MINIPROGRAM_AUDIENCE, &t).is_none());
+        let t = issue(
+            &secret,
+            MINIPROGRAM_AUDIENCE,
+            "openid-1",
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&secret, MINIPROGRAM_AUDIENCE, &t).unwrap().sub,
+            "openid-1"
+        );
+        assert!(
+            verify(&secret, STAFF_AUDIENCE, &t).is_none(),
+            "a customer session is not a staff token"
+        );
+        assert!(verify(
+            &SecretString::from("other".to_string()),
+            MINIPROGRAM_AUDIENCE,
+            &t
+        )
+        .is_none());
         assert!(verify(&secret, MINIPROGRAM_AUDIENCE, "garbage").is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused_past_the_leeway() {
+        let secret = SecretString::from("s3cret".to_string());
+        let now = chrono::Utc::now().timestamp();
+        let key = EncodingKey::from_secret(b"s3cret");
+        let token = |exp: i64| {
+            let c = Claims {
+                sub: "o".into(),
+                aud: MINIPROGRAM_AUDIENCE.into(),
+                iat: now - 120,
+                exp,
+                phone: None,
+            };
+            encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        };
+        assert!(
+            verify(&secret, MINIPROGRAM_AUDIENCE, &token(now - 60)).is_none(),
+            "expired a minute ago"
+        );
+        assert!(verify(&secret, MINIPROGRAM_AUDIENCE, &token(now + 60)).is_some());
+        let none_alg = format!(
+            "{}.{}.",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
+            token(now + 60).split('.').nth(1).unwrap()
+        );
+        assert!(
+            verify(&secret, MINIPROGRAM_AUDIENCE, &none_alg).is_none(),
+            "alg none is never accepted"
+        );
     }
 
     #[test]
@@ -107,7 +200,10 @@ mod tests {
         let pw = SecretString::from("correct horse".to_string());
         let h = hash_password(&pw).unwrap();
         assert!(verify_password(&pw, &h));
-        assert!(!verify_password(&SecretString::from("wrong".to_string()), &h));
+        assert!(!verify_password(
+            &SecretString::from("wrong".to_string()),
+            &h
+        ));
         assert!(!verify_password(&pw, "not a hash"));
     }
 }

@@ -50,7 +50,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Value::Null, retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+            retry_after: None,
+        }
     }
     pub fn details(mut self, details: Value) -> Self {
         self.details = details;
@@ -58,8 +64,12 @@ impl ApiError {
     }
     pub fn validation(field: &str, why: impl Into<String>) -> Self {
         let why = why.into();
-        Self::new(StatusCode::BAD_REQUEST, "validation_failed", format!("{field}: {why}"))
-            .details(json!({ "field": field, "reason": why }))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+            format!("{field}: {why}"),
+        )
+        .details(json!({ "field": field, "reason": why }))
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -74,8 +84,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
     pub fn bus_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "event_bus_unavailable", "the event bus is unavailable; retry shortly")
-            .retry_after(2)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event_bus_unavailable",
+            "the event bus is unavailable; retry shortly",
+        )
+        .retry_after(2)
     }
     pub fn service_unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(2)
@@ -87,13 +101,20 @@ impl ApiError {
     /// Log the cause (once, here) and answer a 500 that reveals nothing.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
     /// Postgres trouble: unavailable is 503, anything else a logged 500.
     pub fn db(e: sqlx::Error) -> Self {
         if ande_platform::db::is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
-            Self::service_unavailable("database_unavailable", "the database is unavailable; retry shortly")
+            Self::service_unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry shortly",
+            )
         } else {
             Self::internal(e)
         }
@@ -114,7 +135,8 @@ impl IntoResponse for ApiError {
         });
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert("retry-after", HeaderValue::from(s));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
         }
         resp
     }
@@ -125,9 +147,19 @@ impl From<ande_platform::rpc::RpcError> for ApiError {
         use ande_platform::rpc::codes;
         match e.code.as_str() {
             codes::NOT_FOUND => ApiError::not_found(e.message),
-            codes::BAD_REQUEST => ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", e.message).details(e.details),
-            codes::UNAVAILABLE => ApiError::service_unavailable("service_unavailable", "a back-end service did not answer; retry shortly"),
-            "wechat_unavailable" => ApiError::new(StatusCode::BAD_GATEWAY, "wechat_unreachable", "WeChat could not be reached"),
+            codes::BAD_REQUEST => {
+                ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", e.message)
+                    .details(e.details)
+            }
+            codes::UNAVAILABLE => ApiError::service_unavailable(
+                "service_unavailable",
+                "a back-end service did not answer; retry shortly",
+            ),
+            "wechat_unavailable" => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "wechat_unreachable",
+                "WeChat could not be reached",
+            ),
             _ => ApiError::internal(e),
         }
     }
@@ -141,12 +173,36 @@ impl From<ande_wechat::WechatError> for ApiError {
             W::Api { errcode, errmsg } => {
                 let details = json!({ "errcode": errcode, "errmsg": errmsg });
                 let (status, code, msg) = match errcode {
-                    40029 => (StatusCode::BAD_REQUEST, "wechat_invalid_code", "the login code is invalid or expired"),
-                    40163 => (StatusCode::CONFLICT, "wechat_code_used", "the login code was already used"),
-                    40226 => (StatusCode::FORBIDDEN, "wechat_user_blocked", "WeChat blocked this user's login"),
-                    45011 => (StatusCode::TOO_MANY_REQUESTS, "wechat_too_frequent", "too many requests to WeChat; retry later"),
-                    -1 => (StatusCode::SERVICE_UNAVAILABLE, "wechat_busy", "WeChat is busy; retry later"),
-                    _ => (StatusCode::BAD_GATEWAY, "wechat_refused", "WeChat refused the request"),
+                    40029 => (
+                        StatusCode::BAD_REQUEST,
+                        "wechat_invalid_code",
+                        "the login code is invalid or expired",
+                    ),
+                    40163 => (
+                        StatusCode::CONFLICT,
+                        "wechat_code_used",
+                        "the login code was already used",
+                    ),
+                    40226 => (
+                        StatusCode::FORBIDDEN,
+                        "wechat_user_blocked",
+                        "WeChat blocked this user's login",
+                    ),
+                    45011 => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "wechat_too_frequent",
+                        "too many requests to WeChat; retry later",
+                    ),
+                    -1 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "wechat_busy",
+                        "WeChat is busy; retry later",
+                    ),
+                    _ => (
+                        StatusCode::BAD_GATEWAY,
+                        "wechat_refused",
+                        "WeChat refused the request",
+                    ),
                 };
                 let mut err = ApiError::new(status, code, msg).details(details);
                 if matches!(errcode, 45011 | -1) {
@@ -156,7 +212,11 @@ impl From<ande_wechat::WechatError> for ApiError {
             }
             W::Timeout | W::Transport(_) | W::Http { .. } => {
                 tracing::warn!(error = %e, "WeChat unreachable");
-                ApiError::new(StatusCode::BAD_GATEWAY, "wechat_unreachable", "WeChat could not be reached")
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "wechat_unreachable",
+                    "WeChat could not be reached",
+                )
             }
             _ => ApiError::internal(e),
         }

@@ -3,11 +3,13 @@
 //! two kinds of bearer token.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -23,15 +25,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is over {} bytes", state.config.body_limit))
-            } else {
-                ApiError::bad_request("invalid_body", "the body could not be read")
-            }
-        })?;
+        let bytes = read_limited(req, state.config.body_limit).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("invalid_body", "the body is empty; send a JSON object"));
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the body is empty; send a JSON object",
+            ));
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error_lite(&mut de)?;
@@ -39,7 +38,70 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-fn serde_path_to_error_lite<T: DeserializeOwned>(de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> Result<T, ApiError> {
+/// After a body proved too large, read and drop up to this much more of it (for at most
+/// [`DRAIN_TIME`]) before answering 413. An HTTP/1 server that answers and closes while the client
+/// is still sending makes the client's write fail (broken pipe, reset) before it reads the
+/// answer: the mini-program would see a network error instead of our 413. Past these bounds we
+/// stop reading and let the connection close.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// The whole body, at most `limit` bytes; a longer one is a 413 (answered after draining it).
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over {limit} bytes"),
+        )
+    };
+    let unreadable = || ApiError::bad_request("invalid_body", "the body could not be read");
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // A client that waits for "100 Continue" sends nothing until the body is read: refuse it
+    // at once instead of inviting the body in.
+    let waits_to_send = req
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body().into_data_stream();
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        if n <= limit + DRAIN_LIMIT && !waits_to_send {
+            drain(body).await;
+        }
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if buf.len() + chunk.len() > limit {
+            drain(body).await;
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn drain(mut body: axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn serde_path_to_error_lite<T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+) -> Result<T, ApiError> {
     let v = T::deserialize(&mut *de).and_then(|v| de.end().map(|_| v));
     v.map_err(|e| {
         let kind = match e.classify() {
@@ -80,8 +142,22 @@ pub fn client_ip(parts: &Parts, trust_forwarded: bool) -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+/// The bearer token of the request: `Ok(None)` without an Authorization header, a 401 when the
+/// header is there but is not `Bearer <token>` (the scheme is case-insensitive, RFC 9110). A
+/// malformed header is never read as "no token": that would record a signed-in customer's
+/// action as anonymous.
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get("authorization") else {
+        return Ok(None);
+    };
+    let refuse = || ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"");
+    let value = value.to_str().map_err(|_| refuse())?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or_else(refuse)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(refuse());
+    }
+    Ok(Some(token))
 }
 
 /// A mini-program session if the request carries one. A token that is present but invalid is a
@@ -92,11 +168,13 @@ impl FromRequestParts<AppState> for MaybeSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
+        match bearer(parts)? {
             None => Ok(MaybeSession(None)),
             Some(t) => auth::verify(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, t)
                 .map(|c| MaybeSession(Some(c)))
-                .ok_or_else(|| ApiError::unauthorized("the session token is invalid or expired; log in again")),
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the session token is invalid or expired; log in again")
+                }),
         }
     }
 }
@@ -111,7 +189,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let t = bearer(parts).ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+        let t = bearer(parts)?
+            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
         if let Some(c) = auth::verify(&state.config.jwt_secret, auth::STAFF_AUDIENCE, t) {
             return Ok(Caller::Staff(c));
         }
@@ -131,6 +210,31 @@ impl FromRequestParts<AppState> for Staff {
         match Caller::from_request_parts(parts, state).await? {
             Caller::Staff(c) => Ok(Staff(c)),
             Caller::Customer(_) => Err(ApiError::forbidden("staff only")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(auth: Option<&str>) -> Parts {
+        let mut b = axum::http::Request::builder();
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_anything_else_is_refused() {
+        assert_eq!(bearer(&parts(None)).unwrap(), None);
+        assert_eq!(bearer(&parts(Some("Bearer abc"))).unwrap(), Some("abc"));
+        assert_eq!(bearer(&parts(Some("bearer  abc "))).unwrap(), Some("abc"));
+        assert_eq!(bearer(&parts(Some("BEARER abc"))).unwrap(), Some("abc"));
+        for bad in ["Basic abc", "Bearer", "Bearer   ", "abc", ""] {
+            let e = bearer(&parts(Some(bad))).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{bad:?}");
         }
     }
 }

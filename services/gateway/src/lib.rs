@@ -19,6 +19,7 @@ pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ande_platform::bus::Bus;
 use ande_wechat::WechatClient;
@@ -30,6 +31,8 @@ pub use config::GatewayConfig;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "gateway";
+/// How often the gateway tries again to create its streams when NATS was away at start.
+const STREAMS_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -41,11 +44,26 @@ pub struct AppState {
     pub openid_limiter: limits::RateLimiter,
 }
 
+impl AppState {
+    /// Fail fast with 503 while NATS is disconnected: a publish or a request/reply would only
+    /// wait for its timeout (up to 8 s for a send) before failing the same way.
+    pub fn require_bus(&self) -> Result<(), error::ApiError> {
+        if self.bus.is_connected() {
+            Ok(())
+        } else {
+            Err(error::ApiError::bus_unavailable())
+        }
+    }
+}
+
 /// The gateway bound to its port, ready to serve.
 pub struct Gateway {
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
     state: AppState,
+    /// False when NATS was away at start: `run` keeps trying, since publishes fail until the
+    /// stream exists even after NATS is back (nothing else guarantees another service made it).
+    streams_ready: bool,
 }
 
 impl Gateway {
@@ -53,13 +71,20 @@ impl Gateway {
     /// a free one). NATS is connected lazily: the gateway starts and answers 503 on publishes
     /// until NATS is there, and recovers by itself.
     pub async fn bind(config: GatewayConfig) -> anyhow::Result<Self> {
-        let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 16, &MIGRATIONS).await?;
+        let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 16, &MIGRATIONS)
+            .await?;
         let bus = Bus::connect_lazy(&config.common, "gateway").await?;
-        if let Err(e) = bus.ensure_streams(config.common.event_max_age).await {
-            tracing::warn!(error = %e, "cannot create the streams yet; publishes will fail until NATS answers");
-        }
+        let streams_ready = match bus.ensure_streams(config.common.event_max_age).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the streams yet; publishes will fail until NATS answers");
+                false
+            }
+        };
         if secrecy::ExposeSecret::expose_secret(&config.jwt_secret) == config::DEV_JWT_SECRET {
-            tracing::warn!("JWT_SECRET is not set: using the development secret; never deploy like this");
+            tracing::warn!(
+                "JWT_SECRET is not set: using the development secret; never deploy like this"
+            );
         }
         let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;
         let listener = tokio::net::TcpListener::bind((config.host, config.port))
@@ -74,7 +99,12 @@ impl Gateway {
             pool,
             wechat,
         };
-        Ok(Self { addr, listener, state })
+        Ok(Self {
+            addr,
+            listener,
+            state,
+            streams_ready,
+        })
     }
 
     pub fn state(&self) -> &AppState {
@@ -84,10 +114,43 @@ impl Gateway {
     /// Serve until `shutdown`; in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "gateway listening");
-        let app = routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        if !self.streams_ready {
+            tokio::spawn(ensure_streams_when_connected(
+                self.state.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let app =
+            routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
         self.state.pool.close().await;
         Ok(())
+    }
+}
+
+/// Create the streams as soon as NATS answers (after a start without it), then stop.
+async fn ensure_streams_when_connected(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(STREAMS_RETRY) => {}
+        }
+        if !state.bus.is_connected() {
+            continue;
+        }
+        match state
+            .bus
+            .ensure_streams(state.config.common.event_max_age)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!("NATS answered: streams ready");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "streams not ready yet"),
+        }
     }
 }
 

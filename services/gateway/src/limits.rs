@@ -19,12 +19,20 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn per_minute(limit: u32) -> Self {
-        Self { limit, windows: Cache::builder().max_capacity(MAX_KEYS).time_to_live(WINDOW).build() }
+        Self {
+            limit,
+            windows: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(WINDOW)
+                .build(),
+        }
     }
 
     /// `Ok` if allowed, else the seconds until the window resets (for Retry-After).
     pub fn check(&self, key: &str) -> Result<(), u64> {
-        let w = self.windows.get_with(key.to_string(), || Arc::new((Instant::now(), AtomicU32::new(0))));
+        let w = self.windows.get_with(key.to_string(), || {
+            Arc::new((Instant::now(), AtomicU32::new(0)))
+        });
         let n = w.1.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= self.limit {
             Ok(())

@@ -15,16 +15,77 @@ pub struct Endpoint {
 }
 
 pub const ENDPOINTS: &[Endpoint] = &[
-    Endpoint { method: "post", path: "/api/wechat/openid", summary: "Exchange a wx.login code for the openid and a session token", auth: "none", request: Some(openid_req) },
-    Endpoint { method: "post", path: "/api/wechat/phone", summary: "Exchange the phone button's code for the phone number", auth: "session", request: Some(openid_req) },
-    Endpoint { method: "post", path: "/api/advisor/subscribe", summary: "Record an advisor's subscribe-message decisions (each accept is one send credit)", auth: "session", request: Some(subscribe_req) },
-    Endpoint { method: "post", path: "/api/customer/action", summary: "Record a customer action durably; answers after JetStream's ack with the action id", auth: "session", request: Some(action_req) },
-    Endpoint { method: "get", path: "/api/actions/{id}", summary: "The journey of an action: recorded, lead outcome, notification", auth: "staff-or-session", request: None },
-    Endpoint { method: "post", path: "/api/message/send", summary: "Send a subscribe message now (staff only)", auth: "staff", request: Some(send_req) },
-    Endpoint { method: "post", path: "/api/auth/login", summary: "Staff login", auth: "none", request: Some(login_req) },
-    Endpoint { method: "get", path: "/api/health", summary: "Liveness, with each dependency's state", auth: "none", request: None },
-    Endpoint { method: "get", path: "/api/health/ready", summary: "Readiness: 503 until NATS, the stream and the database answer", auth: "none", request: None },
-    Endpoint { method: "get", path: "/api/openapi.json", summary: "This document", auth: "none", request: None },
+    Endpoint {
+        method: "post",
+        path: "/api/wechat/openid",
+        summary: "Exchange a wx.login code for the openid and a session token",
+        auth: "none",
+        request: Some(openid_req),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/wechat/phone",
+        summary: "Exchange the phone button's code for the phone number",
+        auth: "session",
+        request: Some(openid_req),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor/subscribe",
+        summary: "Record an advisor's subscribe-message decisions (each accept is one send credit)",
+        auth: "session",
+        request: Some(subscribe_req),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/customer/action",
+        summary:
+            "Record a customer action durably; answers after JetStream's ack with the action id",
+        auth: "session",
+        request: Some(action_req),
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/actions/{id}",
+        summary: "The journey of an action: recorded, lead outcome, notification",
+        auth: "staff-or-session",
+        request: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/message/send",
+        summary: "Send a subscribe message now (staff only)",
+        auth: "staff",
+        request: Some(send_req),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/auth/login",
+        summary: "Staff login",
+        auth: "none",
+        request: Some(login_req),
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/health",
+        summary: "Liveness, with each dependency's state",
+        auth: "none",
+        request: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/health/ready",
+        summary: "Readiness: 503 until NATS, the stream and the database answer",
+        auth: "none",
+        request: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/openapi.json",
+        summary: "This document",
+        auth: "none",
+        request: None,
+    },
 ];
 
 fn s(max: u32) -> Value {
@@ -65,12 +126,15 @@ pub fn build() -> Value {
             }
         });
         if let Some(req) = e.request {
-            op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": req() } } });
+            op["requestBody"] =
+                json!({ "required": true, "content": { "application/json": { "schema": req() } } });
         }
         match e.auth {
             "staff" => op["security"] = json!([{ "staffToken": [] }]),
             "session" => op["security"] = json!([{}, { "sessionToken": [] }]),
-            "staff-or-session" => op["security"] = json!([{ "staffToken": [] }, { "sessionToken": [] }]),
+            "staff-or-session" => {
+                op["security"] = json!([{ "staffToken": [] }, { "sessionToken": [] }])
+            }
             _ => {}
         }
         if e.path.contains("{id}") {

@@ -24,7 +24,11 @@ pub fn required(field: &str, value: Option<&Value>, max: usize) -> Result<String
 }
 
 /// An optional text field; blank counts as absent.
-pub fn optional(field: &str, value: Option<&Value>, max: usize) -> Result<Option<String>, ApiError> {
+pub fn optional(
+    field: &str,
+    value: Option<&Value>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -40,10 +44,16 @@ fn text(field: &str, s: &str, max: usize, allow_empty: bool) -> Result<String, A
         return Err(ApiError::validation(field, "must not be empty"));
     }
     if t.chars().count() > max {
-        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if t.chars().any(char::is_control) {
-        return Err(ApiError::validation(field, "must not contain control characters"));
+        return Err(ApiError::validation(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(t.to_string())
 }
@@ -57,13 +67,22 @@ pub fn action_data(value: Option<&Value>) -> Result<Value, ApiError> {
     };
     let encoded = v.to_string();
     if encoded.len() > MAX_ACTION_DATA_BYTES {
-        return Err(ApiError::validation("actionData", format!("must be at most {MAX_ACTION_DATA_BYTES} bytes as JSON")));
+        return Err(ApiError::validation(
+            "actionData",
+            format!("must be at most {MAX_ACTION_DATA_BYTES} bytes as JSON"),
+        ));
     }
     if depth(v) > MAX_ACTION_DATA_DEPTH {
-        return Err(ApiError::validation("actionData", format!("must nest at most {MAX_ACTION_DATA_DEPTH} levels")));
+        return Err(ApiError::validation(
+            "actionData",
+            format!("must nest at most {MAX_ACTION_DATA_DEPTH} levels"),
+        ));
     }
     if encoded.contains("\\u0000") {
-        return Err(ApiError::validation("actionData", "must not contain NUL characters"));
+        return Err(ApiError::validation(
+            "actionData",
+            "must not contain NUL characters",
+        ));
     }
     Ok(v.clone())
 }
@@ -90,7 +109,10 @@ mod tests {
         assert!(required("a", Some(&json!("  ")), 5).is_err());
         assert!(required("a", Some(&json!([1])), 5).is_err());
         assert!(required("a", Some(&json!("a\u{0}b")), 5).is_err());
-        assert!(required("a", Some(&json!("顾问顾问顾问")), 5).is_err(), "counted in characters");
+        assert!(
+            required("a", Some(&json!("顾问顾问顾问")), 5).is_err(),
+            "counted in characters"
+        );
     }
 
     #[test]
@@ -112,6 +134,44 @@ mod tests {
             if let Ok(t) = required("f", Some(&json!(s)), 40) {
                 prop_assert!(!t.is_empty() && t.chars().count() <= 40 && !t.chars().any(char::is_control));
                 prop_assert_eq!(t.trim(), t.as_str());
+            }
+        }
+
+        #[test]
+        fn optional_text_is_none_when_blank_and_bounded_otherwise(s in "\\PC{0,80}|[ \t]{0,5}") {
+            match optional("f", Some(&json!(s)), 40) {
+                Ok(None) => prop_assert!(s.trim().is_empty()),
+                Ok(Some(t)) => prop_assert!(!t.is_empty() && t.chars().count() <= 40 && t == s.trim()),
+                Err(e) => prop_assert!(s.trim().chars().count() > 40 || s.chars().any(char::is_control), "{:?}", e),
+            }
+        }
+
+        #[test]
+        fn text_over_the_bound_is_always_refused_naming_the_field(s in "[a-z顾]{41,80}") {
+            let e = required("customerId", Some(&json!(s)), 40).unwrap_err();
+            prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            prop_assert_eq!(&e.details["field"], "customerId");
+        }
+
+        #[test]
+        fn non_text_values_are_refused(v in prop_oneof![Just(json!(true)), Just(json!([])), Just(json!({})), Just(json!([1, "a"]))]) {
+            prop_assert!(required("f", Some(&v), 40).is_err());
+            prop_assert!(optional("f", Some(&v), 40).is_err());
+            prop_assert!(action_data(Some(&v)).is_ok() == v.is_object());
+        }
+
+        #[test]
+        fn accepted_action_data_is_bounded(levels in 0usize..30, width in 0usize..50, s in "\\PC{0,400}") {
+            let mut v = json!({ "s": s });
+            for i in 0..levels {
+                v = json!({ format!("k{i}"): v, "pad": "x".repeat(width) });
+            }
+            if let Ok(ok) = action_data(Some(&v)) {
+                prop_assert!(ok.to_string().len() <= MAX_ACTION_DATA_BYTES);
+                prop_assert!(depth(&ok) <= MAX_ACTION_DATA_DEPTH);
+                prop_assert!(!ok.to_string().contains("\\u0000"));
+            } else {
+                prop_assert!(v.to_string().len() > MAX_ACTION_DATA_BYTES || depth(&v) > MAX_ACTION_DATA_DEPTH || v.to_string().contains("\\u0000"));
             }
         }
 

@@ -20,7 +20,14 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The fields this endpoint models; everything else the client sends is kept as `extra`.
-const KNOWN: [&str; 6] = ["customerId", "advisorId", "actionType", "actionData", "customerName", "customerPhone"];
+const KNOWN: [&str; 6] = [
+    "customerId",
+    "advisorId",
+    "actionType",
+    "actionData",
+    "customerName",
+    "customerPhone",
+];
 
 #[tracing::instrument(skip_all, fields(action_id))]
 pub async fn record(
@@ -35,11 +42,19 @@ pub async fn record(
     let action_type = validate::required("actionType", body.get("actionType"), MAX_ACTION_TYPE)?;
     let action_data = validate::action_data(body.get("actionData"))?;
     let customer_name = validate::optional("customerName", body.get("customerName"), MAX_NAME)?;
-    let mut customer_phone = validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
-    let extra: Map<String, Value> = body.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut customer_phone =
+        validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
+    let extra: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let extra = Value::Object(extra);
     if extra.to_string().len() > validate::MAX_ACTION_DATA_BYTES {
-        return Err(ApiError::validation("body", "too many or too large extra fields"));
+        return Err(ApiError::validation(
+            "body",
+            "too many or too large extra fields",
+        ));
     }
 
     // The openid comes from the session, never from the body.
@@ -49,23 +64,52 @@ pub async fn record(
     }
     if !openid.is_empty() {
         state.openid_limiter.check(&openid).map_err(|wait| {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many actions from this user").retry_after(wait)
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many actions from this user",
+            )
+            .retry_after(wait)
         })?;
     }
-    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").chars().take(512).collect::<String>();
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect::<String>();
 
     let (action_id, event_id, replayed) = match idempotency_key(&headers)? {
         None => (Uuid::now_v7(), Uuid::now_v7(), false),
         Some(key) => {
-            let hash = request_hash(&customer_id, &advisor_id, &action_type, &action_data, &customer_name, &customer_phone);
-            claim_key(&state, &customer_id, &key, &hash).await?
+            let hash = request_hash(
+                &customer_id,
+                &advisor_id,
+                &action_type,
+                &action_data,
+                &customer_name,
+                &customer_phone,
+            );
+            claim_key(
+                &state,
+                &idempotency_scope(&openid, &customer_id),
+                &key,
+                &hash,
+            )
+            .await?
         }
     };
     tracing::Span::current().record("action_id", tracing::field::display(action_id));
 
     let now = chrono::Utc::now();
     let event = ActionRecorded {
-        meta: Some(meta_with_id(event_id, &action_id.to_string(), PRODUCER, now)),
+        meta: Some(meta_with_id(
+            event_id,
+            &action_id.to_string(),
+            PRODUCER,
+            now,
+        )),
         action_id: action_id.to_string(),
         customer_id,
         advisor_id,
@@ -78,9 +122,7 @@ pub async fn record(
         user_agent,
         extra_json: extra.to_string(),
     };
-    if !state.bus.is_connected() {
-        return Err(ApiError::bus_unavailable());
-    }
+    state.require_bus()?;
     let ack = state.bus.publish(&event).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         ApiError::bus_unavailable()
@@ -91,19 +133,53 @@ pub async fn record(
         "sequence": ack.sequence,
         "duplicate": replayed || ack.duplicate,
     });
-    Ok(ok_with(if replayed { StatusCode::OK } else { StatusCode::CREATED }, data, "行为记录成功"))
+    Ok(ok_with(
+        if replayed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        data,
+        "行为记录成功",
+    ))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let k = v.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?.trim();
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?
+        .trim();
     if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::validation("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")));
+        return Err(ApiError::validation(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        ));
     }
     Ok(Some(k.to_string()))
 }
 
-fn request_hash(parts: &str, advisor: &str, action_type: &str, data: &Value, name: &Option<String>, phone: &Option<String>) -> String {
+/// Whose keys a key is looked up among: the session's customer when there is one (so another
+/// session sending the same customerId and key never gets this customer's action back), else the
+/// body's customerId. Prefixed so that the two kinds can never be mistaken for each other.
+fn idempotency_scope(openid: &str, customer_id: &str) -> String {
+    if openid.is_empty() {
+        format!("customer:{customer_id}")
+    } else {
+        format!("session:{openid}")
+    }
+}
+
+fn request_hash(
+    parts: &str,
+    advisor: &str,
+    action_type: &str,
+    data: &Value,
+    name: &Option<String>,
+    phone: &Option<String>,
+) -> String {
     // Not a security boundary: only to tell "same request retried" from "key reused for another".
     let canonical = json!([parts, advisor, action_type, data, name, phone]).to_string();
     let mut h: u64 = 0xcbf29ce484222325;
@@ -114,7 +190,12 @@ fn request_hash(parts: &str, advisor: &str, action_type: &str, data: &Value, nam
 }
 
 /// Reserve (or find) the ids of a keyed request. Returns (action id, event id, seen before).
-async fn claim_key(state: &AppState, scope: &str, key: &str, hash: &str) -> Result<(Uuid, Uuid, bool), ApiError> {
+async fn claim_key(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    hash: &str,
+) -> Result<(Uuid, Uuid, bool), ApiError> {
     let fresh: Option<(Uuid, Uuid)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (scope, key, request_hash, action_id, event_id) VALUES ($1,$2,$3,$4,$5)
          ON CONFLICT (scope, key) DO NOTHING RETURNING action_id, event_id",
@@ -137,7 +218,11 @@ async fn claim_key(state: &AppState, scope: &str, key: &str, hash: &str) -> Resu
         .await
         .map_err(ApiError::db)?;
     if h != hash {
-        return Err(ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", "this Idempotency-Key was used for a different request"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        ));
     }
     // Publish again under the same event id: if the first attempt never reached JetStream this
     // records it; if it did, JetStream (or leads, after the duplicate window) drops the copy.
@@ -146,24 +231,47 @@ async fn claim_key(state: &AppState, scope: &str, key: &str, hash: &str) -> Resu
 
 /// The journey of one action: recorded, lead outcome, notification.
 #[tracing::instrument(skip_all, fields(action_id = %id))]
-pub async fn journey(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::validation("id", "must be an action id (UUID)"))?;
+pub async fn journey(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::validation("id", "must be an action id (UUID)"))?;
+    state.require_bus()?;
     let q = json!({ "actionId": id });
     let client = &state.bus.client;
     let subjects = &state.bus.subjects;
     let (leads, notes) = tokio::join!(
-        ande_platform::rpc::call::<_, Value>(client, subjects.rpc("leads", "journey"), &q, QUERY_TIMEOUT),
-        ande_platform::rpc::call::<_, Value>(client, subjects.rpc("notifier", "journey"), &q, QUERY_TIMEOUT),
+        ande_platform::rpc::call::<_, Value>(
+            client,
+            subjects.rpc("leads", "journey"),
+            &q,
+            QUERY_TIMEOUT
+        ),
+        ande_platform::rpc::call::<_, Value>(
+            client,
+            subjects.rpc("notifier", "journey"),
+            &q,
+            QUERY_TIMEOUT
+        ),
     );
     let leads = match leads {
         Ok(v) => v,
-        Err(e) if e.code == ande_platform::rpc::codes::NOT_FOUND => return Err(ApiError::not_found("no such action (or not processed yet)")),
+        Err(e) if e.code == ande_platform::rpc::codes::NOT_FOUND => {
+            return Err(ApiError::not_found("no such action (or not processed yet)"))
+        }
         Err(e) => return Err(e.into()),
     };
     if let Caller::Customer(c) = &caller {
-        let owner = leads.pointer("/action/openid").and_then(Value::as_str).unwrap_or("");
+        let owner = leads
+            .pointer("/action/openid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if owner.is_empty() || owner != c.sub {
-            return Err(ApiError::forbidden("this action belongs to another customer"));
+            return Err(ApiError::forbidden(
+                "this action belongs to another customer",
+            ));
         }
     }
     let notification = match notes {
@@ -185,16 +293,27 @@ pub async fn journey(State(state): State<AppState>, caller: Caller, Path(id): Pa
         obj.remove("clientIp");
         obj.remove("userAgent");
     }
-    Ok(ok(json!({ "actionId": id, "recorded": action, "lead": lead, "notification": notification }), "ok"))
+    Ok(ok(
+        json!({ "actionId": id, "recorded": action, "lead": lead, "notification": notification }),
+        "ok",
+    ))
 }
 
 /// Reduce the notifier's rows to one status: sent (msgid), pending (waiting for credit),
 /// failed (errcode), queued, or none.
 fn summarize_notification(v: &Value) -> Value {
-    let notes = v.get("notifications").and_then(Value::as_array).cloned().unwrap_or_default();
+    let notes = v
+        .get("notifications")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let log = v.get("log").cloned().unwrap_or(Value::Array(vec![]));
     // A digest that carried this action is its delivery.
-    let main = notes.iter().rev().find(|n| n.get("kind").and_then(Value::as_str) == Some("digest")).or_else(|| notes.first());
+    let main = notes
+        .iter()
+        .rev()
+        .find(|n| n.get("kind").and_then(Value::as_str) == Some("digest"))
+        .or_else(|| notes.first());
     let Some(n) = main else {
         return json!({ "status": "none", "log": log });
     };
@@ -215,4 +334,58 @@ fn summarize_notification(v: &Value) -> Value {
         "attempts": n.get("attempts"),
         "log": log,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A customerId sent without a session can never name a session's scope (nor the reverse),
+        /// and different sessions or customers never share one.
+        #[test]
+        fn idempotency_scopes_never_collide(a in "\\PC{0,40}", b in "\\PC{0,40}") {
+            if !a.is_empty() {
+                prop_assert_ne!(idempotency_scope(&a, &b), idempotency_scope("", &a));
+                prop_assert_ne!(idempotency_scope(&a, &b), idempotency_scope("", &b));
+            }
+            if a != b && !a.is_empty() && !b.is_empty() {
+                prop_assert_ne!(idempotency_scope(&a, "c"), idempotency_scope(&b, "c"));
+            }
+            if a != b {
+                prop_assert_ne!(idempotency_scope("", &a), idempotency_scope("", &b));
+            }
+        }
+
+        #[test]
+        fn request_hash_tells_different_requests_apart(t1 in "[a-z_]{1,12}", t2 in "[a-z_]{1,12}", phone in proptest::option::of("[0-9]{11}")) {
+            let h = |t: &str| request_hash("c", "a", t, &json!({}), &None, &phone);
+            prop_assert_eq!(h(&t1), h(&t1));
+            if t1 != t2 {
+                prop_assert_ne!(h(&t1), h(&t2));
+            }
+        }
+    }
+
+    #[test]
+    fn notification_summary_prefers_the_digest_and_maps_states() {
+        let v = json!({"notifications": [{"kind": "single", "state": "waiting_credit"}, {"kind": "digest", "state": "sent", "msgid": "9"}], "log": []});
+        let s = summarize_notification(&v);
+        assert_eq!(s["status"], "sent");
+        assert_eq!(s["msgid"], "9");
+        assert_eq!(
+            summarize_notification(
+                &json!({"notifications": [{"kind": "single", "state": "waiting_credit"}]})
+            )["status"],
+            "pending_credit"
+        );
+        assert_eq!(
+            summarize_notification(
+                &json!({"notifications": [{"kind": "single", "state": "dropped", "errcode": 43101}]})
+            )["status"],
+            "failed"
+        );
+        assert_eq!(summarize_notification(&json!({}))["status"], "none");
+    }
 }

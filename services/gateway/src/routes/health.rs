@@ -16,9 +16,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 async fn checks(state: &AppState) -> (bool, Value) {
     let nats = state.bus.is_connected();
     let stream = if nats {
-        match tokio::time::timeout(PROBE_TIMEOUT, state.bus.js.get_stream(state.bus.subjects.stream())).await {
+        match tokio::time::timeout(
+            PROBE_TIMEOUT,
+            state.bus.js.get_stream(state.bus.subjects.stream()),
+        )
+        .await
+        {
             Ok(Ok(mut s)) => match s.info().await {
-                Ok(i) => json!({ "status": "ok", "name": i.config.name, "messages": i.state.messages }),
+                Ok(i) => {
+                    json!({ "status": "ok", "name": i.config.name, "messages": i.state.messages })
+                }
                 Err(e) => json!({ "status": "error", "reason": e.to_string() }),
             },
             Ok(Err(e)) => json!({ "status": "missing", "reason": e.to_string() }),
@@ -27,7 +34,9 @@ async fn checks(state: &AppState) -> (bool, Value) {
     } else {
         json!({ "status": "unknown" })
     };
-    let db = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool)).await {
+    let db = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
+        .await
+    {
         Ok(Ok(_)) => "ok",
         _ => "unavailable",
     };
@@ -54,6 +63,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// Readiness: 503 while NATS, the stream or the database is not there.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let (ready, body) = checks(&state).await;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     ok_with(status, body, if ready { "ready" } else { "not ready" })
 }

@@ -22,12 +22,19 @@ pub fn router(state: AppState) -> Router {
     let cors = if state.config.cors_origins.is_empty() {
         CorsLayer::new().allow_origin(Any)
     } else {
-        let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
         CorsLayer::new().allow_origin(AllowOrigin::list(origins))
     }
     .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
     .allow_headers(Any)
-    .expose_headers(["x-request-id".parse::<axum::http::HeaderName>().expect("valid header")]);
+    .expose_headers(["x-request-id"
+        .parse::<axum::http::HeaderName>()
+        .expect("valid header")]);
 
     Router::new()
         .route("/api/wechat/openid", post(wechat::openid))
@@ -41,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/health/ready", get(health::ready))
         .route("/api/openapi.json", get(crate::openapi::document))
         .fallback(not_found)
+        // After the routes: it applies to the paths registered above (axum keeps the Allow header).
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(cors)
@@ -50,6 +59,15 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
+}
+
+/// A known path with the wrong method: the envelope, not axum's empty 405.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 /// Accept the caller's `x-request-id` (when sane) or make one; answer it; make it available to
@@ -63,7 +81,12 @@ async fn request_id(req: Request, next: Next) -> Response {
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
-    let mut resp = REQUEST_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(req), span)).await;
+    let mut resp = REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(req), span),
+        )
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -74,7 +97,13 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
     let (parts, body) = req.into_parts();
     let ip = crate::extract::client_ip(&parts, state.config.trust_forwarded);
     if let Err(wait) = state.ip_limiter.check(&ip.to_string()) {
-        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down").retry_after(wait).into_response();
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .retry_after(wait)
+        .into_response();
     }
     next.run(Request::from_parts(parts, body)).await
 }

@@ -25,7 +25,10 @@ fn parse_status(field: &str, s: &str) -> Result<SubscriptionStatus, ApiError> {
         "reject" => Ok(SubscriptionStatus::Reject),
         "ban" => Ok(SubscriptionStatus::Ban),
         "filter" => Ok(SubscriptionStatus::Filter),
-        _ => Err(ApiError::validation(field, "must be accept, reject, ban or filter")),
+        _ => Err(ApiError::validation(
+            field,
+            "must be accept, reject, ban or filter",
+        )),
     }
 }
 
@@ -43,7 +46,12 @@ fn status_name(s: SubscriptionStatus) -> &'static str {
 pub fn decisions(body: &Map<String, Value>) -> Result<Vec<(String, SubscriptionStatus)>, ApiError> {
     let raw = body.get("result").or_else(|| body.get("subscribeResult"));
     if let Some(raw) = raw {
-        let obj = raw.as_object().ok_or_else(|| ApiError::validation("result", "must be the object wx.requestSubscribeMessage answered"))?;
+        let obj = raw.as_object().ok_or_else(|| {
+            ApiError::validation(
+                "result",
+                "must be the object wx.requestSubscribeMessage answered",
+            )
+        })?;
         let mut out = Vec::new();
         for (k, v) in obj {
             if k == "errMsg" || k == "errCode" {
@@ -57,18 +65,29 @@ pub fn decisions(body: &Map<String, Value>) -> Result<Vec<(String, SubscriptionS
             return Err(ApiError::validation("result", "holds no template decision"));
         }
         if out.len() > MAX_TEMPLATES {
-            return Err(ApiError::validation("result", format!("at most {MAX_TEMPLATES} templates per request")));
+            return Err(ApiError::validation(
+                "result",
+                format!("at most {MAX_TEMPLATES} templates per request"),
+            ));
         }
         return Ok(out);
     }
     let template = validate::required("templateId", body.get("templateId"), MAX_ID)?;
-    let explicit = body.get("subscribeData").and_then(|d| d.get("subscriptionStatus")).and_then(Value::as_str);
+    let explicit = body
+        .get("subscribeData")
+        .and_then(|d| d.get("subscriptionStatus"))
+        .and_then(Value::as_str);
     let status = match (explicit, body.get("subscribed")) {
         (Some(s), _) => parse_status("subscribeData.subscriptionStatus", s)?,
         (None, Some(Value::Bool(true))) => SubscriptionStatus::Accept,
         (None, Some(Value::Bool(false))) => SubscriptionStatus::Reject,
         (None, Some(_)) => return Err(ApiError::validation("subscribed", "must be true or false")),
-        (None, None) => return Err(ApiError::validation("subscribed", "give subscribed or subscribeData.subscriptionStatus")),
+        (None, None) => {
+            return Err(ApiError::validation(
+                "subscribed",
+                "give subscribed or subscribeData.subscriptionStatus",
+            ))
+        }
     };
     Ok(vec![(template, status)])
 }
@@ -91,16 +110,17 @@ pub async fn subscribe(
         .map(|s| s.chars().take(32).collect::<String>())
         .unwrap_or_else(|| "miniprogram".into());
     let decisions = decisions(&body)?;
-    if !state.bus.is_connected() {
-        return Err(ApiError::bus_unavailable());
-    }
+    state.require_bus()?;
     let now = chrono::Utc::now();
     let mut recorded = Vec::new();
     for (template_id, status) in decisions {
         let meta = new_meta("", "gateway", now);
         let event_id = meta.event_id.clone();
         let event = SubscriptionChanged {
-            meta: Some(ande_events::EventMeta { correlation_id: event_id.clone(), ..meta }),
+            meta: Some(ande_events::EventMeta {
+                correlation_id: event_id.clone(),
+                ..meta
+            }),
             advisor_id: advisor_id.clone(),
             openid: openid.clone(),
             template_id: template_id.clone(),
@@ -113,7 +133,11 @@ pub async fn subscribe(
         })?;
         recorded.push(json!({ "templateId": template_id, "status": status_name(status), "eventId": event_id }));
     }
-    Ok(ok_with(StatusCode::CREATED, json!({ "advisorId": advisor_id, "openid": openid, "recorded": recorded }), "订阅状态保存成功"))
+    Ok(ok_with(
+        StatusCode::CREATED,
+        json!({ "advisorId": advisor_id, "openid": openid, "recorded": recorded }),
+        "订阅状态保存成功",
+    ))
 }
 
 #[cfg(test)]
@@ -126,11 +150,21 @@ mod tests {
 
     #[test]
     fn seed_shape_and_raw_result_shape() {
-        let seed = body(json!({"advisorId":"a","openid":"o","templateId":"T","subscribed":true,"subscribeData":{"subscriptionStatus":"accept"}}));
-        assert_eq!(decisions(&seed).unwrap(), vec![("T".to_string(), SubscriptionStatus::Accept)]);
+        let seed = body(
+            json!({"advisorId":"a","openid":"o","templateId":"T","subscribed":true,"subscribeData":{"subscriptionStatus":"accept"}}),
+        );
+        assert_eq!(
+            decisions(&seed).unwrap(),
+            vec![("T".to_string(), SubscriptionStatus::Accept)]
+        );
         let seed_bool = body(json!({"templateId":"T","subscribed":false}));
-        assert_eq!(decisions(&seed_bool).unwrap()[0].1, SubscriptionStatus::Reject);
-        let raw = body(json!({"result":{"T1":"accept","T2":"reject","T3":"ban","errMsg":"requestSubscribeMessage:ok"}}));
+        assert_eq!(
+            decisions(&seed_bool).unwrap()[0].1,
+            SubscriptionStatus::Reject
+        );
+        let raw = body(
+            json!({"result":{"T1":"accept","T2":"reject","T3":"ban","errMsg":"requestSubscribeMessage:ok"}}),
+        );
         let d = decisions(&raw).unwrap();
         assert_eq!(d.len(), 3);
         assert!(decisions(&body(json!({"result":{"T1":"maybe"}}))).is_err());

@@ -19,11 +19,20 @@ const PHONE_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Exchange a `wx.login()` code for the openid and a session token. The session_key stays here.
 #[tracing::instrument(skip_all)]
-pub async fn openid(State(state): State<AppState>, JsonBody(body): JsonBody<Map<String, Value>>) -> Result<Response, ApiError> {
+pub async fn openid(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
     let code = validate::required("code", body.get("code"), MAX_CODE)?;
     let session = state.wechat.code2session(&code).await?;
-    let token = auth::issue(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, &session.openid, None, state.config.jwt_expires_in)
-        .map_err(ApiError::internal)?;
+    let token = auth::issue(
+        &state.config.jwt_secret,
+        auth::MINIPROGRAM_AUDIENCE,
+        &session.openid,
+        None,
+        state.config.jwt_expires_in,
+    )
+    .map_err(ApiError::internal)?;
     let mut data = json!({
         "openid": session.openid,
         "token": token,
@@ -46,11 +55,28 @@ pub async fn phone(
 ) -> Result<Response, ApiError> {
     let code = validate::required("code", body.get("code"), MAX_CODE)?;
     let openid = session.as_ref().map(|s| s.sub.clone());
+    state.require_bus()?;
     let q = json!({ "code": code, "openid": openid });
-    let info: Value = ande_platform::rpc::call(&state.bus.client, state.bus.subjects.rpc("notifier", "phone"), &q, PHONE_TIMEOUT).await.map_err(|e| {
+    let info: Value = ande_platform::rpc::call(
+        &state.bus.client,
+        state.bus.subjects.rpc("notifier", "phone"),
+        &q,
+        PHONE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| {
         if e.code == "wechat" {
-            let errcode = e.details.get("errcode").and_then(Value::as_i64).unwrap_or(0);
-            let errmsg = e.details.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string();
+            let errcode = e
+                .details
+                .get("errcode")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let errmsg = e
+                .details
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             ApiError::from(ande_wechat::WechatError::Api { errcode, errmsg })
         } else {
             ApiError::from(e)
@@ -63,8 +89,14 @@ pub async fn phone(
     });
     if let Some(s) = session {
         let phone = data["purePhoneNumber"].as_str().map(String::from);
-        let token = auth::issue(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, &s.sub, phone, state.config.jwt_expires_in)
-            .map_err(ApiError::internal)?;
+        let token = auth::issue(
+            &state.config.jwt_secret,
+            auth::MINIPROGRAM_AUDIENCE,
+            &s.sub,
+            phone,
+            state.config.jwt_expires_in,
+        )
+        .map_err(ApiError::internal)?;
         data["token"] = json!(token);
     }
     Ok(ok(data, "获取手机号成功"))

@@ -1,0 +1,2169 @@
+//! The gateway's HTTP API, endpoint by endpoint, over real HTTP against the machine's NATS and
+//! Postgres with WeChat simulated: every success path and the failure paths a client can meet
+//! (validation, tokens, WeChat refusals, limits, a missing event bus), plus a corpus of malformed
+//! bodies that must never get a 5xx.
+//!
+//! Each test starts its own stack (own database and subject prefix) with `common::start`; the
+//! NATS-outage tests build a lone gateway whose NATS is a closed port or a proxy they control.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ande_gateway::auth;
+use common::TestStack;
+use reqwest::header::HeaderMap;
+use reqwest::RequestBuilder;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+const TEMPLATE: &str = ande_wechat::DEV_TEMPLATE_ID;
+/// How long a poll for something asynchronous (a lead, a notification) may take.
+const POLL_DEADLINE: Duration = Duration::from_secs(15);
+const TEST_SECRET: &str = "gateway-api-test-secret";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// One HTTP answer, read whole.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+}
+
+async fn send(req: RequestBuilder) -> Answer {
+    try_send(req).await.expect("the gateway answers")
+}
+
+async fn try_send(req: RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let r = req.send().await?;
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        headers,
+        body,
+        text,
+    })
+}
+
+fn post(t: &TestStack, path: &str, body: Value) -> RequestBuilder {
+    t.http.post(t.api(path)).json(&body)
+}
+
+fn get(t: &TestStack, path: &str) -> RequestBuilder {
+    t.http.get(t.api(path))
+}
+
+/// The request id is in the body and in the header, and they are the same.
+fn assert_request_id(a: &Answer) {
+    let in_body = a.body["requestId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("requestId in the body: {}", a.text));
+    assert!(!in_body.is_empty());
+    assert_eq!(
+        a.header("x-request-id"),
+        Some(in_body),
+        "x-request-id header equals the body's requestId"
+    );
+}
+
+/// A success envelope with this status.
+fn assert_ok(a: &Answer, status: u16) {
+    assert_eq!(a.status, status, "{}", a.text);
+    assert_eq!(a.body["success"], true, "{}", a.text);
+    assert!(a.body["message"].is_string(), "{}", a.text);
+    assert!(
+        a.body["timestamp"]
+            .as_i64()
+            .is_some_and(|t| t > 1_600_000_000_000),
+        "timestamp in ms: {}",
+        a.text
+    );
+    assert!(a.body.get("data").is_some(), "{}", a.text);
+    assert_request_id(a);
+}
+
+/// The error envelope `{success:false, message, error:{code, details}, timestamp, requestId}`.
+fn assert_envelope_error(a: &Answer) {
+    assert_eq!(
+        a.body["success"], false,
+        "error envelope expected, got {} {}",
+        a.status, a.text
+    );
+    assert!(
+        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.text
+    );
+    assert!(
+        a.body["error"]["code"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{}",
+        a.text
+    );
+    assert!(a.body["error"].get("details").is_some(), "{}", a.text);
+    assert!(a.body["timestamp"].as_i64().is_some(), "{}", a.text);
+    assert_request_id(a);
+    assert!(
+        a.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        a.headers
+    );
+}
+
+fn assert_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(a.status, status, "{}", a.text);
+    assert_envelope_error(a);
+    assert_eq!(a.body["error"]["code"], code, "{}", a.text);
+}
+
+/// A 400 naming the field that is wrong.
+fn assert_invalid_field(a: &Answer, field: &str) {
+    assert_error(a, 400, "validation_failed");
+    assert_eq!(a.body["error"]["details"]["field"], field, "{}", a.text);
+    assert!(
+        a.body["message"].as_str().unwrap().contains(field),
+        "the message names the field: {}",
+        a.text
+    );
+}
+
+fn retry_after(a: &Answer) -> u64 {
+    a.header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After header: {:?}", a.headers))
+}
+
+async fn sim_post(t: &TestStack, path: &str, body: Value) -> Value {
+    let r = t.http.post(t.sim(path)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "simulator {path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn sim_get(t: &TestStack, path: &str) -> Value {
+    t.http
+        .get(t.sim(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// How many calls the simulator received on one WeChat endpoint.
+async fn sim_calls(t: &TestStack, endpoint: &str) -> i64 {
+    sim_get(t, "/sim/calls").await[endpoint]["count"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("/sim/calls has {endpoint}"))
+}
+
+async fn sim_fault(t: &TestStack, endpoint: &str, errcode: i64) {
+    sim_post(
+        t,
+        "/sim/faults",
+        json!({"endpoint": endpoint, "errcode": errcode, "count": 1}),
+    )
+    .await;
+}
+
+/// A wx.login code standing for `openid`.
+async fn login_code(t: &TestStack, openid: &str) -> String {
+    sim_post(t, "/sim/codes", json!({"openid": openid})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A mini-program session token for `openid`, by the real login.
+async fn session(t: &TestStack, openid: &str) -> String {
+    let code = login_code(t, openid).await;
+    let a = send(post(t, "/api/wechat/openid", json!({"code": code}))).await;
+    assert_ok(&a, 200);
+    a.data()["token"].as_str().unwrap().to_string()
+}
+
+/// A staff account and its token, by the real login.
+async fn staff_token(t: &TestStack) -> String {
+    auth::set_staff_password(
+        &t.stack.gateway_pool,
+        "ops",
+        SecretString::from("correct horse battery".to_string()),
+    )
+    .await
+    .unwrap();
+    let a = send(post(
+        t,
+        "/api/auth/login",
+        json!({"username": "ops", "password": "correct horse battery"}),
+    ))
+    .await;
+    assert_ok(&a, 200);
+    a.data()["token"].as_str().unwrap().to_string()
+}
+
+fn action_body(customer: &str, advisor: &str) -> Value {
+    json!({"customerId": customer, "advisorId": advisor, "actionType": "view_resume", "actionData": {"resumeId": "r-1"}})
+}
+
+/// Poll the journey of an action until leads has recorded it (and `until` holds).
+async fn wait_journey(
+    t: &TestStack,
+    id: &str,
+    token: &str,
+    until: impl Fn(&Answer) -> bool,
+) -> Answer {
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        let a = send(get(t, &format!("/api/actions/{id}")).bearer_auth(token)).await;
+        if (a.status != 404 && until(&a)) || Instant::now() > deadline {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll a query until it returns a row (or the deadline passes).
+async fn wait_row(db: &sqlx::PgPool, sql: &str, bind: &str) -> Option<sqlx::postgres::PgRow> {
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        if let Some(row) = sqlx::query(sql)
+            .bind(bind)
+            .fetch_optional(db)
+            .await
+            .unwrap()
+        {
+            return Some(row);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn with_secret() -> TestStack {
+    common::start_with(|o| o.gateway.jwt_secret = SecretString::from(TEST_SECRET.to_string())).await
+}
+
+fn secret() -> SecretString {
+    SecretString::from(TEST_SECRET.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/wechat/openid
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_answers_the_openid_and_a_session_token_never_the_session_key() {
+    let t = with_secret().await;
+    let code = login_code(&t, "o_login_alice").await;
+
+    let a = send(post(&t, "/api/wechat/openid", json!({"code": code}))).await;
+
+    assert_ok(&a, 200);
+    assert_eq!(a.body["message"], "获取openid成功", "the seed's message");
+    assert_eq!(a.data()["openid"], "o_login_alice");
+    let token = a.data()["token"].as_str().expect("a session token");
+    let claims = auth::verify(&secret(), auth::MINIPROGRAM_AUDIENCE, token)
+        .expect("signed with JWT_SECRET for the mini-program");
+    assert_eq!(claims.sub, "o_login_alice");
+    assert!(claims.phone.is_none());
+    assert!(
+        auth::verify(&secret(), auth::STAFF_AUDIENCE, token).is_none(),
+        "a session is not a staff token"
+    );
+    assert!(a.data()["expiresIn"].as_u64().is_some_and(|s| s > 0));
+    let lower = a.text.to_ascii_lowercase();
+    assert!(
+        !lower.contains("session_key") && !lower.contains("sessionkey"),
+        "the session_key stays on the server: {}",
+        a.text
+    );
+    let keys: Vec<&String> = a.data().as_object().unwrap().keys().collect();
+    assert!(
+        keys.iter()
+            .all(|k| ["openid", "token", "expiresIn", "unionid"].contains(&k.as_str())),
+        "only these fields: {keys:?}"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_maps_each_wechat_refusal_to_its_own_code_and_status() {
+    let t = common::start_with(|o| o.sim.code_ttl = Duration::from_millis(20)).await;
+
+    // 40029: the code expired.
+    let expired = login_code(&t, "o_login_bob").await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let a = send(post(&t, "/api/wechat/openid", json!({"code": expired}))).await;
+    assert_error(&a, 400, "wechat_invalid_code");
+    assert_eq!(a.body["error"]["details"]["errcode"], 40029);
+
+    // 40163: a code used twice (the second use is refused).
+    let code = login_code(&t, "o_login_bob").await;
+    assert_ok(
+        &send(post(&t, "/api/wechat/openid", json!({"code": code}))).await,
+        200,
+    );
+    let a = send(post(&t, "/api/wechat/openid", json!({"code": code}))).await;
+    assert_error(&a, 409, "wechat_code_used");
+    assert_eq!(a.body["error"]["details"]["errcode"], 40163);
+
+    // Injected at the simulator: blocked user, too frequent, WeChat busy.
+    for (errcode, status, code_name, retry) in [
+        (40226, 403, "wechat_user_blocked", false),
+        (45011, 429, "wechat_too_frequent", true),
+        (-1, 503, "wechat_busy", true),
+    ] {
+        sim_fault(&t, "jscode2session", errcode).await;
+        let code = login_code(&t, "o_login_bob").await;
+        let a = send(post(&t, "/api/wechat/openid", json!({"code": code}))).await;
+        assert_error(&a, status, code_name);
+        assert_eq!(a.body["error"]["details"]["errcode"], errcode);
+        assert!(a.body["error"]["details"]["errmsg"].is_string());
+        assert_eq!(
+            a.headers.contains_key("retry-after"),
+            retry,
+            "Retry-After only when retrying helps: {errcode}"
+        );
+        assert!(!a.text.contains("session_key"));
+    }
+    // The faults were one-shot: the next login works.
+    let code = login_code(&t, "o_login_bob").await;
+    assert_ok(
+        &send(post(&t, "/api/wechat/openid", json!({"code": code}))).await,
+        200,
+    );
+
+    // No code at all: refused before WeChat is asked.
+    let before = sim_calls(&t, "jscode2session").await;
+    assert_invalid_field(
+        &send(post(&t, "/api/wechat/openid", json!({}))).await,
+        "code",
+    );
+    assert_invalid_field(
+        &send(post(&t, "/api/wechat/openid", json!({"code": "  "}))).await,
+        "code",
+    );
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/wechat/openid",
+            json!({"code": "c".repeat(129)}),
+        ))
+        .await,
+        "code",
+    );
+    assert_eq!(
+        sim_calls(&t, "jscode2session").await,
+        before,
+        "invalid input never reaches WeChat"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/advisor/subscribe
+// ---------------------------------------------------------------------------------------------
+
+async fn subscription(db: &sqlx::PgPool, openid: &str, template: &str) -> Option<(i32, String)> {
+    let row = wait_row(db, &format!("SELECT credits, last_status FROM notifier.subscriptions WHERE openid = $1 AND template_id = '{template}'"), openid).await?;
+    Some((row.get("credits"), row.get("last_status")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_takes_the_seed_body_and_the_raw_wx_result_for_several_templates() {
+    let t = common::start().await;
+    let db = t.db().await;
+
+    // The seed's body, as the mini-program sends it.
+    let seed = json!({"advisorId": "adv-s", "openid": "o_adv_seed", "templateId": "T_seed", "subscribed": true,
+        "subscribeData": {"source": "miniprogram", "timestamp": "2024-01-01T12:00:00.000Z", "userAgent": {}, "subscriptionStatus": "accept"}});
+    let a = send(post(&t, "/api/advisor/subscribe", seed)).await;
+    assert_ok(&a, 201);
+    assert_eq!(a.body["message"], "订阅状态保存成功");
+    assert_eq!(a.data()["recorded"].as_array().unwrap().len(), 1);
+    assert_eq!(a.data()["recorded"][0]["templateId"], "T_seed");
+    assert_eq!(a.data()["recorded"][0]["status"], "accept");
+    assert_eq!(
+        subscription(&db, "o_adv_seed", "T_seed").await,
+        Some((1, "accept".into())),
+        "one accept is one credit"
+    );
+
+    // `subscribed: false` without subscriptionStatus is a reject.
+    let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-s", "openid": "o_adv_bool", "templateId": "T_seed", "subscribed": false}))).await;
+    assert_ok(&a, 201);
+    assert_eq!(a.data()["recorded"][0]["status"], "reject");
+
+    // The raw answer of wx.requestSubscribeMessage for three templates at once.
+    let raw = json!({"advisorId": "adv-r", "openid": "o_adv_raw",
+        "result": {"T_a": "accept", "T_r": "reject", "T_b": "ban", "errMsg": "requestSubscribeMessage:ok"}});
+    let a = send(post(&t, "/api/advisor/subscribe", raw)).await;
+    assert_ok(&a, 201);
+    let recorded = a.data()["recorded"].as_array().unwrap();
+    assert_eq!(recorded.len(), 3, "errMsg is not a template: {}", a.text);
+    let status_of = |tpl: &str| {
+        recorded
+            .iter()
+            .find(|r| r["templateId"] == tpl)
+            .map(|r| r["status"].clone())
+    };
+    assert_eq!(status_of("T_a"), Some(json!("accept")));
+    assert_eq!(status_of("T_r"), Some(json!("reject")));
+    assert_eq!(status_of("T_b"), Some(json!("ban")));
+    assert_eq!(
+        subscription(&db, "o_adv_raw", "T_a").await,
+        Some((1, "accept".into()))
+    );
+    assert_eq!(
+        subscription(&db, "o_adv_raw", "T_r").await,
+        Some((0, "reject".into()))
+    );
+    assert_eq!(
+        subscription(&db, "o_adv_raw", "T_b").await,
+        Some((0, "ban".into()))
+    );
+
+    // With a session, the openid is the session's, not the body's.
+    let token = session(&t, "o_adv_session").await;
+    let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-x", "openid": "o_someone_else", "templateId": "T_s", "subscribed": true})).bearer_auth(&token)).await;
+    assert_ok(&a, 201);
+    assert_eq!(a.data()["openid"], "o_adv_session");
+    assert_eq!(
+        subscription(&db, "o_adv_session", "T_s").await,
+        Some((1, "accept".into()))
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_refuses_bad_statuses_and_missing_fields() {
+    let t = common::start().await;
+    let base =
+        || json!({"advisorId": "adv-1", "openid": "o_adv", "templateId": "T1", "subscribed": true});
+    let with = |k: &str, v: Value| {
+        let mut b = base();
+        b[k] = v;
+        b
+    };
+
+    let a = send(post(
+        &t,
+        "/api/advisor/subscribe",
+        with("subscribeData", json!({"subscriptionStatus": "maybe"})),
+    ))
+    .await;
+    assert_invalid_field(&a, "subscribeData.subscriptionStatus");
+    let a = send(post(
+        &t,
+        "/api/advisor/subscribe",
+        json!({"advisorId": "adv-1", "openid": "o_adv", "result": {"T1": "maybe", "errMsg": "x"}}),
+    ))
+    .await;
+    assert_invalid_field(&a, "result.T1");
+    let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-1", "openid": "o_adv", "result": {"errMsg": "requestSubscribeMessage:ok"}}))).await;
+    assert_invalid_field(&a, "result");
+    let a = send(post(
+        &t,
+        "/api/advisor/subscribe",
+        json!({"advisorId": "adv-1", "openid": "o_adv", "result": "accept"}),
+    ))
+    .await;
+    assert_invalid_field(&a, "result");
+    let six: serde_json::Map<String, Value> =
+        (0..6).map(|i| (format!("T{i}"), json!("accept"))).collect();
+    let a = send(post(
+        &t,
+        "/api/advisor/subscribe",
+        json!({"advisorId": "adv-1", "openid": "o_adv", "result": six}),
+    ))
+    .await;
+    assert_invalid_field(&a, "result");
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/advisor/subscribe",
+            with("subscribed", json!("yes")),
+        ))
+        .await,
+        "subscribed",
+    );
+    let mut no_decision = base();
+    no_decision.as_object_mut().unwrap().remove("subscribed");
+    assert_invalid_field(
+        &send(post(&t, "/api/advisor/subscribe", no_decision)).await,
+        "subscribed",
+    );
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/advisor/subscribe",
+            with("advisorId", json!("")),
+        ))
+        .await,
+        "advisorId",
+    );
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/advisor/subscribe",
+            with("openid", Value::Null),
+        ))
+        .await,
+        "openid",
+    );
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/advisor/subscribe",
+            with("templateId", json!({"id": 1})),
+        ))
+        .await,
+        "templateId",
+    );
+    let a = send(post(&t, "/api/advisor/subscribe", base()).bearer_auth("not-a-token")).await;
+    assert_error(&a, 401, "unauthorized");
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/customer/action
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_is_recorded_with_its_id_ip_user_agent_and_unknown_fields() {
+    let t = common::start().await;
+    let mut body = action_body("cust-1", "adv-1");
+    body["customerName"] = json!("张三");
+    // Fields old clients send, which the gateway does not model.
+    body["resumeId"] = json!("r-1");
+    body["ip"] = json!("10.0.0.1");
+    body["userAgent"] = json!({"platform": "ios"});
+
+    let a =
+        send(post(&t, "/api/customer/action", body).header("user-agent", "wechat-devtools/1.0"))
+            .await;
+
+    assert_ok(&a, 201);
+    assert_eq!(a.body["message"], "行为记录成功");
+    let id = a.data()["actionId"].as_str().expect("actionId");
+    let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "UUIDv7 action ids");
+    assert!(
+        a.data()["sequence"].as_u64().is_some_and(|s| s > 0),
+        "acked by JetStream: {}",
+        a.text
+    );
+    assert_eq!(a.data()["duplicate"], false);
+
+    let db = t.db().await;
+    let row = wait_row(
+        &db,
+        "SELECT * FROM leads.actions WHERE action_id = $1::uuid",
+        id,
+    )
+    .await
+    .expect("leads stored the action");
+    assert_eq!(row.get::<String, _>("customer_id"), "cust-1");
+    assert_eq!(row.get::<String, _>("advisor_id"), "adv-1");
+    assert_eq!(row.get::<String, _>("action_type"), "view_resume");
+    assert_eq!(
+        row.get::<Value, _>("action_data"),
+        json!({"resumeId": "r-1"})
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("customer_name").as_deref(),
+        Some("张三")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("client_ip").as_deref(),
+        Some("127.0.0.1"),
+        "the connection's address, not the body's"
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("user_agent").as_deref(),
+        Some("wechat-devtools/1.0")
+    );
+    let extra: Value = row.get("extra");
+    assert_eq!(
+        extra,
+        json!({"resumeId": "r-1", "ip": "10.0.0.1", "userAgent": {"platform": "ios"}}),
+        "unknown fields are kept"
+    );
+    assert_eq!(
+        row.get::<String, _>("outcome_kind"),
+        "none",
+        "no phone, no lead"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_validation_names_the_field() {
+    let t = common::start().await;
+    let with = |k: &str, v: Value| {
+        let mut b = action_body("cust-1", "adv-1");
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = action_body("cust-1", "adv-1");
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    let cases = [
+        (without("customerId"), "customerId"),
+        (with("customerId", json!("   ")), "customerId"),
+        (with("customerId", json!("c".repeat(129))), "customerId"),
+        (with("customerId", json!(["c"])), "customerId"),
+        (without("advisorId"), "advisorId"),
+        (with("advisorId", json!("")), "advisorId"),
+        (with("advisorId", json!("a\u{0}b")), "advisorId"),
+        (without("actionType"), "actionType"),
+        (with("actionType", json!("x".repeat(65))), "actionType"),
+        (with("actionType", json!(true)), "actionType"),
+        (with("actionData", json!("a string")), "actionData"),
+        (with("actionData", json!([1, 2])), "actionData"),
+        (
+            with("actionData", json!({"big": "x".repeat(17 * 1024)})),
+            "actionData",
+        ),
+        (with("actionData", json!({"s": "a\u{0}b"})), "actionData"),
+        (with("customerName", json!("名".repeat(65))), "customerName"),
+        (with("customerName", json!({"first": "张"})), "customerName"),
+        (
+            with("customerPhone", json!("1".repeat(33))),
+            "customerPhone",
+        ),
+        (with("customerPhone", json!([138])), "customerPhone"),
+        (with("customerPhone", json!("138\n0013")), "customerPhone"),
+    ];
+    for (body, field) in cases {
+        let a = send(post(&t, "/api/customer/action", body.clone())).await;
+        assert_invalid_field(&a, field);
+    }
+    let mut deep = json!("leaf");
+    for _ in 0..20 {
+        deep = json!({ "d": deep });
+    }
+    assert_invalid_field(
+        &send(post(&t, "/api/customer/action", with("actionData", deep))).await,
+        "actionData",
+    );
+
+    // Lenient where old clients need it: numeric ids, blank optional fields, null actionData.
+    let mut lenient = with("customerId", json!(12345));
+    lenient["advisorId"] = json!(7);
+    lenient["customerPhone"] = json!("");
+    lenient["actionData"] = Value::Null;
+    assert_ok(&send(post(&t, "/api/customer/action", lenient)).await, 201);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_same_action_and_stores_it_once() {
+    let t = common::start().await;
+    let body = action_body("cust-idem", "adv-1");
+    let keyed =
+        |b: Value, key: &str| post(&t, "/api/customer/action", b).header("Idempotency-Key", key);
+
+    let first = send(keyed(body.clone(), "key-1")).await;
+    assert_ok(&first, 201);
+    let id = first.data()["actionId"].as_str().unwrap().to_string();
+    let again = send(keyed(body.clone(), "key-1")).await;
+    assert_ok(&again, 200);
+    assert_eq!(
+        again.data()["actionId"],
+        id.as_str(),
+        "a retry answers the same action id"
+    );
+    assert_eq!(again.data()["eventId"], first.data()["eventId"]);
+    assert_eq!(again.data()["duplicate"], true);
+
+    // The same key for another request is a conflict, not a silent replay.
+    let mut other = body.clone();
+    other["actionType"] = json!("book_service");
+    let a = send(keyed(other, "key-1")).await;
+    assert_error(&a, 409, "idempotency_key_reused");
+
+    // A different key is a different action.
+    let third = send(keyed(body.clone(), "key-2")).await;
+    assert_ok(&third, 201);
+    assert_ne!(third.data()["actionId"], id.as_str());
+
+    let db = t.db().await;
+    wait_row(
+        &db,
+        "SELECT 1 FROM leads.actions WHERE action_id = $1::uuid",
+        &id,
+    )
+    .await
+    .expect("stored");
+    let third_id = third.data()["actionId"].as_str().unwrap();
+    wait_row(
+        &db,
+        "SELECT 1 FROM leads.actions WHERE action_id = $1::uuid",
+        third_id,
+    )
+    .await
+    .expect("stored");
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM leads.actions WHERE customer_id = 'cust-idem'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(n, 2, "key-1 twice is one row, key-2 another");
+
+    // Malformed keys are refused.
+    assert_invalid_field(&send(keyed(body.clone(), "")).await, "Idempotency-Key");
+    assert_invalid_field(
+        &send(keyed(body.clone(), &"k".repeat(201))).await,
+        "Idempotency-Key",
+    );
+    assert_invalid_field(
+        &send(keyed(body.clone(), "has space")).await,
+        "Idempotency-Key",
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_with_one_idempotency_key_record_one_action() {
+    let t = common::start().await;
+    let body = action_body("cust-race", "adv-1");
+    let answers = futures::future::join_all((0..8).map(|_| {
+        send(post(&t, "/api/customer/action", body.clone()).header("Idempotency-Key", "race"))
+    }))
+    .await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| {
+            a.data()["actionId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}", a.text))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one action id for every retry: {ids:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a.status == 201).count(),
+        1,
+        "exactly one answer is the creation"
+    );
+    let id = ids.into_iter().next().unwrap();
+    let db = t.db().await;
+    wait_row(
+        &db,
+        "SELECT 1 FROM leads.actions WHERE action_id = $1::uuid",
+        &id,
+    )
+    .await
+    .expect("stored");
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM leads.actions WHERE customer_id = 'cust-race'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_of_different_sessions_do_not_collide() {
+    let t = common::start().await;
+    let alice = session(&t, "o_idem_alice").await;
+    let mallory = session(&t, "o_idem_mallory").await;
+    let body = action_body("shared-customer-id", "adv-1");
+
+    let a = send(
+        post(&t, "/api/customer/action", body.clone())
+            .header("Idempotency-Key", "k")
+            .bearer_auth(&alice),
+    )
+    .await;
+    assert_ok(&a, 201);
+    let b = send(
+        post(&t, "/api/customer/action", body.clone())
+            .header("Idempotency-Key", "k")
+            .bearer_auth(&mallory),
+    )
+    .await;
+    assert_ok(&b, 201);
+    assert_ne!(
+        a.data()["actionId"],
+        b.data()["actionId"],
+        "another customer's key never hands out their action"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_takes_the_openid_from_the_session_and_refuses_a_bad_token() {
+    let t = with_secret().await;
+    let token = session(&t, "o_cust_session").await;
+    let mut body = action_body("cust-s", "adv-1");
+    body["openid"] = json!("o_forged_in_body");
+
+    let a = send(post(&t, "/api/customer/action", body.clone()).bearer_auth(&token)).await;
+    assert_ok(&a, 201);
+    let id = a.data()["actionId"].as_str().unwrap();
+    let db = t.db().await;
+    let row = wait_row(
+        &db,
+        "SELECT openid FROM leads.actions WHERE action_id = $1::uuid",
+        id,
+    )
+    .await
+    .expect("stored");
+    assert_eq!(
+        row.get::<Option<String>, _>("openid").as_deref(),
+        Some("o_cust_session")
+    );
+
+    // Without a session the body's openid is not trusted either.
+    let a = send(post(&t, "/api/customer/action", body.clone())).await;
+    assert_ok(&a, 201);
+    let row = wait_row(
+        &db,
+        "SELECT openid FROM leads.actions WHERE action_id = $1::uuid",
+        a.data()["actionId"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        row.get::<Option<String>, _>("openid").as_deref(),
+        Some("o_forged_in_body")
+    );
+
+    // Garbage, a token signed with another secret, a staff token: all 401 (expiry is covered
+    // by the unit tests of ande_gateway::auth).
+    let other_secret = auth::issue(
+        &SecretString::from("other".to_string()),
+        auth::MINIPROGRAM_AUDIENCE,
+        "o_x",
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let staff = auth::issue(
+        &secret(),
+        auth::STAFF_AUDIENCE,
+        "ops",
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    for bad in ["garbage", other_secret.as_str(), staff.as_str()] {
+        let a = send(post(&t, "/api/customer/action", body.clone()).bearer_auth(bad)).await;
+        assert_error(&a, 401, "unauthorized");
+    }
+    // An Authorization header that is not a bearer token is refused too, never ignored (the
+    // action would silently lose its customer).
+    for header in ["Basic b3BzOnB3", "Bearer", "Bearer ", "Token abc"] {
+        let a =
+            send(post(&t, "/api/customer/action", body.clone()).header("authorization", header))
+                .await;
+        assert_error(&a, 401, "unauthorized");
+    }
+    // The scheme is case-insensitive (RFC 9110): a lower-case "bearer" is still this session.
+    let a = send(
+        post(&t, "/api/customer/action", body.clone())
+            .header("authorization", format!("bearer {token}")),
+    )
+    .await;
+    assert_ok(&a, 201);
+    let row = wait_row(
+        &db,
+        "SELECT openid FROM leads.actions WHERE action_id = $1::uuid",
+        a.data()["actionId"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        row.get::<Option<String>, _>("openid").as_deref(),
+        Some("o_cust_session")
+    );
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/message/send and POST /api/auth/login
+// ---------------------------------------------------------------------------------------------
+
+fn message(touser: &str) -> Value {
+    json!({"touser": touser, "template_id": TEMPLATE, "page": "pages/customer/detail?id=customer_123", "miniprogram_state": "formal",
+        "data": {"thing1": {"value": "客户张三查看了您的简历"}, "time2": {"value": "2024-01-01 12:00:00"},
+                 "thing3": {"value": "13800138000"}, "thing7": {"value": "张三"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_send_is_for_staff_only() {
+    let t = with_secret().await;
+    let a = send(post(&t, "/api/message/send", message("o_target"))).await;
+    assert_error(&a, 401, "unauthorized");
+    let a = send(post(&t, "/api/message/send", message("o_target")).bearer_auth("garbage")).await;
+    assert_error(&a, 401, "unauthorized");
+    let customer = session(&t, "o_customer_sender").await;
+    let a = send(post(&t, "/api/message/send", message("o_target")).bearer_auth(&customer)).await;
+    assert_error(&a, 403, "forbidden");
+    assert_eq!(
+        sim_calls(&t, "subscribe_send").await,
+        0,
+        "nothing reached WeChat"
+    );
+
+    // Login: wrong password and unknown user look the same; missing fields are 400.
+    auth::set_staff_password(
+        &t.stack.gateway_pool,
+        "ops",
+        SecretString::from("correct horse battery".to_string()),
+    )
+    .await
+    .unwrap();
+    let wrong = send(post(
+        &t,
+        "/api/auth/login",
+        json!({"username": "ops", "password": "nope"}),
+    ))
+    .await;
+    assert_error(&wrong, 401, "unauthorized");
+    let unknown = send(post(
+        &t,
+        "/api/auth/login",
+        json!({"username": "nobody", "password": "nope"}),
+    ))
+    .await;
+    assert_error(&unknown, 401, "unauthorized");
+    assert_eq!(
+        wrong.body["message"], unknown.body["message"],
+        "no hint which usernames exist"
+    );
+    assert_invalid_field(
+        &send(post(&t, "/api/auth/login", json!({"password": "x"}))).await,
+        "username",
+    );
+    assert_invalid_field(
+        &send(post(&t, "/api/auth/login", json!({"username": "ops"}))).await,
+        "password",
+    );
+    assert_invalid_field(
+        &send(post(
+            &t,
+            "/api/auth/login",
+            json!({"username": "ops", "password": 12345}),
+        ))
+        .await,
+        "password",
+    );
+
+    let a = send(post(
+        &t,
+        "/api/auth/login",
+        json!({"username": "ops", "password": "correct horse battery"}),
+    ))
+    .await;
+    assert_ok(&a, 200);
+    let token = a.data()["token"].as_str().unwrap();
+    let claims = auth::verify(&secret(), auth::STAFF_AUDIENCE, token).expect("a staff token");
+    assert_eq!(claims.sub, "ops");
+    assert!(
+        auth::verify(&secret(), auth::MINIPROGRAM_AUDIENCE, token).is_none(),
+        "a staff token is not a session"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_send_answers_wechats_errcode_and_msgid() {
+    let t = common::start().await;
+    let staff = staff_token(&t).await;
+
+    // A `thing` over 20 characters: refused here, WeChat never called.
+    let before = sim_calls(&t, "subscribe_send").await;
+    let mut long = message("o_target_send");
+    long["data"]["thing1"]["value"] = json!("这是一段超过二十个字符的很长很长很长的说明文字");
+    let a = send(post(&t, "/api/message/send", long).bearer_auth(&staff)).await;
+    assert_invalid_field(&a, "data.thing1.value");
+    let mut bad_state = message("o_target_send");
+    bad_state["miniprogram_state"] = json!("production");
+    assert_invalid_field(
+        &send(post(&t, "/api/message/send", bad_state).bearer_auth(&staff)).await,
+        "miniprogram_state",
+    );
+    let mut no_data = message("o_target_send");
+    no_data["data"] = json!({});
+    assert_invalid_field(
+        &send(post(&t, "/api/message/send", no_data).bearer_auth(&staff)).await,
+        "data",
+    );
+    let mut bad_value = message("o_target_send");
+    bad_value["data"]["thing7"] = json!("张三");
+    assert_invalid_field(
+        &send(post(&t, "/api/message/send", bad_value).bearer_auth(&staff)).await,
+        "data.thing7",
+    );
+    let mut unknown_type = message("o_target_send");
+    unknown_type["data"]["gizmo1"] = json!({"value": "x"});
+    assert_invalid_field(
+        &send(post(&t, "/api/message/send", unknown_type).bearer_auth(&staff)).await,
+        "data.gizmo1.value",
+    );
+    let mut no_touser = message("");
+    no_touser["touser"] = json!("");
+    assert_invalid_field(
+        &send(post(&t, "/api/message/send", no_touser).bearer_auth(&staff)).await,
+        "touser",
+    );
+    assert_eq!(
+        sim_calls(&t, "subscribe_send").await,
+        before,
+        "invalid messages never reach WeChat"
+    );
+
+    // No credit at WeChat: 43101, a 502 carrying WeChat's errcode.
+    let a = send(post(&t, "/api/message/send", message("o_target_send")).bearer_auth(&staff)).await;
+    assert_error(&a, 502, "wechat_refused");
+    assert_eq!(a.body["error"]["details"]["errcode"], 43101);
+    assert!(
+        a.body["error"]["details"]["errmsg"]
+            .as_str()
+            .unwrap()
+            .starts_with("user refuse to accept the msg"),
+        "{}",
+        a.text
+    );
+    assert_eq!(sim_calls(&t, "subscribe_send").await, before + 1);
+
+    // With a credit: sent, errcode 0 and the msgid WeChat gave.
+    sim_post(
+        &t,
+        "/sim/credits",
+        json!({"openid": "o_target_send", "template_id": TEMPLATE, "count": 1}),
+    )
+    .await;
+    let a = send(post(&t, "/api/message/send", message("o_target_send")).bearer_auth(&staff)).await;
+    assert_ok(&a, 200);
+    assert_eq!(a.data()["errcode"], 0);
+    assert_eq!(a.data()["errmsg"], "ok");
+    let msgid = a.data()["msgid"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| a.data()["msgid"].as_u64().map(|n| n.to_string()))
+        .expect("msgid");
+    let messages = t.wait_messages("o_target_send", 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["msgid"].to_string().trim_matches('"'), msgid);
+    assert_eq!(
+        messages[0]["data"]["thing1"]["value"],
+        "客户张三查看了您的简历"
+    );
+    assert_eq!(messages[0]["page"], "pages/customer/detail?id=customer_123");
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /api/actions/{id}
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_shows_lead_and_notification_to_staff_and_to_the_owner_only() {
+    let t = common::start().await;
+    let staff = staff_token(&t).await;
+    t.advisor_accepts("adv-j", "o_advisor_j", TEMPLATE).await;
+    let owner = session(&t, "o_journey_owner").await;
+    let stranger = session(&t, "o_journey_stranger").await;
+
+    let mut body = action_body("cust-j", "adv-j");
+    body["customerName"] = json!("李四");
+    body["customerPhone"] = json!("13900139000");
+    let a = send(post(&t, "/api/customer/action", body).bearer_auth(&owner)).await;
+    assert_ok(&a, 201);
+    let id = a.data()["actionId"].as_str().unwrap().to_string();
+
+    // Staff see the whole journey once the notification went out.
+    let j = wait_journey(&t, &id, &staff, |a| {
+        a.data()["notification"]["status"] == "sent"
+    })
+    .await;
+    assert_ok(&j, 200);
+    let d = j.data();
+    assert_eq!(d["actionId"], id.as_str());
+    assert_eq!(d["recorded"]["customerId"], "cust-j");
+    assert_eq!(d["recorded"]["openid"], "o_journey_owner");
+    assert_eq!(
+        d["recorded"]["clientIp"], "127.0.0.1",
+        "staff see the connection"
+    );
+    assert_eq!(d["lead"]["status"], "created");
+    assert_eq!(d["lead"]["newCustomer"], true);
+    assert!(d["lead"]["leadId"].is_string());
+    assert_eq!(d["notification"]["status"], "sent", "{}", j.text);
+    let messages = t.wait_messages("o_advisor_j", 1).await;
+    assert_eq!(
+        d["notification"]["msgid"].to_string().trim_matches('"'),
+        messages[0]["msgid"].to_string().trim_matches('"'),
+        "the msgid WeChat gave"
+    );
+
+    // The owner sees it, without our bookkeeping about the connection.
+    let j = send(get(&t, &format!("/api/actions/{id}")).bearer_auth(&owner)).await;
+    assert_ok(&j, 200);
+    assert_eq!(j.data()["lead"]["status"], "created");
+    assert!(
+        j.data()["recorded"].get("clientIp").is_none()
+            && j.data()["recorded"].get("userAgent").is_none(),
+        "{}",
+        j.text
+    );
+
+    // Another customer may not.
+    let j = send(get(&t, &format!("/api/actions/{id}")).bearer_auth(&stranger)).await;
+    assert_error(&j, 403, "forbidden");
+    assert!(
+        !j.text.contains("13900139000"),
+        "nothing of the action leaks"
+    );
+
+    // No token, a bad token, a bad id, an unknown id.
+    assert_error(
+        &send(get(&t, &format!("/api/actions/{id}"))).await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &send(get(&t, &format!("/api/actions/{id}")).bearer_auth("garbage")).await,
+        401,
+        "unauthorized",
+    );
+    assert_invalid_field(
+        &send(get(&t, "/api/actions/not-a-uuid").bearer_auth(&staff)).await,
+        "id",
+    );
+    let unknown = uuid::Uuid::now_v7();
+    assert_error(
+        &send(get(&t, &format!("/api/actions/{unknown}")).bearer_auth(&staff)).await,
+        404,
+        "not_found",
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_shows_a_notification_pending_for_lack_of_credit_and_a_no_lead_reason() {
+    let t = common::start().await;
+    let staff = staff_token(&t).await;
+    let a = send(post(
+        &t,
+        "/api/customer/action",
+        action_body("cust-p", "adv-without-credit"),
+    ))
+    .await;
+    assert_ok(&a, 201);
+    let id = a.data()["actionId"].as_str().unwrap().to_string();
+
+    let j = wait_journey(&t, &id, &staff, |a| {
+        a.data()["notification"]["status"] == "pending_credit"
+    })
+    .await;
+    assert_ok(&j, 200);
+    assert_eq!(j.data()["lead"]["status"], "none", "{}", j.text);
+    assert!(
+        j.data()["lead"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "why no lead: {}",
+        j.text
+    );
+    assert_eq!(
+        j.data()["notification"]["status"],
+        "pending_credit",
+        "{}",
+        j.text
+    );
+
+    // An action recorded without a session belongs to no customer session.
+    let someone = session(&t, "o_someone").await;
+    assert_error(
+        &send(get(&t, &format!("/api/actions/{id}")).bearer_auth(&someone)).await,
+        403,
+        "forbidden",
+    );
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/wechat/phone
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_by_code_attaches_to_the_session_and_later_actions_make_a_lead() {
+    let t = with_secret().await;
+
+    // Without a session: the number, no token.
+    let code = sim_post(&t, "/sim/phone-codes", json!({"phone": "13912345678"})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = send(post(&t, "/api/wechat/phone", json!({"code": code}))).await;
+    assert_ok(&a, 200);
+    assert_eq!(a.data()["phoneNumber"], "13912345678");
+    assert_eq!(a.data()["purePhoneNumber"], "13912345678");
+    assert_eq!(a.data()["countryCode"], "86");
+    assert!(a.data().get("token").is_none());
+
+    // The code was spent: WeChat's 40029 is a 400.
+    let a = send(post(&t, "/api/wechat/phone", json!({"code": code}))).await;
+    assert_error(&a, 400, "wechat_invalid_code");
+    assert_eq!(a.body["error"]["details"]["errcode"], 40029);
+    assert_invalid_field(
+        &send(post(&t, "/api/wechat/phone", json!({}))).await,
+        "code",
+    );
+    assert_error(
+        &send(post(&t, "/api/wechat/phone", json!({"code": "x"})).bearer_auth("garbage")).await,
+        401,
+        "unauthorized",
+    );
+
+    // With a session: a renewed token carrying the number.
+    let token = session(&t, "o_phone_user").await;
+    let code = sim_post(&t, "/sim/phone-codes", json!({"phone": "13700137000"})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = send(post(&t, "/api/wechat/phone", json!({"code": code})).bearer_auth(&token)).await;
+    assert_ok(&a, 200);
+    let renewed = a.data()["token"].as_str().expect("a renewed session token");
+    let claims = auth::verify(&secret(), auth::MINIPROGRAM_AUDIENCE, renewed).unwrap();
+    assert_eq!(claims.sub, "o_phone_user");
+    assert_eq!(claims.phone.as_deref(), Some("13700137000"));
+
+    // A later action without customerPhone carries the number and creates a lead.
+    let a = send(
+        post(
+            &t,
+            "/api/customer/action",
+            action_body("cust-phone", "adv-1"),
+        )
+        .bearer_auth(renewed),
+    )
+    .await;
+    assert_ok(&a, 201);
+    let db = t.db().await;
+    let lead = wait_row(
+        &db,
+        "SELECT owner_advisor_id FROM leads.leads WHERE phone = $1",
+        "13700137000",
+    )
+    .await
+    .expect("a lead by the session's phone");
+    assert_eq!(lead.get::<String, _>("owner_advisor_id"), "adv-1");
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health, OpenAPI, unknown paths
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_report_each_dependency() {
+    let t = common::start().await;
+    let a = send(get(&t, "/api/health")).await;
+    assert_ok(&a, 200);
+    assert_eq!(a.data()["status"], "ok", "{}", a.text);
+    assert_eq!(a.data()["nats"], "connected");
+    assert_eq!(a.data()["stream"]["status"], "ok");
+    assert_eq!(
+        a.data()["stream"]["name"].as_str().unwrap(),
+        t.stack.common.subjects().stream()
+    );
+    assert_eq!(a.data()["database"], "ok");
+    let r = send(get(&t, "/api/health/ready")).await;
+    assert_ok(&r, 200);
+    assert_eq!(r.data()["status"], "ok");
+    t.stack.stop().await.unwrap();
+}
+
+/// The paths the issue asks for; the document must list each, and every path it lists must be
+/// served.
+const EXPECTED_PATHS: [(&str, &str); 10] = [
+    ("post", "/api/wechat/openid"),
+    ("post", "/api/wechat/phone"),
+    ("post", "/api/advisor/subscribe"),
+    ("post", "/api/customer/action"),
+    ("get", "/api/actions/{id}"),
+    ("post", "/api/message/send"),
+    ("post", "/api/auth/login"),
+    ("get", "/api/health"),
+    ("get", "/api/health/ready"),
+    ("get", "/api/openapi.json"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_path_and_every_listed_path_is_served() {
+    let t = common::start().await;
+    let a = send(get(&t, "/api/openapi.json")).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        a.text
+    );
+    let paths = a.body["paths"].as_object().expect("paths");
+    for (method, path) in EXPECTED_PATHS {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is documented"
+        );
+    }
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(op["responses"].is_object(), "{method} {path} has responses");
+            let url = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+            let req = match method.as_str() {
+                "get" => get(&t, &url),
+                "post" => post(&t, &url, json!({})),
+                m => panic!("unexpected method {m}"),
+            };
+            let a = send(req).await;
+            assert_ne!(a.status, 405, "{method} {path} is routed");
+            assert_ne!(
+                a.body["message"], "no such endpoint",
+                "{method} {path} is routed"
+            );
+        }
+    }
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        EXPECTED_PATHS.len(),
+        "nothing undocumented in the list"
+    );
+    assert!(a.body["paths"]["/api/customer/action"]["post"]["requestBody"].is_object());
+    assert!(a.body["components"]["securitySchemes"]["staffToken"].is_object());
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_answer_the_envelope() {
+    let t = common::start().await;
+    assert_error(&send(get(&t, "/api/nope")).await, 404, "not_found");
+    assert_error(&send(post(&t, "/nope", json!({}))).await, 404, "not_found");
+    let a = send(get(&t, "/api/customer/action")).await;
+    assert_error(&a, 405, "method_not_allowed");
+    assert!(
+        a.header("allow").is_some_and(|v| v.contains("POST")),
+        "{:?}",
+        a.headers
+    );
+    assert_error(
+        &send(t.http.delete(t.api("/api/health"))).await,
+        405,
+        "method_not_allowed",
+    );
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Middleware: rate limits, body limit, CORS, request ids
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_ip_answers_429_with_retry_after() {
+    let t = common::start_with(|o| o.gateway.rate_per_ip = 3).await;
+    for _ in 0..3 {
+        assert_ok(&send(get(&t, "/api/health")).await, 200);
+    }
+    let a = send(post(&t, "/api/customer/action", action_body("c", "a"))).await;
+    assert_error(&a, 429, "rate_limited");
+    assert!((1..=60).contains(&retry_after(&a)), "{:?}", a.headers);
+    let a = send(get(&t, "/api/health")).await;
+    assert_error(&a, 429, "rate_limited");
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_openid_answers_429_with_retry_after() {
+    let t = common::start_with(|o| o.gateway.rate_per_openid = 2).await;
+    let busy = session(&t, "o_busy").await;
+    let calm = session(&t, "o_calm").await;
+    for _ in 0..2 {
+        assert_ok(
+            &send(post(&t, "/api/customer/action", action_body("c", "a")).bearer_auth(&busy)).await,
+            201,
+        );
+    }
+    let a = send(post(&t, "/api/customer/action", action_body("c", "a")).bearer_auth(&busy)).await;
+    assert_error(&a, 429, "rate_limited");
+    assert!((1..=60).contains(&retry_after(&a)));
+    assert_ok(
+        &send(post(&t, "/api/customer/action", action_body("c", "a")).bearer_auth(&calm)).await,
+        201,
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_413() {
+    let t = common::start().await;
+    let limit = 64 * 1024;
+    let mut body = action_body("c", "a");
+    body["padding"] = json!("x".repeat(limit));
+    let a = send(post(&t, "/api/customer/action", body)).await;
+    assert_error(&a, 413, "payload_too_large");
+    // Without a Content-Length (chunked), the limit holds all the same.
+    let addr = t
+        .stack
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_string();
+    let mut req = b"POST /api/customer/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in [
+        b"{\"customerId\":\"".to_vec(),
+        vec![b'x'; limit],
+        b"\"}".to_vec(),
+    ] {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let a = raw_http(&addr, &req).await;
+    assert_error(&a, 413, "payload_too_large");
+    // A client that waits for "100 Continue" is refused at once, before it sends the body.
+    let started = Instant::now();
+    let a = raw_http(
+        &addr,
+        b"POST /api/customer/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_error(&a, 413, "payload_too_large");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not waiting for a body it refuses"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_any_origin_by_default_and_exposes_the_request_id() {
+    let t = common::start().await;
+    let a = send(get(&t, "/api/health").header("origin", "https://servicewechat.com")).await;
+    assert_eq!(a.header("access-control-allow-origin"), Some("*"));
+    assert!(a
+        .header("access-control-expose-headers")
+        .is_some_and(|h| h.to_ascii_lowercase().contains("x-request-id")));
+    let pre = send(
+        t.http
+            .request(reqwest::Method::OPTIONS, t.api("/api/customer/action"))
+            .header("origin", "https://servicewechat.com")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization,idempotency-key",
+            ),
+    )
+    .await;
+    assert!(pre.status < 300, "preflight: {} {}", pre.status, pre.text);
+    assert!(
+        pre.header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("POST")),
+        "{:?}",
+        pre.headers
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_from_cors_origin_allows_only_those_origins() {
+    let t =
+        common::start_with(|o| o.gateway.cors_origins = vec!["https://admin.ande.example".into()])
+            .await;
+    let a = send(get(&t, "/api/health").header("origin", "https://admin.ande.example")).await;
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://admin.ande.example")
+    );
+    let a = send(get(&t, "/api/health").header("origin", "https://evil.example")).await;
+    assert_eq!(a.header("access-control-allow-origin"), None);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_is_accepted_echoed_and_in_the_body() {
+    let t = common::start().await;
+    let a = send(get(&t, "/api/health").header("x-request-id", "mini-42")).await;
+    assert_ok(&a, 200);
+    assert_eq!(a.body["requestId"], "mini-42");
+    // On errors too.
+    let a =
+        send(post(&t, "/api/customer/action", json!({})).header("x-request-id", "mini-43")).await;
+    assert_error(&a, 400, "validation_failed");
+    assert_eq!(a.body["requestId"], "mini-43");
+    // Made up when absent, and when the given one is not sane.
+    let a = send(get(&t, "/api/health")).await;
+    assert_ok(&a, 200);
+    assert!(uuid::Uuid::parse_str(a.body["requestId"].as_str().unwrap()).is_ok());
+    let a = send(get(&t, "/api/health").header("x-request-id", "r".repeat(300))).await;
+    assert_ok(&a, 200);
+    assert_ne!(a.body["requestId"], "r".repeat(300));
+    let b = send(get(&t, "/api/health")).await;
+    assert_ne!(
+        a.body["requestId"], b.body["requestId"],
+        "one id per request"
+    );
+    t.stack.stop().await.unwrap();
+}
+
+/// Send bytes as they are on a fresh connection (for what an HTTP client will not send) and read
+/// the answer until the server closes.
+async fn raw_http(addr: &str, request: &[u8]) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer (413) before reading everything: a failed write is not a failure.
+    let _ = conn.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let mut headers = HeaderMap::new();
+    let mut chunked = false;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            chunked |= k == "transfer-encoding" && v.contains("chunked");
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+    }
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        text: body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event bus is down
+// ---------------------------------------------------------------------------------------------
+
+/// A gateway alone (no leads, no notifier, no simulator) whose NATS is `nats_url`.
+struct LoneGateway {
+    url: String,
+    pool: sqlx::PgPool,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LoneGateway {
+    async fn start(mut common: ande_platform::config::CommonConfig, nats_url: &str) -> Self {
+        ande_platform::telemetry::init_for_tests();
+        common.nats_url = nats_url.to_string();
+        let mut config = ande_gateway::GatewayConfig::with_common(common, "http://127.0.0.1:1");
+        config.port = 0;
+        config.jwt_secret = secret();
+        let gateway = ande_gateway::Gateway::bind(config)
+            .await
+            .expect("the gateway starts without NATS");
+        let url = format!("http://{}", gateway.addr);
+        let pool = gateway.state().pool.clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gateway.run(stop.clone()));
+        Self {
+            url,
+            pool,
+            http: reqwest::Client::new(),
+            stop,
+            task,
+        }
+    }
+    fn post(&self, path: &str, body: Value) -> RequestBuilder {
+        self.http.post(format!("{}{path}", self.url)).json(&body)
+    }
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.http.get(format!("{}{path}", self.url))
+    }
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Send and check that the answer came within the 2 s the issue allows.
+async fn timed(req: RequestBuilder) -> Answer {
+    let started = Instant::now();
+    let a = send(req).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered in {:?}: {}",
+        started.elapsed(),
+        a.text
+    );
+    a
+}
+
+fn assert_bus_down(a: &Answer) {
+    assert_error(a, 503, "event_bus_unavailable");
+    assert!(retry_after(a) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_the_gateway_starts_and_answers_503_within_two_seconds() {
+    let g = LoneGateway::start(
+        ande_platform::testing::isolated_config().await,
+        "nats://127.0.0.1:1",
+    )
+    .await;
+
+    assert_bus_down(&timed(g.post("/api/customer/action", action_body("c", "a"))).await);
+    assert_bus_down(
+        &timed(g.post(
+            "/api/advisor/subscribe",
+            json!({"advisorId": "a", "openid": "o_a", "templateId": "T", "subscribed": true}),
+        ))
+        .await,
+    );
+    // Validation still comes first: a bad request is a 400 whatever the bus.
+    assert_invalid_field(
+        &timed(g.post("/api/customer/action", json!({"advisorId": "a"}))).await,
+        "customerId",
+    );
+
+    // Staff login needs only Postgres; what needs the notifier or leads is 503 at once.
+    auth::set_staff_password(
+        &g.pool,
+        "ops",
+        SecretString::from("correct horse battery".to_string()),
+    )
+    .await
+    .unwrap();
+    let login = send(g.post(
+        "/api/auth/login",
+        json!({"username": "ops", "password": "correct horse battery"}),
+    ))
+    .await;
+    assert_ok(&login, 200);
+    let staff = login.data()["token"].as_str().unwrap().to_string();
+    assert_bus_down(
+        &timed(
+            g.post("/api/message/send", message("o_target"))
+                .bearer_auth(&staff),
+        )
+        .await,
+    );
+    assert_bus_down(
+        &timed(
+            g.get(&format!("/api/actions/{}", uuid::Uuid::now_v7()))
+                .bearer_auth(&staff),
+        )
+        .await,
+    );
+    assert_bus_down(&timed(g.post("/api/wechat/phone", json!({"code": "c"}))).await);
+
+    let h = timed(g.get("/api/health")).await;
+    assert_ok(&h, 200);
+    assert_eq!(h.data()["nats"], "disconnected");
+    assert_eq!(h.data()["database"], "ok");
+    let r = timed(g.get("/api/health/ready")).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.data()["status"], "degraded");
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leads_notifier_or_wechat_the_gateway_answers_at_once() {
+    // NATS is there, but no leads or notifier answers, and WeChat is a closed port.
+    let common = ande_platform::testing::isolated_config().await;
+    let nats_url = common.nats_url.clone();
+    let g = LoneGateway::start(common, &nats_url).await;
+    auth::set_staff_password(
+        &g.pool,
+        "ops",
+        SecretString::from("correct horse battery".to_string()),
+    )
+    .await
+    .unwrap();
+    let login = send(g.post(
+        "/api/auth/login",
+        json!({"username": "ops", "password": "correct horse battery"}),
+    ))
+    .await;
+    let staff = login.data()["token"].as_str().unwrap().to_string();
+
+    let a = timed(
+        g.get(&format!("/api/actions/{}", uuid::Uuid::now_v7()))
+            .bearer_auth(&staff),
+    )
+    .await;
+    assert_error(&a, 503, "service_unavailable");
+    let a = timed(
+        g.post("/api/message/send", message("o_target"))
+            .bearer_auth(&staff),
+    )
+    .await;
+    assert_error(&a, 503, "service_unavailable");
+    let a = timed(g.post("/api/wechat/phone", json!({"code": "c"}))).await;
+    assert_error(&a, 503, "service_unavailable");
+    let a = timed(g.post("/api/wechat/openid", json!({"code": "c"}))).await;
+    assert_error(&a, 502, "wechat_unreachable");
+    assert!(
+        !a.text.contains("127.0.0.1:1") && !a.text.contains("secret"),
+        "no internals in the answer: {}",
+        a.text
+    );
+    // Recording needs only JetStream: it works.
+    assert_ok(
+        &timed(g.post("/api/customer/action", action_body("c", "a"))).await,
+        201,
+    );
+    g.stop().await;
+}
+
+/// A TCP proxy to NATS that the test switches on and off; switching off cuts every connection.
+struct Proxy {
+    addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+async fn proxy_to(target: String) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (up, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut rx = rx.clone();
+            if !*rx.borrow() {
+                continue; // dropped: the client sees the connection closed
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = rx.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, up }
+}
+
+/// `host:port` of the first server of a NATS URL.
+fn nats_host_port(url: &str) -> String {
+    let first = url.split(',').next().unwrap().trim();
+    let no_scheme = first.split_once("://").map_or(first, |(_, r)| r);
+    let no_auth = no_scheme.rsplit_once('@').map_or(no_scheme, |(_, r)| r);
+    let host = no_auth.trim_end_matches('/');
+    if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:4222")
+    }
+}
+
+/// Post an action until it is recorded (the gateway reconnected), or give up after a while.
+async fn action_until_recorded(g: &LoneGateway) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = send(g.post("/api/customer/action", action_body("c", "a"))).await;
+        if a.status == 201 || Instant::now() > deadline {
+            return a;
+        }
+        assert_bus_down(&a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_recovers_by_itself_when_nats_comes_back() {
+    let common = ande_platform::testing::isolated_config().await;
+    let proxy = proxy_to(nats_host_port(&common.nats_url)).await;
+    let g = LoneGateway::start(common, &format!("nats://{}", proxy.addr)).await;
+
+    // NATS is not there at start: 503 at once.
+    assert_bus_down(&timed(g.post("/api/customer/action", action_body("c", "a"))).await);
+
+    // NATS arrives: the gateway connects, creates its stream, and records.
+    proxy.up.send(true).unwrap();
+    let a = action_until_recorded(&g).await;
+    assert_ok(&a, 201);
+    let r = send(g.get("/api/health/ready")).await;
+    assert_ok(&r, 200);
+
+    // NATS goes away while running: 503 within 2 s once the connection is seen gone.
+    proxy.up.send(false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while send(g.get("/api/health")).await.data()["nats"] == "connected"
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_bus_down(&timed(g.post("/api/customer/action", action_body("c", "a"))).await);
+
+    // And back again.
+    proxy.up.send(true).unwrap();
+    assert_ok(&action_until_recorded(&g).await, 201);
+    g.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed bodies: never a 5xx, always the error envelope
+// ---------------------------------------------------------------------------------------------
+
+const FIELDS: [&str; 18] = [
+    "code",
+    "advisorId",
+    "openid",
+    "templateId",
+    "subscribed",
+    "subscribeData",
+    "result",
+    "customerId",
+    "actionType",
+    "actionData",
+    "customerName",
+    "customerPhone",
+    "touser",
+    "template_id",
+    "data",
+    "page",
+    "username",
+    "password",
+];
+
+/// Every field of every endpoint set to `v`.
+fn all_fields(v: Value) -> Vec<u8> {
+    let m: serde_json::Map<String, Value> =
+        FIELDS.iter().map(|f| (f.to_string(), v.clone())).collect();
+    serde_json::to_vec(&m).unwrap()
+}
+
+fn nested(depth: usize, open: &str, close: &str, leaf: &str) -> Vec<u8> {
+    format!("{}{leaf}{}", open.repeat(depth), close.repeat(depth)).into_bytes()
+}
+
+/// (name, content type, body, expected status)
+fn corpus() -> Vec<(String, Option<&'static str>, Vec<u8>, u16)> {
+    const JSON: Option<&str> = Some("application/json");
+    let mut c: Vec<(String, Option<&'static str>, Vec<u8>, u16)> = Vec::new();
+    let mut add = |name: &str, ct: Option<&'static str>, body: Vec<u8>, status: u16| {
+        c.push((name.to_string(), ct, body, status))
+    };
+    add("empty body", JSON, vec![], 400);
+    add("whitespace body", JSON, b" \n\t ".to_vec(), 400);
+    add("empty body, no content type", None, vec![], 400);
+    for top in [
+        "[]",
+        r#"[{"code":"c","customerId":"c","advisorId":"a","actionType":"v"}]"#,
+        "null",
+        "42",
+        "-1.5e300",
+        "\"code\"",
+        "true",
+    ] {
+        add(
+            &format!("top level {top}"),
+            JSON,
+            top.as_bytes().to_vec(),
+            400,
+        );
+    }
+    add("truncated", JSON, br#"{"code": "abc"#.to_vec(), 400);
+    add(
+        "trailing garbage",
+        JSON,
+        br#"{"code": "abc"} xyz"#.to_vec(),
+        400,
+    );
+    add("two objects", JSON, br#"{}{}"#.to_vec(), 400);
+    add("single quotes", JSON, b"{'code': 'abc'}".to_vec(), 400);
+    add("comment", JSON, b"{/* c */}".to_vec(), 400);
+    add(
+        "number out of range",
+        JSON,
+        br#"{"code": 1e400}"#.to_vec(),
+        400,
+    );
+    add(
+        "invalid UTF-8 in strings",
+        JSON,
+        {
+            let mut b = b"{".to_vec();
+            for (i, f) in FIELDS.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                b.extend_from_slice(format!("\"{f}\":\"a").as_bytes());
+                b.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+                b.push(b'"');
+            }
+            b.push(b'}');
+            b
+        },
+        400,
+    );
+    add(
+        "invalid UTF-8 bytes",
+        JSON,
+        vec![0xff, 0xfe, 0xfd, 0x00, 0x80],
+        400,
+    );
+    add(
+        "UTF-16 body",
+        JSON,
+        "{\"code\":\"abc\"}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect(),
+        400,
+    );
+    add("lone surrogate", JSON, all_fields_raw(r#""\ud800""#), 400);
+    add("NUL bytes", JSON, b"{\"code\":\"a\0b\"}".to_vec(), 400);
+    add(
+        "deep nesting, arrays",
+        JSON,
+        nested(10_000, "[", "]", "1"),
+        400,
+    );
+    add(
+        "deep nesting, objects",
+        JSON,
+        nested(10_000, "{\"a\":", "}", "1"),
+        400,
+    );
+    add(
+        "deep nesting inside a field",
+        JSON,
+        [
+            b"{\"actionData\":".to_vec(),
+            nested(10_000, "{\"a\":", "}", "1"),
+            b"}".to_vec(),
+        ]
+        .concat(),
+        400,
+    );
+    add(
+        "deep nesting, unclosed",
+        JSON,
+        "[".repeat(10_000).into_bytes(),
+        400,
+    );
+    for (name, v) in [
+        ("true", json!(true)),
+        ("false", json!(false)),
+        ("null", Value::Null),
+        ("array", json!([])),
+        ("array of strings", json!(["a", "b"])),
+        ("object", json!({"nested": [1, {"x": null}]})),
+        ("empty string", json!("")),
+        ("blank string", json!("   ")),
+        ("NUL", json!("\u{0}")),
+        ("control characters", json!("a\u{7}\u{1b}[31mb")),
+        ("huge strings", json!("x".repeat(3000))),
+        ("huge multibyte strings", json!("顾".repeat(1000))),
+    ] {
+        add(&format!("every field {name}"), JSON, all_fields(v), 400);
+    }
+    add(
+        "one huge string",
+        JSON,
+        serde_json::to_vec(&json!({"code": "x".repeat(60_000), "customerId": "x".repeat(60)}))
+            .unwrap(),
+        400,
+    );
+    add(
+        "many keys",
+        JSON,
+        {
+            let m: serde_json::Map<String, Value> =
+                (0..4000).map(|i| (format!("k{i}"), json!(i))).collect();
+            serde_json::to_vec(&m).unwrap()
+        },
+        400,
+    );
+    add(
+        "form content type",
+        Some("application/x-www-form-urlencoded"),
+        b"code=abc&customerId=c&advisorId=a&actionType=view".to_vec(),
+        400,
+    );
+    add(
+        "text/plain prose",
+        Some("text/plain"),
+        b"hello world".to_vec(),
+        400,
+    );
+    add(
+        "xml",
+        Some("application/xml"),
+        b"<code>abc</code>".to_vec(),
+        400,
+    );
+    add(
+        "multipart",
+        Some("multipart/form-data; boundary=x"),
+        b"--x\r\nContent-Disposition: form-data; name=\"code\"\r\n\r\nabc\r\n--x--\r\n".to_vec(),
+        400,
+    );
+    add(
+        "1 MB string",
+        JSON,
+        serde_json::to_vec(&json!({"code": "x".repeat(1 << 20)})).unwrap(),
+        413,
+    );
+    add(
+        "1 MB array",
+        JSON,
+        format!("[{}1]", "1,".repeat(1 << 19)).into_bytes(),
+        413,
+    );
+    add(
+        "1 MB of garbage",
+        Some("application/octet-stream"),
+        vec![0xAB; 1 << 20],
+        413,
+    );
+    c
+}
+
+fn all_fields_raw(raw_value: &str) -> Vec<u8> {
+    let inner: Vec<String> = FIELDS
+        .iter()
+        .map(|f| format!("\"{f}\":{raw_value}"))
+        .collect();
+    format!("{{{}}}", inner.join(",")).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_never_get_a_5xx_and_always_the_error_envelope() {
+    let t = common::start_with(|o| o.gateway.rate_per_ip = 100_000).await;
+    let staff = staff_token(&t).await;
+    let customer = session(&t, "o_corpus").await;
+    let endpoints: [(&str, Option<&str>); 8] = [
+        ("/api/wechat/openid", None),
+        ("/api/wechat/phone", None),
+        ("/api/wechat/phone", Some(&customer)),
+        ("/api/advisor/subscribe", None),
+        ("/api/customer/action", None),
+        ("/api/customer/action", Some(&customer)),
+        ("/api/message/send", Some(&staff)),
+        ("/api/auth/login", None),
+    ];
+    let logins_before = sim_calls(&t, "jscode2session").await;
+    let mut failures = Vec::new();
+    for (name, content_type, body, expected) in corpus() {
+        for (path, token) in endpoints {
+            let mut req = t.http.post(t.api(path)).body(body.clone());
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            if let Some(tok) = token {
+                req = req.bearer_auth(tok);
+            }
+            let a = match try_send(req).await {
+                Ok(a) => a,
+                Err(e) => {
+                    failures.push(format!("{path} with {name}: no answer ({e:?})"));
+                    continue;
+                }
+            };
+            let envelope_ok = a.body["success"] == false
+                && a.body["error"]["code"].is_string()
+                && a.body["message"].is_string()
+                && a.body["requestId"].is_string()
+                && a.header("x-request-id") == a.body["requestId"].as_str();
+            if a.status != expected || !envelope_ok {
+                failures.push(format!(
+                    "{path} with {name}: {} {}",
+                    a.status,
+                    a.text.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} malformed requests answered badly:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        sim_calls(&t, "jscode2session").await,
+        logins_before,
+        "no malformed body reached WeChat"
+    );
+    assert_eq!(sim_calls(&t, "subscribe_send").await, 0);
+    assert_eq!(sim_calls(&t, "phone_number").await, 0);
+    // Nothing malformed was recorded.
+    let db = t.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM leads.actions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // And the gateway still works.
+    assert_ok(
+        &send(post(&t, "/api/customer/action", action_body("c", "a"))).await,
+        201,
+    );
+    t.stack.stop().await.unwrap();
+}
