@@ -140,7 +140,7 @@ pub fn build() -> Value {
         if e.path.contains("{id}") {
             op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
         }
-        if e.path == "/api/customer/action" {
+        if e.path == "/api/customer/action" || e.path == "/api/advisor/subscribe" {
             op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": s(200) }]);
         }
         let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));

@@ -155,7 +155,7 @@ impl Bus {
     pub async fn publish_start<E: Event>(&self, event: &E) -> Result<PublishAckFuture, BusError> {
         let meta = event.meta().cloned().unwrap_or_default();
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", meta.event_id.as_str());
+        h.insert(async_nats::header::NATS_MESSAGE_ID, meta.event_id.as_str());
         h.insert(headers::EVENT_TYPE, E::KIND.type_name());
         h.insert(headers::CORRELATION_ID, meta.correlation_id.as_str());
         h.insert(headers::PRODUCER, meta.producer.as_str());
@@ -180,7 +180,9 @@ impl Bus {
             .unwrap_or((0, 0));
         let mut h = msg.headers.clone().unwrap_or_default();
         // One dead letter per consumer and original message, however often this is retried.
-        h.insert("Nats-Msg-Id", format!("dlq-{consumer}-{seq}").as_str());
+        // The well-known name, so this replaces the original event's id instead of adding a
+        // second Nats-Msg-Id beside it.
+        h.insert(async_nats::header::NATS_MESSAGE_ID, format!("dlq-{consumer}-{seq}").as_str());
         h.insert(dlq_headers::REASON, truncate(reason, 1000).as_str());
         h.insert(dlq_headers::CONSUMER, consumer);
         h.insert(dlq_headers::SUBJECT, msg.subject.as_str());

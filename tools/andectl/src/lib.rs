@@ -1,8 +1,23 @@
-//! andectl: the operator's tool. Each subcommand is a module here; `main.rs` only parses the
-//! command line and maps errors to exit codes.
+//! andectl: the operator's tool. Each subcommand group is a module here; `main.rs` only parses
+//! the command line and maps errors to exit codes ([`exit`]).
 //!
 //! - [`stack`]: the whole system in one process (`andectl up`, and the end-to-end tests);
-//! - [`infra`]: finding, or starting, NATS and Postgres for `up`.
+//! - [`infra`]: finding, or starting, NATS and Postgres for `up`;
+//! - [`events`]: `events tail` and `events show`, and [`events::Scan`], the read of a stream
+//!   range every other command uses; [`decode`]: stored messages as JSON;
+//! - [`replay`]: re-driving a consumer, or copying a range into a scratch prefix;
+//! - [`dlq`]: dead letters: list, show, retry, purge;
+//! - [`status`]: stream, consumers' lag, dead letters, services' health;
+//! - [`users`]: staff accounts;
+//! - [`conn`]: connecting to NATS and Postgres with errors that name what is unreachable.
 
+pub mod conn;
+pub mod decode;
+pub mod dlq;
+pub mod events;
+pub mod exit;
 pub mod infra;
+pub mod replay;
 pub mod stack;
+pub mod status;
+pub mod users;

@@ -1,11 +1,20 @@
 //! `andectl`: run the stack, inspect and replay events, dead letters, lag, staff accounts.
-//! Exit codes: 0 success, 1 failure, 2 usage, 3 NATS or Postgres unreachable.
+//!
+//! Exit codes (see `andectl::exit`): 0 ok, 1 failure, 2 usage, 3 NATS or Postgres unreachable.
+//! Settings come from the same environment variables the services read (`NATS_URL`,
+//! `DATABASE_URL`, `ANDE_PREFIX`, `API_HOST`, `API_PORT`, …).
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use ande_platform::config::Env;
+use ande_platform::config::{CommonConfig, Env};
+use andectl::events::{ShowQuery, Start, TailOptions};
+use andectl::exit::{self, Unreachable};
+use andectl::replay::{ReplayArgs, CONSUMER_NAMES};
 use andectl::stack::{Stack, StackOptions};
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "andectl", about = "Operate the Ande lead pipeline", version)]
@@ -18,29 +27,343 @@ struct Cli {
 enum Cmd {
     /// Run every service and the WeChat simulator locally (Ctrl-C stops everything).
     Up,
+    /// Read the event log, decoded to JSON lines.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Re-drive a consumer from a stream sequence or a time (consumers are idempotent).
+    Replay(ReplayCmd),
+    /// Dead letters: messages a consumer set aside, with why.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Stream size and age, consumers' lag, dead letters, services' health (exit 1 if unhealthy).
+    Status {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Staff accounts for /api/auth/login.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Follow new events as they are stored (Ctrl-C stops).
+    Tail {
+        /// Only this subject: a full subject, a suffix (events.v1.lead.outcome), or action, subscription, outcome.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only the events of this correlation id (the action id that started the chain).
+        #[arg(long)]
+        correlation: Option<String>,
+        /// Start this far back instead of with the next event (a time, or a duration ago: 15m).
+        #[arg(long, value_parser = time_arg)]
+        since: Option<DateTime<Utc>>,
+    },
+    /// Print stored events: one by sequence, a time range, or every event of one action.
+    #[command(group(ArgGroup::new("which").required(true).args(["seq", "since", "action"])))]
+    Show {
+        /// The event with this stream sequence.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// From this time (RFC 3339, a UTC date and time, or a duration ago: 15m, 2h).
+        #[arg(long, value_parser = time_arg)]
+        since: Option<DateTime<Utc>>,
+        /// Up to this time (with --since).
+        #[arg(long, value_parser = time_arg, requires = "since")]
+        until: Option<DateTime<Utc>>,
+        /// Every event whose correlation id is this action id, and its dead letters.
+        #[arg(long)]
+        action: Option<String>,
+    },
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("from").required(true).args(["from_seq", "from_time"])))]
+struct ReplayCmd {
+    /// The durable consumer to re-drive.
+    #[arg(long, value_parser = CONSUMER_NAMES)]
+    consumer: String,
+    /// First stream sequence to replay.
+    #[arg(long)]
+    from_seq: Option<u64>,
+    /// Replay the events stored since this time (RFC 3339, a UTC date and time, or 15m, 2h ago).
+    #[arg(long, value_parser = time_arg)]
+    from_time: Option<DateTime<Utc>>,
+    /// List what would be replayed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Copy the range into this prefix's stream instead (a scratch environment), leaving this one alone.
+    #[arg(long, value_name = "PREFIX")]
+    into_prefix: Option<String>,
+    /// Start later than the consumer's ack floor even though that skips events it has not processed.
+    #[arg(long)]
+    allow_skip: bool,
+    /// Reset the consumer and return, without waiting for the service to work through the range.
+    #[arg(long)]
+    no_wait: bool,
+    /// Stop waiting after this long (the reset stays): 90s, 15m.
+    #[arg(long, default_value = "10m", value_parser = duration_arg)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// List dead letters: sequence, consumer, deliveries, original subject, reason.
+    Ls {
+        #[arg(long, value_parser = CONSUMER_NAMES)]
+        consumer: Option<String>,
+        /// One JSON object per dead letter, with the decoded original event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its original event decoded.
+    Show {
+        /// The dead letter's sequence (from `dlq ls`).
+        seq: u64,
+    },
+    /// Republish the original event to its subject (new message id), then delete the dead letter.
+    #[command(group(ArgGroup::new("which").required(true).args(["seq", "all"])))]
+    Retry {
+        /// The dead letter's sequence (from `dlq ls`).
+        seq: Option<u64>,
+        /// Every dead letter, oldest first.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this consumer's dead letters.
+        #[arg(long, value_parser = CONSUMER_NAMES, requires = "all")]
+        consumer: Option<String>,
+    },
+    /// Delete a dead letter, or all of them.
+    #[command(group(ArgGroup::new("which").required(true).args(["seq", "all"])))]
+    Purge {
+        /// The dead letter's sequence (from `dlq ls`).
+        seq: Option<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this consumer's dead letters.
+        #[arg(long, value_parser = CONSUMER_NAMES, requires = "all")]
+        consumer: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a staff account; the password is one line on stdin. Fails if it exists.
+    Add { name: String },
+    /// Change a staff account's password (one line on stdin). Fails if it does not exist.
+    Passwd { name: String },
+}
+
+fn time_arg(s: &str) -> Result<DateTime<Utc>, String> {
+    andectl::decode::parse_time(s, Utc::now())
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    ande_platform::config::parse_duration(s)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    let result = match cli.command {
-        Cmd::Up => up(&env).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli.command, &env).await {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("andectl: {e:#}");
-            ExitCode::from(1)
+            eprintln!("andectl: {}", describe(&e));
+            ExitCode::from(exit::code_for(&e))
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause its parent already quoted.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
+    if let Cmd::Up = cmd {
+        up(env).await?;
+        return Ok(exit::SUCCESS);
+    }
+    let common = CommonConfig::from_env(env)?;
+    let mut out = std::io::stdout();
+    match cmd {
+        Cmd::Up => unreachable!("handled above"),
+        Cmd::Events(c) => events(&common, c, &mut out).await?,
+        Cmd::Replay(c) => replay(&common, c, &mut out).await?,
+        Cmd::Dlq(c) => dlq(&common, c, &mut out).await?,
+        Cmd::Status { json } => {
+            let bus = andectl::conn::bus(&common).await?;
+            let report = andectl::status::report(&bus, env).await?;
+            if json {
+                writeln!(out, "{}", report.json)?;
+            } else {
+                andectl::status::print_text(&report, &mut out)?;
+            }
+            if !report.healthy {
+                return Ok(exit::FAILURE);
+            }
+        }
+        Cmd::User(c) => user(&common, c, &mut out).await?,
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn events(
+    common: &CommonConfig,
+    cmd: EventsCmd,
+    out: &mut (impl Write + Send),
+) -> anyhow::Result<()> {
+    let bus = andectl::conn::bus(common).await?;
+    match cmd {
+        EventsCmd::Tail {
+            subject,
+            correlation,
+            since,
+        } => {
+            let stop = ande_platform::shutdown::on_signals();
+            andectl::events::tail(
+                &bus,
+                &TailOptions {
+                    subject,
+                    correlation,
+                    since,
+                },
+                out,
+                stop,
+            )
+            .await?;
+        }
+        EventsCmd::Show {
+            seq,
+            since,
+            until,
+            action,
+        } => {
+            let query = match (seq, since, action) {
+                (Some(n), _, _) => ShowQuery::Seq(n),
+                (_, Some(since), _) => ShowQuery::Range { since, until },
+                (_, _, Some(id)) => ShowQuery::Action(id),
+                _ => unreachable!("clap requires one of them"),
+            };
+            let n = andectl::events::show(&bus, &query, out).await?;
+            if matches!(query, ShowQuery::Range { .. }) {
+                eprintln!("{n} event(s)");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(common: &CommonConfig, c: ReplayCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    let bus = andectl::conn::bus(common).await?;
+    let from = match (c.from_seq, c.from_time) {
+        (Some(n), _) => Start::Seq(n),
+        (_, Some(t)) => Start::Time(t),
+        _ => unreachable!("clap requires one of them"),
+    };
+    let args = ReplayArgs {
+        consumer: c.consumer,
+        from,
+        dry_run: c.dry_run,
+        into_prefix: c.into_prefix,
+        allow_skip: c.allow_skip,
+        wait: !c.no_wait,
+        timeout: c.timeout,
+    };
+    andectl::replay::replay(&bus, common, &args, out).await?;
+    Ok(())
+}
+
+async fn dlq(common: &CommonConfig, cmd: DlqCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    use andectl::dlq;
+    let bus = andectl::conn::bus(common).await?;
+    match cmd {
+        DlqCmd::Ls { consumer, json } => {
+            let letters = dlq::list(&bus, consumer.as_deref()).await?;
+            if json {
+                for d in &letters {
+                    writeln!(out, "{}", serde_json::to_string(&d.view())?)?;
+                }
+            } else {
+                dlq::print_table(&letters, out)?;
+            }
+        }
+        DlqCmd::Show { seq } => {
+            let d = dlq::get(&bus, seq).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&d.view())?)?;
+        }
+        DlqCmd::Retry { seq, consumer, .. } => {
+            let done = match seq {
+                Some(n) => vec![dlq::retry(&bus, n).await?],
+                None => dlq::retry_all(&bus, consumer.as_deref()).await?,
+            };
+            for r in &done {
+                writeln!(out, "dead letter {} republished to {} as stream seq {} (Nats-Msg-Id {}) and deleted", r.dlq_seq, r.subject, r.new_seq, r.msg_id)?;
+            }
+            writeln!(out, "{} retried", done.len())?;
+        }
+        DlqCmd::Purge { seq, consumer, .. } => match seq {
+            Some(n) => {
+                dlq::purge(&bus, n).await?;
+                writeln!(out, "dead letter {n} deleted")?;
+            }
+            None => {
+                let n = dlq::purge_all(&bus, consumer.as_deref()).await?;
+                writeln!(out, "{n} dead letter(s) deleted")?;
+            }
+        },
+    }
+    Ok(())
+}
+
+async fn user(common: &CommonConfig, cmd: UserCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let name = match &cmd {
+        UserCmd::Add { name } | UserCmd::Passwd { name } => name.clone(),
+    };
+    andectl::users::validate_username(&name)?;
+    if std::io::stdin().is_terminal() {
+        eprint!("password for {name} (one line, shown as typed): ");
+    }
+    let password = andectl::users::read_password(std::io::stdin().lock())?;
+    let pool = andectl::conn::gateway_db(common).await?;
+    match cmd {
+        UserCmd::Add { .. } => {
+            andectl::users::add(&pool, &name, password).await?;
+            writeln!(out, "staff user {name} created")?;
+        }
+        UserCmd::Passwd { .. } => {
+            andectl::users::passwd(&pool, &name, password).await?;
+            writeln!(out, "password of staff user {name} changed")?;
+        }
+    }
+    pool.close().await;
+    Ok(())
 }
 
 async fn up(env: &Env) -> anyhow::Result<()> {
     let opts = StackOptions::from_env(env)?;
     ande_platform::telemetry::init("andectl", opts.common.log_json);
     let data_dir = std::path::Path::new("target/andectl");
-    let started = andectl::infra::ensure(&opts.common, data_dir).await?;
+    let started = andectl::infra::ensure(&opts.common, data_dir)
+        .await
+        .map_err(|e| Unreachable {
+            what: "NATS or Postgres",
+            reason: format!("{e:#}"),
+        })?;
     let stack = Stack::start(opts).await?;
     print_walkthrough(&stack, &started.names());
     let stop = ande_platform::shutdown::on_signals();
@@ -57,7 +380,10 @@ async fn up(env: &Env) -> anyhow::Result<()> {
 
 fn print_walkthrough(stack: &Stack, started: &[&str]) {
     let g = &stack.gateway_url;
-    let sim = stack.sim_url.clone().unwrap_or_else(|| "(external WeChat API)".into());
+    let sim = stack
+        .sim_url
+        .clone()
+        .unwrap_or_else(|| "(external WeChat API)".into());
     let tpl = ande_wechat::DEV_TEMPLATE_ID;
     println!(
         r#"
@@ -81,10 +407,16 @@ Try it (paste into another terminal):
   curl -s '{sim}/sim/messages?touser=o_advisor_1'
   # 4. the lead in Postgres
   psql postgres://postgres@127.0.0.1:5432/postgres -c 'select customer_code, name, phone, status, level from leads.leads'
+  # 5. the events, decoded, and how the pipeline is keeping up (same environment variables as here)
+  andectl events tail        andectl status        andectl dlq ls
 
 Ctrl-C stops everything."#,
         nats = stack.common.nats_url,
         stream = stack.common.subjects().stream(),
-        started = if started.is_empty() { "nothing (NATS and Postgres were already running)".to_string() } else { started.join(", ") },
+        started = if started.is_empty() {
+            "nothing (NATS and Postgres were already running)".to_string()
+        } else {
+            started.join(", ")
+        },
     );
 }

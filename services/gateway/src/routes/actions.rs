@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use crate::error::{ok, ok_with, ApiError};
 use crate::extract::{Caller, ClientIp, JsonBody, MaybeSession};
+use crate::idempotency;
 use crate::validate::{self, MAX_ACTION_TYPE, MAX_ID, MAX_NAME, MAX_PHONE};
 use crate::AppState;
 
 const PRODUCER: &str = "gateway";
-const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// How long the journey view waits for each back-end service.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -80,24 +80,21 @@ pub async fn record(
         .take(512)
         .collect::<String>();
 
-    let (action_id, event_id, replayed) = match idempotency_key(&headers)? {
+    let (action_id, event_id, replayed) = match idempotency::key(&headers)? {
         None => (Uuid::now_v7(), Uuid::now_v7(), false),
         Some(key) => {
-            let hash = request_hash(
-                &customer_id,
-                &advisor_id,
-                &action_type,
-                &action_data,
-                &customer_name,
-                &customer_phone,
-            );
-            claim_key(
-                &state,
-                &idempotency_scope(&openid, &customer_id),
-                &key,
-                &hash,
-            )
-            .await?
+            let request = json!([
+                customer_id,
+                advisor_id,
+                action_type,
+                action_data,
+                customer_name,
+                customer_phone
+            ]);
+            let scope = idempotency_scope(&openid, &customer_id);
+            let c = idempotency::claim(&state, &scope, &key, &idempotency::fingerprint(&request))
+                .await?;
+            (c.action_id, c.event_id, c.replayed)
         }
     };
     tracing::Span::current().record("action_id", tracing::field::display(action_id));
@@ -144,23 +141,6 @@ pub async fn record(
     ))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let k = v
-        .to_str()
-        .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?
-        .trim();
-    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::validation(
-            "Idempotency-Key",
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        ));
-    }
-    Ok(Some(k.to_string()))
-}
-
 /// Whose keys a key is looked up among: the session's customer when there is one (so another
 /// session sending the same customerId and key never gets this customer's action back), else the
 /// body's customerId. Prefixed so that the two kinds can never be mistaken for each other.
@@ -170,63 +150,6 @@ fn idempotency_scope(openid: &str, customer_id: &str) -> String {
     } else {
         format!("session:{openid}")
     }
-}
-
-fn request_hash(
-    parts: &str,
-    advisor: &str,
-    action_type: &str,
-    data: &Value,
-    name: &Option<String>,
-    phone: &Option<String>,
-) -> String {
-    // Not a security boundary: only to tell "same request retried" from "key reused for another".
-    let canonical = json!([parts, advisor, action_type, data, name, phone]).to_string();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in canonical.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
-}
-
-/// Reserve (or find) the ids of a keyed request. Returns (action id, event id, seen before).
-async fn claim_key(
-    state: &AppState,
-    scope: &str,
-    key: &str,
-    hash: &str,
-) -> Result<(Uuid, Uuid, bool), ApiError> {
-    let fresh: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, action_id, event_id) VALUES ($1,$2,$3,$4,$5)
-         ON CONFLICT (scope, key) DO NOTHING RETURNING action_id, event_id",
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(hash)
-    .bind(Uuid::now_v7())
-    .bind(Uuid::now_v7())
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(ApiError::db)?;
-    if let Some((a, e)) = fresh {
-        return Ok((a, e, false));
-    }
-    let (a, e, h): (Uuid, Uuid, String) = sqlx::query_as("SELECT action_id, event_id, request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(key)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(ApiError::db)?;
-    if h != hash {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request",
-        ));
-    }
-    // Publish again under the same event id: if the first attempt never reached JetStream this
-    // records it; if it did, JetStream (or leads, after the duplicate window) drops the copy.
-    Ok((a, e, true))
 }
 
 /// The journey of one action: recorded, lead outcome, notification.
@@ -358,14 +281,6 @@ mod tests {
             }
         }
 
-        #[test]
-        fn request_hash_tells_different_requests_apart(t1 in "[a-z_]{1,12}", t2 in "[a-z_]{1,12}", phone in proptest::option::of("[0-9]{11}")) {
-            let h = |t: &str| request_hash("c", "a", t, &json!({}), &None, &phone);
-            prop_assert_eq!(h(&t1), h(&t1));
-            if t1 != t2 {
-                prop_assert_ne!(h(&t1), h(&t2));
-            }
-        }
     }
 
     #[test]

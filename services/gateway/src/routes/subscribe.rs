@@ -7,12 +7,13 @@
 
 use ande_events::{new_meta, SubscriptionChanged, SubscriptionStatus};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ok_with, ApiError};
 use crate::extract::{JsonBody, MaybeSession};
+use crate::idempotency;
 use crate::validate::{self, MAX_ID};
 use crate::AppState;
 
@@ -92,10 +93,13 @@ pub fn decisions(body: &Map<String, Value>) -> Result<Vec<(String, SubscriptionS
     Ok(vec![(template, status)])
 }
 
+/// With an `Idempotency-Key`, each template's decision keeps the event id of the first attempt,
+/// so a retried request (or one that failed half way through its templates) adds no credit twice.
 #[tracing::instrument(skip_all)]
 pub async fn subscribe(
     State(state): State<AppState>,
     MaybeSession(session): MaybeSession,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
@@ -113,8 +117,21 @@ pub async fn subscribe(
     state.require_bus()?;
     let now = chrono::Utc::now();
     let mut recorded = Vec::new();
+    let key = idempotency::key(&headers)?;
     for (template_id, status) in decisions {
-        let meta = new_meta("", "gateway", now);
+        let mut meta = new_meta("", "gateway", now);
+        if let Some(key) = &key {
+            let request = json!([advisor_id, template_id, status_name(status)]);
+            let scope = format!("subscribe:{openid}");
+            let c = idempotency::claim(
+                &state,
+                &scope,
+                &format!("{key}#{template_id}"),
+                &idempotency::fingerprint(&request),
+            )
+            .await?;
+            meta.event_id = c.event_id.to_string();
+        }
         let event_id = meta.event_id.clone();
         let event = SubscriptionChanged {
             meta: Some(ande_events::EventMeta {

@@ -1,0 +1,45 @@
+//! Connections for the operator commands: NATS (with the environment's streams) and the
+//! gateway's Postgres schema, with errors that say what could not be reached (exit code 3, see
+//! [`crate::exit`]) and, when NATS answers but a stream is missing, what to run.
+
+use ande_platform::bus::Bus;
+use ande_platform::config::CommonConfig;
+use anyhow::Context;
+use async_nats::jetstream::stream::Stream;
+use sqlx::PgPool;
+
+/// Connect to NATS as `andectl`. Fails fast (no retry loop) when NATS does not answer.
+pub async fn bus(common: &CommonConfig) -> anyhow::Result<Bus> {
+    Ok(Bus::connect(common, "andectl").await?)
+}
+
+/// The environment's event stream, or an error naming it and how it gets created.
+pub async fn events_stream(bus: &Bus) -> anyhow::Result<Stream> {
+    stream(bus, &bus.subjects.stream()).await
+}
+
+/// The environment's dead-letter stream.
+pub async fn dlq_stream(bus: &Bus) -> anyhow::Result<Stream> {
+    stream(bus, &bus.subjects.dlq_stream()).await
+}
+
+pub async fn stream(bus: &Bus, name: &str) -> anyhow::Result<Stream> {
+    bus.js.get_stream(name).await.with_context(|| {
+        format!(
+            "stream {name} is not there (prefix {:?}); every service creates it at start, so run `andectl up` or a service with ANDE_PREFIX={}",
+            bus.subjects.prefix(),
+            bus.subjects.prefix()
+        )
+    })
+}
+
+/// The gateway's schema (staff accounts), migrated if needed, exactly as the gateway opens it.
+pub async fn gateway_db(common: &CommonConfig) -> anyhow::Result<PgPool> {
+    Ok(ande_platform::db::connect(
+        &common.database_url,
+        ande_gateway::SCHEMA,
+        2,
+        &ande_gateway::MIGRATIONS,
+    )
+    .await?)
+}

@@ -1,0 +1,119 @@
+//! `andectl user add NAME` and `andectl user passwd NAME`: staff accounts for
+//! `POST /api/auth/login`, stored by the gateway's own functions in its schema.
+//!
+//! The password is read from stdin, one line, so it never appears in the process list or the
+//! shell history: `printf '%s\n' "$PW" | andectl user add alice`. At a terminal the line is
+//! prompted for (and echoed: no terminal-control crate is pulled in for this one prompt).
+
+use std::io::BufRead;
+
+use anyhow::bail;
+use secrecy::SecretString;
+use sqlx::PgPool;
+
+/// Longest accepted username, in characters.
+const MAX_USERNAME: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UserError {
+    #[error(
+        "staff user {0:?} already exists (use `andectl user passwd {0}` to change the password)"
+    )]
+    Exists(String),
+    #[error("no staff user {0:?} (create it with `andectl user add {0}`)")]
+    Missing(String),
+    #[error("a username is 1 to 64 characters without spaces or control characters")]
+    BadName,
+    #[error("refusing an empty password")]
+    EmptyPassword,
+    #[error("no password on stdin (expected one line)")]
+    NoInput,
+}
+
+pub fn validate_username(name: &str) -> Result<&str, UserError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_USERNAME
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(name)
+    } else {
+        Err(UserError::BadName)
+    }
+}
+
+/// One line from `input`, without its line ending; empty is refused.
+pub fn read_password(mut input: impl BufRead) -> anyhow::Result<SecretString> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        bail!(UserError::NoInput);
+    }
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        bail!(UserError::EmptyPassword);
+    }
+    Ok(SecretString::from(pw.to_string()))
+}
+
+/// Create a staff account; fails if it exists.
+pub async fn add(pool: &PgPool, name: &str, password: SecretString) -> anyhow::Result<()> {
+    let name = validate_username(name)?;
+    if ande_gateway::auth::staff_exists(pool, name).await? {
+        bail!(UserError::Exists(name.into()));
+    }
+    if !ande_gateway::auth::set_staff_password(pool, name, password).await? {
+        // Created by someone else between the check and the insert; their password was replaced.
+        bail!(
+            "staff user {name:?} was created concurrently; its password is now the one given here"
+        );
+    }
+    Ok(())
+}
+
+/// Change a staff account's password; fails if it does not exist.
+pub async fn passwd(pool: &PgPool, name: &str, password: SecretString) -> anyhow::Result<()> {
+    let name = validate_username(name)?;
+    if !ande_gateway::auth::staff_exists(pool, name).await? {
+        bail!(UserError::Missing(name.into()));
+    }
+    ande_gateway::auth::set_staff_password(pool, name, password).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn passwords_are_one_line_and_not_empty() {
+        assert_eq!(
+            read_password(&b"s3cret\n"[..]).unwrap().expose_secret(),
+            "s3cret"
+        );
+        assert_eq!(
+            read_password(&b"with space\r\nnext line"[..])
+                .unwrap()
+                .expose_secret(),
+            "with space"
+        );
+        assert_eq!(
+            read_password(&b"no newline"[..]).unwrap().expose_secret(),
+            "no newline"
+        );
+        let empty = read_password(&b"\n"[..]).unwrap_err();
+        assert_eq!(
+            empty.downcast_ref::<UserError>(),
+            Some(&UserError::EmptyPassword)
+        );
+        assert!(read_password(&b""[..]).is_err());
+    }
+
+    #[test]
+    fn usernames_are_single_tokens() {
+        assert!(validate_username("alice").is_ok());
+        assert!(validate_username("").is_err());
+        assert!(validate_username("a b").is_err());
+        assert!(validate_username(&"x".repeat(65)).is_err());
+    }
+}
