@@ -3,7 +3,8 @@
 //! other's data or events. Not used by the services themselves.
 //!
 //! Test databases are named `t_<uuidv7>`; each call also drops those left by runs more than an
-//! hour old (the UUIDv7 carries its creation time), so the machine does not fill up with them.
+//! quarter of an hour old (the UUIDv7 carries its creation time), so the machine does not fill
+//! up with them. No single test runs anywhere near that long.
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection};
@@ -58,8 +59,11 @@ fn created_ms(name: &str) -> Option<i64> {
     Some((secs as i64) * 1000 + i64::from(nanos / 1_000_000))
 }
 
+/// Test databases and streams older than this are left over from finished runs.
+const STALE_AFTER_MS: i64 = 15 * 60 * 1000;
+
 fn stale(name: &str) -> bool {
-    created_ms(name).is_some_and(|ms| ms < chrono::Utc::now().timestamp_millis() - 3_600_000)
+    created_ms(name).is_some_and(|ms| ms < chrono::Utc::now().timestamp_millis() - STALE_AFTER_MS)
 }
 
 async fn drop_stale_streams(nats_url: &str) {
