@@ -15,6 +15,15 @@ pub const NOTIFIER_LANG: &str = "NOTIFIER_LANG";
 pub const NOTIFIER_WORKERS: &str = "NOTIFIER_WORKERS";
 pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
 pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
+pub const NOTIFIER_RETRY_BACKOFF: &str = "NOTIFIER_RETRY_BACKOFF";
+pub const NOTIFIER_STALE_AFTER: &str = "NOTIFIER_STALE_AFTER";
+
+/// First retry of a retryable failure after 2 s, then 4 s, 8 s …: WeChat's busy (-1) and
+/// minute-quota (45011) answers clear within seconds to a minute.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+/// A claim older than this is presumed abandoned by a crashed process. It must exceed the WeChat
+/// request timeout by a wide margin, or a slow but live send would be sent a second time.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(120);
 
 /// Which keyword of the template carries which piece of the notification.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +37,12 @@ pub struct TemplateFields {
 impl Default for TemplateFields {
     /// The seed's mapping: thing1 action text, time2 time, thing3 phone, thing7 name.
     fn default() -> Self {
-        Self { action: "thing1".into(), time: "time2".into(), phone: "thing3".into(), name: "thing7".into() }
+        Self {
+            action: "thing1".into(),
+            time: "time2".into(),
+            phone: "thing3".into(),
+            name: "thing7".into(),
+        }
     }
 }
 
@@ -37,17 +51,25 @@ impl TemplateFields {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut f = Self::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not role=keyword"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not role=keyword"))?;
             let v = v.trim().to_string();
             if ande_wechat::keywords::KeywordType::of(&v).is_none() {
-                return Err(format!("{v:?} is not a WeChat keyword name (thing1, time2, …)"));
+                return Err(format!(
+                    "{v:?} is not a WeChat keyword name (thing1, time2, …)"
+                ));
             }
             match k.trim() {
                 "action" => f.action = v,
                 "time" => f.time = v,
                 "phone" => f.phone = v,
                 "name" => f.name = v,
-                other => return Err(format!("unknown role {other:?}; use action, time, phone, name")),
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}; use action, time, phone, name"
+                    ))
+                }
             }
         }
         Ok(f)
@@ -74,17 +96,34 @@ pub struct NotifierConfig {
     pub max_waiting: i64,
     /// Attempts of a retryable failure before the notification is marked failed.
     pub max_attempts: i32,
+    /// First retry delay; doubles with each attempt, capped at 5 minutes.
+    pub retry_backoff: Duration,
     /// A claimed notification not finished after this long is assumed abandoned by a crashed
-    /// worker and sent again (see `dispatch`).
+    /// worker and sent again (see `dispatch`). Kept above twice the WeChat timeout.
     pub stale_after: Duration,
+    /// Idle workers look at the queue this often (work queued by other processes, due retries).
+    pub poll_every: Duration,
+    /// The sweep (release of waiting notifications, recovery of abandoned sends) runs this
+    /// often, and at once when a subscription change arrives in this process.
+    pub sweep_every: Duration,
 }
 
 impl NotifierConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let bad = |var: &str, shown: &str, reason: String| ConfigError { var: var.into(), shown: shown.into(), reason };
+        let bad = |var: &str, shown: &str, reason: String| ConfigError {
+            var: var.into(),
+            shown: shown.into(),
+            reason,
+        };
         let token_mode = match env.get(cfg::WECHAT_TOKEN_MODE) {
             None => TokenMode::Stable,
-            Some(m) => m.parse().map_err(|_| bad(cfg::WECHAT_TOKEN_MODE, m, "expected stable or classic".into()))?,
+            Some(m) => m.parse().map_err(|_| {
+                bad(
+                    cfg::WECHAT_TOKEN_MODE,
+                    m,
+                    "expected stable or classic".into(),
+                )
+            })?,
         };
         let mut wechat = WechatConfig::new(
             env.string(cfg::WECHAT_API_BASE, cfg::DEFAULT_WECHAT_API_BASE),
@@ -93,14 +132,23 @@ impl NotifierConfig {
         );
         wechat.token_mode = token_mode;
         let fields_raw = env.string(NOTIFIER_TEMPLATE_FIELDS, "");
-        let fields = TemplateFields::parse(&fields_raw).map_err(|r| bad(NOTIFIER_TEMPLATE_FIELDS, &fields_raw, r))?;
+        let fields = TemplateFields::parse(&fields_raw)
+            .map_err(|r| bad(NOTIFIER_TEMPLATE_FIELDS, &fields_raw, r))?;
         let state = env.string(NOTIFIER_MINIPROGRAM_STATE, "formal");
         if !["developer", "trial", "formal"].contains(&state.as_str()) {
-            return Err(bad(NOTIFIER_MINIPROGRAM_STATE, &state, "expected developer, trial or formal".into()));
+            return Err(bad(
+                NOTIFIER_MINIPROGRAM_STATE,
+                &state,
+                "expected developer, trial or formal".into(),
+            ));
         }
         let lang = env.string(NOTIFIER_LANG, "zh_CN");
         if !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str()) {
-            return Err(bad(NOTIFIER_LANG, &lang, "expected zh_CN, en_US, zh_HK or zh_TW".into()));
+            return Err(bad(
+                NOTIFIER_LANG,
+                &lang,
+                "expected zh_CN, en_US, zh_HK or zh_TW".into(),
+            ));
         }
         Ok(Self {
             common: CommonConfig::from_env(env)?,
@@ -108,7 +156,10 @@ impl NotifierConfig {
             template_id: env.string(NOTIFIER_TEMPLATE_ID, ande_wechat::DEV_TEMPLATE_ID),
             fields,
             page: env.string(NOTIFIER_PAGE, "pages/customer/detail?id={id}"),
-            digest_page: env.string(NOTIFIER_DIGEST_PAGE, "pages/customer/pending?digest={digest}"),
+            digest_page: env.string(
+                NOTIFIER_DIGEST_PAGE,
+                "pages/customer/pending?digest={digest}",
+            ),
             long_term_templates: env
                 .string(NOTIFIER_LONG_TERM_TEMPLATES, "")
                 .split(',')
@@ -121,7 +172,10 @@ impl NotifierConfig {
             workers: env.parse(NOTIFIER_WORKERS, 4usize)?.clamp(1, 64),
             max_waiting: env.parse(NOTIFIER_MAX_WAITING, 50i64)?.max(1),
             max_attempts: env.parse(NOTIFIER_MAX_ATTEMPTS, 6i32)?.clamp(1, 50),
-            stale_after: Duration::from_secs(120),
+            retry_backoff: env.duration(NOTIFIER_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF)?,
+            stale_after: env.duration(NOTIFIER_STALE_AFTER, DEFAULT_STALE_AFTER)?,
+            poll_every: Duration::from_millis(500),
+            sweep_every: Duration::from_secs(2),
         })
     }
 
@@ -140,16 +194,23 @@ mod tests {
 
     #[test]
     fn template_fields_parse_and_refuse_nonsense() {
-        assert_eq!(TemplateFields::parse("").unwrap(), TemplateFields::default());
+        assert_eq!(
+            TemplateFields::parse("").unwrap(),
+            TemplateFields::default()
+        );
         let f = TemplateFields::parse("phone=phone_number5, name=name3").unwrap();
-        assert_eq!((f.phone.as_str(), f.name.as_str(), f.action.as_str()), ("phone_number5", "name3", "thing1"));
+        assert_eq!(
+            (f.phone.as_str(), f.name.as_str(), f.action.as_str()),
+            ("phone_number5", "name3", "thing1")
+        );
         assert!(TemplateFields::parse("phone=colour2").is_err());
         assert!(TemplateFields::parse("mood=thing1").is_err());
     }
 
     #[test]
     fn bad_values_name_their_variable() {
-        let err = NotifierConfig::from_env(&Env::from_pairs([(NOTIFIER_LANG, "fr_FR")])).unwrap_err();
+        let err =
+            NotifierConfig::from_env(&Env::from_pairs([(NOTIFIER_LANG, "fr_FR")])).unwrap_err();
         assert!(err.to_string().contains(NOTIFIER_LANG));
     }
 }

@@ -27,11 +27,24 @@ pub fn for_outcome(config: &NotifierConfig, o: &LeadOutcome) -> (BTreeMap<String
     let f = &config.fields;
     let at = from_timestamp(o.action_at.as_ref()).unwrap_or_else(Utc::now);
     let mut data = BTreeMap::new();
-    data.insert(f.action.clone(), fit(&f.action, &action_text(&o.action_type, o.is_new_customer)));
+    data.insert(
+        f.action.clone(),
+        fit(&f.action, &action_text(&o.action_type, o.is_new_customer)),
+    );
     data.insert(f.time.clone(), format_time(at));
-    data.insert(f.phone.clone(), fit(&f.phone, or_placeholder(&o.customer_phone)));
-    data.insert(f.name.clone(), fit(&f.name, or_placeholder(&o.customer_name)));
-    let id = if o.lead_id.is_empty() { &o.customer_id } else { &o.lead_id };
+    data.insert(
+        f.phone.clone(),
+        fit(&f.phone, or_placeholder(&o.customer_phone)),
+    );
+    data.insert(
+        f.name.clone(),
+        fit(&f.name, or_placeholder(&o.customer_name)),
+    );
+    let id = if o.lead_id.is_empty() {
+        &o.customer_id
+    } else {
+        &o.lead_id
+    };
     (data, config.page.replace("{id}", &url_component(id)))
 }
 
@@ -46,7 +59,10 @@ pub fn for_digest(
 ) -> (BTreeMap<String, String>, String) {
     let f = &config.fields;
     let mut data = BTreeMap::new();
-    data.insert(f.action.clone(), fit(&f.action, &format!("{count}条客户动态等您查看")));
+    data.insert(
+        f.action.clone(),
+        fit(&f.action, &format!("{count}条客户动态等您查看")),
+    );
     data.insert(f.time.clone(), format_time(at));
     data.insert(f.phone.clone(), fit(&f.phone, or_placeholder(latest_phone)));
     data.insert(f.name.clone(), fit(&f.name, or_placeholder(latest_name)));
@@ -64,7 +80,9 @@ fn or_placeholder(s: &str) -> &str {
 fn url_component(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

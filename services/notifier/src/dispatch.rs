@@ -18,8 +18,23 @@
 //! `stale_after`. These are the only ways an advisor can receive a message twice; a missed
 //! customer costs the company more than a duplicate message. Every such case is in the delivery log.
 //!
+//! Credits in those cases: the reservation is given back when the attempt ends without WeChat's
+//! "ok" (timeout, crash) and taken again by the next attempt, so our count follows the attempts
+//! whose "ok" we saw. If an unknown attempt did go through, WeChat spent one credit more than we
+//! counted; the next send beyond WeChat's real count gets 43101, which sets our count to zero and
+//! parks that notification until the next accept (self-correcting, never a lost notification).
+//!
+//! `stale_after` is kept above twice the WeChat timeout (see `run`), so a live worker's send is
+//! never presumed abandoned while WeChat may still answer it. Should an answer still arrive after
+//! the row was re-queued (a worker stalled on the database, or processes configured differently),
+//! the attempt no longer owns the row ([`store::ownership`]): it records what WeChat said without
+//! overwriting a later attempt, and an "ok" takes back the credit given back at re-queueing.
+//!
 //! The sweep also releases notifications waiting for credit once a credit exists: one waiting
-//! notification is simply re-queued; several become one digest that says how many wait.
+//! notification is simply re-queued; several become one digest that says how many customer
+//! actions wait. A digest that found no credit either (43101) waits like any notification and is
+//! folded into the next digest with its count and its members. Parking is serialised per advisor
+//! so that `max_waiting` holds with any number of workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +50,11 @@ use crate::config::NotifierConfig;
 use crate::content;
 use crate::store::{self, Claim, Claimed};
 
-/// Idle workers look at the queue this often (other processes' work, due retries).
-const POLL: Duration = Duration::from_millis(500);
-/// How often to release waiting notifications and recover abandoned ones.
-const SWEEP: Duration = Duration::from_secs(2);
+/// WeChat's "daily API quota reached": pause until it resets.
+pub const ERRCODE_DAILY_QUOTA: i64 = 45009;
+
+/// Retry delays never exceed this.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub struct Dispatcher {
     pub pool: PgPool,
@@ -46,6 +62,9 @@ pub struct Dispatcher {
     pub config: Arc<NotifierConfig>,
     /// Woken when new work is queued in this process, so a send starts at once.
     pub wake: Arc<Notify>,
+    /// Woken when a subscription change arrives in this process, so waiting notifications are
+    /// released at once rather than at the next sweep.
+    pub sweep_now: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -73,7 +92,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(self.config.poll_every) => {}
             }
         }
     }
@@ -105,10 +124,35 @@ impl Dispatcher {
         let result = self.wechat.send_subscribe(&msg).await;
         let mut tx = self.pool.begin().await?;
         let (aid, adv) = (Some(c.action_id), c.advisor_id.as_str());
+        let (owned, state) = store::ownership(&mut tx, c.id, c.attempts).await?;
+        if !owned {
+            self.record_late(&mut tx, &c, result, &state).await?;
+            return tx.commit().await;
+        }
         match result {
             Ok(receipt) => {
-                store::set_state(&mut tx, c.id, "sent", None, Some(&receipt.msgid), None, None).await?;
-                store::log(&mut tx, Some(c.id), aid, adv, "sent", Some(0), None, Some(&receipt.msgid), None).await?;
+                store::set_state(
+                    &mut tx,
+                    c.id,
+                    "sent",
+                    None,
+                    Some(&receipt.msgid),
+                    None,
+                    None,
+                )
+                .await?;
+                store::log(
+                    &mut tx,
+                    Some(c.id),
+                    aid,
+                    adv,
+                    "sent",
+                    Some(0),
+                    None,
+                    Some(&receipt.msgid),
+                    None,
+                )
+                .await?;
                 tracing::info!(msgid = %receipt.msgid, "sent");
             }
             Err(e) => {
@@ -116,27 +160,158 @@ impl Dispatcher {
                 store::refund(&mut tx, &c).await?;
                 if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
                     store::zero_credits(&mut tx, &c.openid, &c.template_id).await?;
-                    store::set_state(&mut tx, c.id, "waiting_credit", None, None, code, Some(&text)).await?;
-                    store::log(&mut tx, Some(c.id), aid, adv, "no_credit_at_wechat", code, Some(&text), None, Some("credit count set to zero")).await?;
-                } else if code == Some(45009) {
+                    store::set_state(
+                        &mut tx,
+                        c.id,
+                        "waiting_credit",
+                        None,
+                        None,
+                        code,
+                        Some(&text),
+                    )
+                    .await?;
+                    store::log(
+                        &mut tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "no_credit_at_wechat",
+                        code,
+                        Some(&text),
+                        None,
+                        Some("credit count set to zero"),
+                    )
+                    .await?;
+                } else if code == Some(ERRCODE_DAILY_QUOTA) {
                     let until = next_quota_reset(Utc::now());
                     store::pause_until(&mut tx, Some(until), "45009 daily quota reached").await?;
-                    store::set_state(&mut tx, c.id, "queued", Some(until), None, code, Some(&text)).await?;
-                    store::log(&mut tx, Some(c.id), aid, adv, "paused_daily_quota", code, Some(&text), None, Some(&until.to_rfc3339())).await?;
+                    store::set_state(
+                        &mut tx,
+                        c.id,
+                        "queued",
+                        Some(until),
+                        None,
+                        code,
+                        Some(&text),
+                    )
+                    .await?;
+                    store::log(
+                        &mut tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "paused_daily_quota",
+                        code,
+                        Some(&text),
+                        None,
+                        Some(&until.to_rfc3339()),
+                    )
+                    .await?;
                     tracing::warn!(until = %until, "daily quota reached; sending paused");
                 } else if retryable(&e) && c.attempts < self.config.max_attempts {
-                    let next = Utc::now() + ChronoDuration::from_std(backoff(c.attempts)).unwrap_or_default();
-                    store::set_state(&mut tx, c.id, "queued", Some(next), None, code, Some(&text)).await?;
-                    store::log(&mut tx, Some(c.id), aid, adv, "retry", code, Some(&text), None, Some(&next.to_rfc3339())).await?;
+                    let next = Utc::now()
+                        + ChronoDuration::from_std(backoff(self.config.retry_backoff, c.attempts))
+                            .unwrap_or_default();
+                    store::set_state(&mut tx, c.id, "queued", Some(next), None, code, Some(&text))
+                        .await?;
+                    store::log(
+                        &mut tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "retry",
+                        code,
+                        Some(&text),
+                        None,
+                        Some(&next.to_rfc3339()),
+                    )
+                    .await?;
                     tracing::info!(error = %text, "send failed; will retry");
                 } else {
-                    store::set_state(&mut tx, c.id, "failed", None, None, code, Some(&text)).await?;
-                    store::log(&mut tx, Some(c.id), aid, adv, "failed", code, Some(&text), None, None).await?;
+                    store::set_state(&mut tx, c.id, "failed", None, None, code, Some(&text))
+                        .await?;
+                    store::log(
+                        &mut tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "failed",
+                        code,
+                        Some(&text),
+                        None,
+                        None,
+                    )
+                    .await?;
                     tracing::warn!(error = %text, "send failed for good");
                 }
             }
         }
         tx.commit().await
+    }
+
+    /// The answer to an attempt that was presumed abandoned (`stale_after`) and re-queued, which
+    /// gave its credit back. Nothing here may overwrite what a later attempt recorded.
+    async fn record_late(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        c: &Claimed,
+        result: Result<ande_wechat::SendReceipt, WechatError>,
+        state: &str,
+    ) -> Result<(), sqlx::Error> {
+        let (aid, adv) = (Some(c.action_id), c.advisor_id.as_str());
+        match result {
+            Ok(receipt) => {
+                // WeChat spent a credit: take back the one given back at re-queueing.
+                store::charge(tx, c).await?;
+                if matches!(state, "queued" | "waiting_credit" | "failed") {
+                    // Nobody is sending it now (not claimed again yet, or a later attempt was
+                    // refused): it was delivered, so it is sent and nobody sends it again.
+                    store::set_state(tx, c.id, "sent", None, Some(&receipt.msgid), None, None)
+                        .await?;
+                    store::log(
+                        tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "sent",
+                        Some(0),
+                        None,
+                        Some(&receipt.msgid),
+                        Some("answer came after the attempt was presumed abandoned"),
+                    )
+                    .await?;
+                } else {
+                    store::log(
+                        tx,
+                        Some(c.id),
+                        aid,
+                        adv,
+                        "late_sent",
+                        Some(0),
+                        None,
+                        Some(&receipt.msgid),
+                        Some("WeChat accepted an attempt presumed abandoned; it was sent again"),
+                    )
+                    .await?;
+                    tracing::warn!(msgid = %receipt.msgid, "an attempt presumed abandoned was delivered; the advisor got this notification twice");
+                }
+            }
+            Err(e) => {
+                store::log(
+                    tx,
+                    Some(c.id),
+                    aid,
+                    adv,
+                    "late_failure",
+                    e.errcode(),
+                    Some(&e.to_string()),
+                    None,
+                    Some("answer came after the attempt was presumed abandoned"),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn sweeper(&self, shutdown: CancellationToken) {
@@ -146,15 +321,21 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(SWEEP) => {}
+                _ = self.sweep_now.notified() => {}
+                _ = tokio::time::sleep(self.config.sweep_every) => {}
             }
         }
     }
 
     /// Release waiting notifications that have a credit now; recover abandoned sends.
     pub async fn sweep(&self) -> Result<(), sqlx::Error> {
+        // Re-queueing and giving the credit back must be one transaction: a worker claiming the
+        // re-queued row before the credit is back would park it for want of a credit, and a
+        // crash in between would lose the credit.
+        let mut tx = self.pool.begin().await?;
+        store::requeue_stale(&mut tx, self.config.stale_after).await?;
+        tx.commit().await?;
         let mut conn = self.pool.acquire().await?;
-        store::requeue_stale(&mut conn, self.config.stale_after).await?;
         let advisors = store::advisors_to_release(&mut conn).await?;
         drop(conn);
         for (advisor, template) in advisors {
@@ -169,16 +350,49 @@ impl Dispatcher {
         match waiting.len() {
             0 => return Ok(()),
             1 => {
-                let (id, action_id, _) = &waiting[0];
-                store::set_state(&mut tx, *id, "queued", Some(Utc::now()), None, None, None).await?;
-                store::log(&mut tx, Some(*id), Some(*action_id), advisor_id, "released_on_credit", None, None, None, None).await?;
+                let w = &waiting[0];
+                store::set_state(&mut tx, w.id, "queued", Some(Utc::now()), None, None, None)
+                    .await?;
+                store::log(
+                    &mut tx,
+                    Some(w.id),
+                    Some(w.action_id),
+                    advisor_id,
+                    "released_on_credit",
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
             }
-            n => {
+            _ => {
+                // A waiting digest (one that found no credit at WeChat either) counts for the
+                // actions it stands for, and its members move to the new digest.
+                let n: usize = waiting.iter().map(store::Waiting::actions).sum();
                 let digest_id = Uuid::now_v7();
-                let latest = &waiting[n - 1].2;
-                let text = |k: &str| latest.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                let (data, page) = content::for_digest(&self.config, n, &digest_id.to_string(), &text("phone"), &text("name"), Utc::now());
+                let latest = waiting
+                    .iter()
+                    .rev()
+                    .find(|w| w.kind == "action")
+                    .map(|w| &w.summary);
+                let text = |k: &str| {
+                    latest
+                        .and_then(|s| s.get(k))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let (data, page) = content::for_digest(
+                    &self.config,
+                    n,
+                    &digest_id.to_string(),
+                    &text("phone"),
+                    &text("name"),
+                    Utc::now(),
+                );
                 let new = store::NewNotification {
+                    id: digest_id,
                     action_id: digest_id,
                     advisor_id,
                     kind: "digest",
@@ -187,17 +401,62 @@ impl Dispatcher {
                     page: &page,
                     summary: serde_json::json!({ "count": n }),
                 };
-                let id = store::enqueue(&mut tx, &new).await?.expect("a fresh digest id never conflicts");
-                let ids: Vec<Uuid> = waiting.iter().map(|w| w.0).collect();
+                let id = store::enqueue(&mut tx, &new)
+                    .await?
+                    .expect("a fresh digest id never conflicts");
+                let ids: Vec<Uuid> = waiting.iter().map(|w| w.id).collect();
                 sqlx::query("UPDATE notifications SET state = 'digested', digest_id = $2, updated_at = now() WHERE id = ANY($1)")
                     .bind(&ids)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                for (wid, action_id, _) in &waiting {
-                    store::log(&mut tx, Some(*wid), Some(*action_id), advisor_id, "folded_into_digest", None, None, None, Some(&id.to_string())).await?;
+                for w in &waiting {
+                    store::log(
+                        &mut tx,
+                        Some(w.id),
+                        Some(w.action_id),
+                        advisor_id,
+                        "folded_into_digest",
+                        None,
+                        None,
+                        None,
+                        Some(&id.to_string()),
+                    )
+                    .await?;
                 }
-                store::log(&mut tx, Some(id), None, advisor_id, "digest_queued", None, None, None, Some(&format!("{n} waiting actions"))).await?;
+                let moved: Vec<(Uuid, Uuid)> = sqlx::query_as(
+                    "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
+                )
+                .bind(&ids)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (mid, action_id) in &moved {
+                    store::log(
+                        &mut tx,
+                        Some(*mid),
+                        Some(*action_id),
+                        advisor_id,
+                        "folded_into_digest",
+                        None,
+                        None,
+                        None,
+                        Some(&id.to_string()),
+                    )
+                    .await?;
+                }
+                store::log(
+                    &mut tx,
+                    Some(id),
+                    None,
+                    advisor_id,
+                    "digest_queued",
+                    None,
+                    None,
+                    None,
+                    Some(&format!("{n} waiting actions")),
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -211,17 +470,27 @@ fn retryable(e: &WechatError) -> bool {
     e.is_retryable() || e.is_token_error()
 }
 
-/// 2s, 4s, 8s … capped at 5 minutes.
-fn backoff(attempts: i32) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(1, 8)).min(Duration::from_secs(300))
+/// After the n-th attempt: `first`, then twice as long each time, capped at 5 minutes.
+fn backoff(first: Duration, attempts: i32) -> Duration {
+    first
+        .saturating_mul(1u32 << (attempts.clamp(1, 16) - 1))
+        .min(MAX_BACKOFF)
 }
 
 /// WeChat's daily quotas reset at midnight Beijing time (UTC+8, no daylight saving).
 pub fn next_quota_reset(now: DateTime<Utc>) -> DateTime<Utc> {
     let beijing = FixedOffset::east_opt(8 * 3600).expect("valid offset");
     let local = now.with_timezone(&beijing).date_naive();
-    let midnight = local.succ_opt().unwrap_or(local).and_hms_opt(0, 0, 0).expect("valid time");
-    beijing.from_local_datetime(&midnight).single().map(|t| t.with_timezone(&Utc)).unwrap_or(now)
+    let midnight = local
+        .succ_opt()
+        .unwrap_or(local)
+        .and_hms_opt(0, 0, 0)
+        .expect("valid time");
+    beijing
+        .from_local_datetime(&midnight)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -231,15 +500,27 @@ mod tests {
     #[test]
     fn quota_resets_at_beijing_midnight() {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 17, 30, 0).unwrap(); // 01:30 on the 26th in Beijing
-        assert_eq!(next_quota_reset(now), Utc.with_ymd_and_hms(2026, 11, 26, 16, 0, 0).unwrap());
+        assert_eq!(
+            next_quota_reset(now),
+            Utc.with_ymd_and_hms(2026, 11, 26, 16, 0, 0).unwrap()
+        );
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 15, 59, 0).unwrap(); // 23:59 on the 25th
-        assert_eq!(next_quota_reset(now), Utc.with_ymd_and_hms(2026, 11, 25, 16, 0, 0).unwrap());
+        assert_eq!(
+            next_quota_reset(now),
+            Utc.with_ymd_and_hms(2026, 11, 25, 16, 0, 0).unwrap()
+        );
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert!(backoff(3) > backoff(2));
-        assert_eq!(backoff(40), Duration::from_secs(256));
+        let first = Duration::from_secs(2);
+        assert_eq!(backoff(first, 1), Duration::from_secs(2));
+        assert_eq!(backoff(first, 2), Duration::from_secs(4));
+        assert!(backoff(first, 3) > backoff(first, 2));
+        assert_eq!(backoff(first, 40), MAX_BACKOFF);
+        assert_eq!(
+            backoff(Duration::from_millis(50), 1),
+            Duration::from_millis(50)
+        );
     }
 }

@@ -37,23 +37,51 @@ pub const SCHEMA: &str = "notifier";
 
 pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
     (
-        ConsumerSpec::new(consumers::OUTCOMES_DURABLE, bus.subjects.event(EventKind::LeadOutcome)),
-        ConsumerSpec::new(consumers::SUBSCRIPTIONS_DURABLE, bus.subjects.event(EventKind::SubscriptionChanged)),
+        ConsumerSpec::new(
+            consumers::OUTCOMES_DURABLE,
+            bus.subjects.event(EventKind::LeadOutcome),
+        ),
+        ConsumerSpec::new(
+            consumers::SUBSCRIPTIONS_DURABLE,
+            bus.subjects.event(EventKind::SubscriptionChanged),
+        ),
     )
 }
 
 /// Run the notifier until `shutdown` is cancelled.
-pub async fn run(config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
+pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // A send still waiting for WeChat must never be presumed abandoned: it would be sent twice.
+    let floor = config.wechat.timeout * 2;
+    if config.stale_after < floor {
+        tracing::warn!(stale_after = ?config.stale_after, wechat_timeout = ?config.wechat.timeout, "stale_after raised to twice the WeChat timeout");
+        config.stale_after = floor;
+    }
+    let pool =
+        ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
     let bus = Bus::connect(&config.common, "notifier").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;
     let config = Arc::new(config);
     let wake = Arc::new(Notify::new());
+    let sweep_now = Arc::new(Notify::new());
     let (outcomes, subscriptions) = consumer_specs(&bus);
-    let outcome_handler = Arc::new(consumers::OutcomeHandler { pool: pool.clone(), config: config.clone(), wake: wake.clone() });
-    let sub_handler = Arc::new(consumers::SubscriptionHandler { pool: pool.clone(), config: config.clone(), wake: wake.clone() });
-    let dispatcher = Arc::new(dispatch::Dispatcher { pool: pool.clone(), wechat: wechat.clone(), config: config.clone(), wake });
+    let outcome_handler = Arc::new(consumers::OutcomeHandler {
+        pool: pool.clone(),
+        config: config.clone(),
+        wake: wake.clone(),
+    });
+    let sub_handler = Arc::new(consumers::SubscriptionHandler {
+        pool: pool.clone(),
+        config: config.clone(),
+        sweep_now: sweep_now.clone(),
+    });
+    let dispatcher = Arc::new(dispatch::Dispatcher {
+        pool: pool.clone(),
+        wechat: wechat.clone(),
+        config: config.clone(),
+        wake,
+        sweep_now,
+    });
     tracing::info!(workers = config.workers, template = %config.template_id, "notifier running");
     let dispatching = async {
         dispatcher.run(shutdown.clone()).await;
@@ -62,7 +90,13 @@ pub async fn run(config: NotifierConfig, shutdown: CancellationToken) -> anyhow:
     tokio::try_join!(
         consumer::run(bus.clone(), outcomes, outcome_handler, shutdown.clone()),
         consumer::run(bus.clone(), subscriptions, sub_handler, shutdown.clone()),
-        queries::serve(bus.client.clone(), bus.subjects.clone(), pool.clone(), wechat, shutdown.clone()),
+        queries::serve(
+            bus.client.clone(),
+            bus.subjects.clone(),
+            pool.clone(),
+            wechat,
+            shutdown.clone()
+        ),
         dispatching,
     )
     .context("notifier")?;

@@ -63,12 +63,17 @@ pub async fn digest(pool: &PgPool, q: DigestQuery) -> Result<serde_json::Value, 
 /// Send now. Keyword values are checked before WeChat is called; WeChat's refusals are answered
 /// as WeChat gave them (errcode, errmsg) rather than as RPC errors. An accepted send uses one of
 /// our counted credits for that user and template, if we have any.
-pub async fn send(pool: &PgPool, wechat: &WechatClient, msg: SubscribeMessage) -> Result<SendAnswer, RpcError> {
+pub async fn send(
+    pool: &PgPool,
+    wechat: &WechatClient,
+    msg: SubscribeMessage,
+) -> Result<SendAnswer, RpcError> {
     if msg.touser.trim().is_empty() || msg.template_id.trim().is_empty() {
         return Err(RpcError::bad_request("touser and template_id are required"));
     }
     if let Err(e) = msg.validate() {
-        return Err(RpcError::bad_request(e.to_string()).with_details(serde_json::json!({ "keyword": e.keyword })));
+        return Err(RpcError::bad_request(e.to_string())
+            .with_details(serde_json::json!({ "keyword": e.keyword })));
     }
     let result = wechat.send_subscribe(&msg).await;
     let mut conn = pool.acquire().await.map_err(db_err)?;
@@ -80,19 +85,51 @@ pub async fn send(pool: &PgPool, wechat: &WechatClient, msg: SubscribeMessage) -
                 .execute(&mut *conn)
                 .await
                 .map_err(db_err)?;
-            SendAnswer { errcode: 0, errmsg: "ok".into(), msgid: Some(r.msgid) }
+            SendAnswer {
+                errcode: 0,
+                errmsg: "ok".into(),
+                msgid: Some(r.msgid),
+            }
         }
         Err(WechatError::Api { errcode, errmsg }) => {
             if errcode == ande_wechat::error::ERRCODE_NO_SUBSCRIPTION {
-                store::zero_credits(&mut conn, &msg.touser, &msg.template_id).await.map_err(db_err)?;
+                store::zero_credits(&mut conn, &msg.touser, &msg.template_id)
+                    .await
+                    .map_err(db_err)?;
             }
-            SendAnswer { errcode, errmsg, msgid: None }
+            if errcode == crate::dispatch::ERRCODE_DAILY_QUOTA {
+                // The quota is the app's, not this call's: the queue would only hit it too.
+                let until = crate::dispatch::next_quota_reset(chrono::Utc::now());
+                store::pause_until(
+                    &mut conn,
+                    Some(until),
+                    "45009 daily quota reached (direct send)",
+                )
+                .await
+                .map_err(db_err)?;
+                tracing::warn!(until = %until, "daily quota reached on a direct send; sending paused");
+            }
+            SendAnswer {
+                errcode,
+                errmsg,
+                msgid: None,
+            }
         }
         Err(e) => return Err(RpcError::new("wechat_unavailable", e.to_string())),
     };
-    store::log(&mut conn, None, None, "", "direct_send", Some(answer.errcode), Some(&answer.errmsg), answer.msgid.as_deref(), Some(&msg.touser))
-        .await
-        .map_err(db_err)?;
+    store::log(
+        &mut conn,
+        None,
+        None,
+        "",
+        "direct_send",
+        Some(answer.errcode),
+        Some(&answer.errmsg),
+        answer.msgid.as_deref(),
+        Some(&msg.touser),
+    )
+    .await
+    .map_err(db_err)?;
     Ok(answer)
 }
 
@@ -105,22 +142,26 @@ pub struct PhoneQuery {
 
 /// A phone number by the phone button's code (`getuserphonenumber` needs the access token, which
 /// lives here). WeChat's refusals come back as code `wechat` with errcode and errmsg.
-pub async fn phone(wechat: &WechatClient, q: PhoneQuery) -> Result<ande_wechat::PhoneInfo, RpcError> {
+pub async fn phone(
+    wechat: &WechatClient,
+    q: PhoneQuery,
+) -> Result<ande_wechat::PhoneInfo, RpcError> {
     if q.code.trim().is_empty() {
         return Err(RpcError::bad_request("code is required"));
     }
     match wechat.phone_number(&q.code, q.openid.as_deref()).await {
         Ok(info) => Ok(info),
-        Err(WechatError::Api { errcode, errmsg }) => {
-            Err(RpcError::new("wechat", "WeChat refused").with_details(serde_json::json!({ "errcode": errcode, "errmsg": errmsg })))
-        }
+        Err(WechatError::Api { errcode, errmsg }) => Err(RpcError::new("wechat", "WeChat refused")
+            .with_details(serde_json::json!({ "errcode": errcode, "errmsg": errmsg }))),
         Err(e) => Err(RpcError::new("wechat_unavailable", e.to_string())),
     }
 }
 
 pub async fn resume(pool: &PgPool) -> Result<serde_json::Value, RpcError> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    store::pause_until(&mut tx, None, "resumed by operator").await.map_err(db_err)?;
+    store::pause_until(&mut tx, None, "resumed by operator")
+        .await
+        .map_err(db_err)?;
     let n = sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE state = 'queued' AND next_attempt_at > now()")
         .execute(&mut *tx)
         .await
@@ -140,26 +181,56 @@ pub async fn serve(
     let (p1, p2, p3, p4) = (pool.clone(), pool.clone(), pool.clone(), pool);
     let w1 = wechat.clone();
     tokio::try_join!(
-        rpc::serve(client.clone(), subjects.rpc("notifier", "journey"), QUEUE_GROUP, shutdown.clone(), move |q| {
-            let p = p1.clone();
-            async move { journey(&p, q).await }
-        }),
-        rpc::serve(client.clone(), subjects.rpc("notifier", "digest"), QUEUE_GROUP, shutdown.clone(), move |q| {
-            let p = p2.clone();
-            async move { digest(&p, q).await }
-        }),
-        rpc::serve(client.clone(), subjects.rpc("notifier", "send"), QUEUE_GROUP, shutdown.clone(), move |m| {
-            let (p, w) = (p3.clone(), w1.clone());
-            async move { send(&p, &w, m).await }
-        }),
-        rpc::serve(client.clone(), subjects.rpc("notifier", "phone"), QUEUE_GROUP, shutdown.clone(), move |q| {
-            let w = wechat.clone();
-            async move { phone(&w, q).await }
-        }),
-        rpc::serve(client, subjects.rpc("notifier", "resume"), QUEUE_GROUP, shutdown, move |_: serde_json::Value| {
-            let p = p4.clone();
-            async move { resume(&p).await }
-        }),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("notifier", "journey"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |q| {
+                let p = p1.clone();
+                async move { journey(&p, q).await }
+            }
+        ),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("notifier", "digest"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |q| {
+                let p = p2.clone();
+                async move { digest(&p, q).await }
+            }
+        ),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("notifier", "send"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |m| {
+                let (p, w) = (p3.clone(), w1.clone());
+                async move { send(&p, &w, m).await }
+            }
+        ),
+        rpc::serve(
+            client.clone(),
+            subjects.rpc("notifier", "phone"),
+            QUEUE_GROUP,
+            shutdown.clone(),
+            move |q| {
+                let w = wechat.clone();
+                async move { phone(&w, q).await }
+            }
+        ),
+        rpc::serve(
+            client,
+            subjects.rpc("notifier", "resume"),
+            QUEUE_GROUP,
+            shutdown,
+            move |_: serde_json::Value| {
+                let p = p4.clone();
+                async move { resume(&p).await }
+            }
+        ),
     )?;
     Ok(())
 }

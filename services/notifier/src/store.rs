@@ -39,6 +39,9 @@ pub async fn log(
 }
 
 pub struct NewNotification<'a> {
+    /// The row's id; for a digest also its action id and the id its page carries, so that the
+    /// page, the members' `digest_id` and the journey all name the same thing.
+    pub id: Uuid,
     pub action_id: Uuid,
     pub advisor_id: &'a str,
     pub kind: &'a str,
@@ -49,14 +52,16 @@ pub struct NewNotification<'a> {
 }
 
 /// Queue a notification unless one exists for (action, advisor). Returns its id when queued now.
-pub async fn enqueue(conn: &mut PgConnection, n: &NewNotification<'_>) -> Result<Option<Uuid>, sqlx::Error> {
-    let id = Uuid::now_v7();
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    n: &NewNotification<'_>,
+) -> Result<Option<Uuid>, sqlx::Error> {
     let row = sqlx::query(
         "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary)
          VALUES ($1,$2,$3,$4,'queued',$5,$6,$7,$8)
          ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
     )
-    .bind(id)
+    .bind(n.id)
     .bind(n.action_id)
     .bind(n.advisor_id)
     .bind(n.kind)
@@ -151,10 +156,11 @@ pub enum Claim {
 /// Claim one due notification and reserve a credit for it, in one transaction.
 pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let paused: Option<bool> = sqlx::query_scalar("SELECT paused_until > now() FROM control WHERE key = 'sending'")
-        .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
+    let paused: Option<bool> =
+        sqlx::query_scalar("SELECT paused_until > now() FROM control WHERE key = 'sending'")
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
     if paused == Some(true) {
         return Ok(Claim::Paused);
     }
@@ -182,15 +188,23 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     .fetch_optional(&mut *tx)
     .await?;
     let Some(sub) = sub else {
+        // Parking is serialised per advisor (the lock `take_waiting` also takes), or concurrent
+        // workers would all see room below `max_waiting` and overshoot it.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(&advisor_id)
+            .execute(&mut *tx)
+            .await?;
         let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE advisor_id = $1 AND template_id = $2)")
             .bind(&advisor_id)
             .bind(&template_id)
             .fetch_one(&mut *tx)
             .await?;
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'")
-            .bind(&advisor_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'",
+        )
+        .bind(&advisor_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let (state, event) = if waiting >= max_waiting {
             ("dropped", "dropped_too_many_waiting")
         } else if known {
@@ -203,7 +217,18 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
             .bind(state)
             .execute(&mut *tx)
             .await?;
-        log(&mut tx, Some(id), Some(action_id), &advisor_id, event, None, None, None, None).await?;
+        log(
+            &mut tx,
+            Some(id),
+            Some(action_id),
+            &advisor_id,
+            event,
+            None,
+            None,
+            None,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         return Ok(Claim::Parked);
     };
@@ -240,20 +265,61 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     }))
 }
 
-/// Give back a reserved credit (the send was not accepted by WeChat).
+/// Give back a reserved credit (the send was not accepted by WeChat). Long-term subscriptions
+/// reserve nothing, so nothing is given back to them (also when `c.long_term` is not known, as
+/// for a re-queued abandoned send).
 pub async fn refund(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
     if !c.long_term {
-        sqlx::query("UPDATE subscriptions SET credits = credits + 1, updated_at = now() WHERE advisor_id = $1 AND openid = $2 AND template_id = $3")
-            .bind(&c.advisor_id)
-            .bind(&c.openid)
-            .bind(&c.template_id)
-            .execute(conn)
-            .await?;
+        sqlx::query(
+            "UPDATE subscriptions SET credits = credits + 1, updated_at = now()
+             WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND NOT long_term",
+        )
+        .bind(&c.advisor_id)
+        .bind(&c.openid)
+        .bind(&c.template_id)
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }
 
-pub async fn zero_credits(conn: &mut PgConnection, openid: &str, template_id: &str) -> Result<(), sqlx::Error> {
+/// Take a credit for a send WeChat accepted after its reservation had been given back (the send
+/// was presumed abandoned and re-queued). Never below zero: WeChat will say 43101 if we are wrong.
+pub async fn charge(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
+    if !c.long_term {
+        sqlx::query(
+            "UPDATE subscriptions SET credits = credits - 1, updated_at = now()
+             WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND credits > 0 AND NOT long_term",
+        )
+        .bind(&c.advisor_id)
+        .bind(&c.openid)
+        .bind(&c.template_id)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Lock a notification and tell whether the attempt numbered `attempts` still owns it (still
+/// `sending` and not claimed again since), and its current state.
+pub async fn ownership(
+    conn: &mut PgConnection,
+    id: Uuid,
+    attempts: i32,
+) -> Result<(bool, String), sqlx::Error> {
+    let row = sqlx::query("SELECT state, attempts FROM notifications WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    let (state, now): (String, i32) = (row.get("state"), row.get("attempts"));
+    Ok((state == "sending" && now == attempts, state))
+}
+
+pub async fn zero_credits(
+    conn: &mut PgConnection,
+    openid: &str,
+    template_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE subscriptions SET credits = 0, updated_at = now() WHERE openid = $1 AND template_id = $2")
         .bind(openid)
         .bind(template_id)
@@ -286,7 +352,11 @@ pub async fn set_state(
     Ok(())
 }
 
-pub async fn pause_until(conn: &mut PgConnection, until: Option<DateTime<Utc>>, reason: &str) -> Result<(), sqlx::Error> {
+pub async fn pause_until(
+    conn: &mut PgConnection,
+    until: Option<DateTime<Utc>>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO control (key, paused_until, reason) VALUES ('sending', $1, $2)
          ON CONFLICT (key) DO UPDATE SET paused_until = $1, reason = $2, updated_at = now()",
@@ -299,8 +369,14 @@ pub async fn pause_until(conn: &mut PgConnection, until: Option<DateTime<Utc>>, 
 }
 
 /// Notifications a crashed worker left in `sending` go back to the queue. Their credit was
-/// reserved and is given back, since they will reserve one again.
-pub async fn requeue_stale(conn: &mut PgConnection, older_than: std::time::Duration) -> Result<u64, sqlx::Error> {
+/// reserved and is given back, since they will reserve one again. The outcome of the abandoned
+/// attempt is unknown, so this is treated like a timeout: sent again (see `dispatch`). If the
+/// abandoned attempt answers after all, `dispatch` sees it no longer owns the row and settles
+/// the credit from what WeChat said.
+pub async fn requeue_stale(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
     let rows = sqlx::query(
         "UPDATE notifications SET state = 'queued', next_attempt_at = now(), updated_at = now()
          WHERE state = 'sending' AND claimed_at < now() - make_interval(secs => $1)
@@ -322,13 +398,26 @@ pub async fn requeue_stale(conn: &mut PgConnection, older_than: std::time::Durat
             attempts: 0,
         };
         refund(conn, &c).await?;
-        log(conn, Some(c.id), Some(c.action_id), &c.advisor_id, "requeued_after_crash", None, None, None, Some("outcome of the last attempt unknown")).await?;
+        log(
+            conn,
+            Some(c.id),
+            Some(c.action_id),
+            &c.advisor_id,
+            "requeued_after_crash",
+            None,
+            None,
+            None,
+            Some("outcome of the last attempt unknown"),
+        )
+        .await?;
     }
     Ok(rows.len() as u64)
 }
 
 /// Advisors that have notifications waiting and a usable credit now.
-pub async fn advisors_to_release(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn advisors_to_release(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT DISTINCT n.advisor_id, n.template_id FROM notifications n
          JOIN subscriptions s ON s.advisor_id = n.advisor_id AND s.template_id = n.template_id
@@ -336,21 +425,62 @@ pub async fn advisors_to_release(conn: &mut PgConnection) -> Result<Vec<(String,
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(|r| (r.get("advisor_id"), r.get("template_id"))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("advisor_id"), r.get("template_id")))
+        .collect())
+}
+
+/// A notification waiting for credit.
+pub struct Waiting {
+    pub id: Uuid,
+    pub action_id: Uuid,
+    /// `action`, or `digest` for a digest that found no credit either.
+    pub kind: String,
+    pub summary: serde_json::Value,
+}
+
+impl Waiting {
+    /// How many customer actions it stands for.
+    pub fn actions(&self) -> usize {
+        match self.kind.as_str() {
+            "digest" => self
+                .summary
+                .get("count")
+                .and_then(|c| c.as_u64())
+                .unwrap_or(1) as usize,
+            _ => 1,
+        }
+    }
 }
 
 /// The waiting notifications of an advisor, oldest first, locked (serialised per advisor).
-pub async fn take_waiting(conn: &mut PgConnection, advisor_id: &str, template_id: &str) -> Result<Vec<(Uuid, Uuid, serde_json::Value)>, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(advisor_id).execute(&mut *conn).await?;
+pub async fn take_waiting(
+    conn: &mut PgConnection,
+    advisor_id: &str,
+    template_id: &str,
+) -> Result<Vec<Waiting>, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(advisor_id)
+        .execute(&mut *conn)
+        .await?;
     let rows = sqlx::query(
-        "SELECT id, action_id, summary FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
+        "SELECT id, action_id, kind, summary FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
          ORDER BY created_at FOR UPDATE",
     )
     .bind(advisor_id)
     .bind(template_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(|r| (r.get("id"), r.get("action_id"), r.get("summary"))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Waiting {
+            id: r.get("id"),
+            action_id: r.get("action_id"),
+            kind: r.get("kind"),
+            summary: r.get("summary"),
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -388,7 +518,10 @@ pub struct DeliveryView {
 const VIEW_COLUMNS: &str = "id, action_id, advisor_id, kind, state, template_id, openid, attempts, msgid, errcode, errmsg, digest_id, data, page, created_at, updated_at";
 
 /// Notifications of an action, with the digest that carried them if any, and the log.
-pub async fn journey(conn: &mut PgConnection, action_id: Uuid) -> Result<(Vec<NotificationView>, Vec<DeliveryView>), sqlx::Error> {
+pub async fn journey(
+    conn: &mut PgConnection,
+    action_id: Uuid,
+) -> Result<(Vec<NotificationView>, Vec<DeliveryView>), sqlx::Error> {
     let notes: Vec<NotificationView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM notifications WHERE action_id = $1
          OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL) ORDER BY created_at"
@@ -407,9 +540,13 @@ pub async fn journey(conn: &mut PgConnection, action_id: Uuid) -> Result<(Vec<No
     Ok((notes, log))
 }
 
-/// The notifications a digest stands for (the page a digest opens lists them).
-pub async fn digest_members(conn: &mut PgConnection, digest_id: Uuid) -> Result<Vec<NotificationView>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 ORDER BY created_at"))
+/// The customer actions a digest stands for (the page a digest opens lists them), including
+/// those of an earlier digest it folded in.
+pub async fn digest_members(
+    conn: &mut PgConnection,
+    digest_id: Uuid,
+) -> Result<Vec<NotificationView>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at"))
         .bind(digest_id)
         .fetch_all(conn)
         .await
