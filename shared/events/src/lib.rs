@@ -19,7 +19,8 @@ pub mod v1 {
 
 pub use prost::Message;
 pub use v1::{
-    ActionRecorded, EventMeta, LeadOutcome, LeadOutcomeKind, SubscriptionChanged, SubscriptionStatus,
+    ActionRecorded, EventMeta, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
+    SubscriptionStatus,
 };
 
 use chrono::{DateTime, Utc};
@@ -77,9 +78,13 @@ impl Subjects {
     pub fn new(prefix: &str) -> Result<Self, String> {
         let ok = !prefix.is_empty()
             && prefix.len() <= 64
-            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if ok {
-            Ok(Self { prefix: prefix.to_string() })
+            Ok(Self {
+                prefix: prefix.to_string(),
+            })
         } else {
             Err("a prefix is 1 to 64 letters, digits, '-' or '_'".into())
         }
@@ -95,7 +100,9 @@ impl Subjects {
 
     /// Which kind of event a subject carries, if any.
     pub fn kind_of(&self, subject: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| self.event(*k) == subject)
+        EventKind::ALL
+            .into_iter()
+            .find(|k| self.event(*k) == subject)
     }
 
     /// Everything the event stream stores.
@@ -148,7 +155,10 @@ pub fn meta_with_id(
 }
 
 pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn from_timestamp(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -162,9 +172,13 @@ pub trait Event: Message + Default + Sized {
 
     /// Decode and check the envelope: a message without a valid event id is not an event.
     fn decode_checked(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let event = Self::decode(bytes).map_err(|e| DecodeError(format!("{}: {e}", Self::KIND.type_name())))?;
-        let meta = event.meta().ok_or_else(|| DecodeError("missing envelope (meta)".into()))?;
-        Uuid::parse_str(&meta.event_id).map_err(|_| DecodeError(format!("event_id {:?} is not a UUID", meta.event_id)))?;
+        let event = Self::decode(bytes)
+            .map_err(|e| DecodeError(format!("{}: {e}", Self::KIND.type_name())))?;
+        let meta = event
+            .meta()
+            .ok_or_else(|| DecodeError("missing envelope (meta)".into()))?;
+        Uuid::parse_str(&meta.event_id)
+            .map_err(|_| DecodeError(format!("event_id {:?} is not a UUID", meta.event_id)))?;
         Ok(event)
     }
 }
@@ -194,8 +208,14 @@ mod tests {
     #[test]
     fn subjects_are_prefixed_and_recognised() {
         let s = Subjects::new("t_1").unwrap();
-        assert_eq!(s.event(EventKind::LeadOutcome), "t_1.events.v1.lead.outcome");
-        assert_eq!(s.kind_of("t_1.events.v1.action.recorded"), Some(EventKind::ActionRecorded));
+        assert_eq!(
+            s.event(EventKind::LeadOutcome),
+            "t_1.events.v1.lead.outcome"
+        );
+        assert_eq!(
+            s.kind_of("t_1.events.v1.action.recorded"),
+            Some(EventKind::ActionRecorded)
+        );
         assert_eq!(s.kind_of("other.events.v1.action.recorded"), None);
         assert_eq!(s.stream(), "T_1_EVENTS");
         assert!(Subjects::new("a.b").is_err());

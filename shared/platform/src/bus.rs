@@ -182,7 +182,10 @@ impl Bus {
         // One dead letter per consumer and original message, however often this is retried.
         // The well-known name, so this replaces the original event's id instead of adding a
         // second Nats-Msg-Id beside it.
-        h.insert(async_nats::header::NATS_MESSAGE_ID, format!("dlq-{consumer}-{seq}").as_str());
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("dlq-{consumer}-{seq}").as_str(),
+        );
         h.insert(dlq_headers::REASON, truncate(reason, 1000).as_str());
         h.insert(dlq_headers::CONSUMER, consumer);
         h.insert(dlq_headers::SUBJECT, msg.subject.as_str());

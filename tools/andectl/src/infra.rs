@@ -24,7 +24,14 @@ impl Started {
 }
 
 async fn answers(host: &str, port: u16) -> bool {
-    matches!(tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect((host, port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// host and port of a URL like `scheme://user:pw@host:port/path`.
@@ -39,10 +46,15 @@ pub fn host_port(url: &str, default_port: u16) -> (String, u16) {
 }
 
 fn on_path(bin: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     // Debian keeps the server binaries out of PATH.
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
+        let mut versions: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .collect();
         versions.sort();
         dirs.extend(versions.into_iter().rev());
     }
@@ -85,7 +97,8 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
             bail!("Postgres does not answer at {ph}:{pp} and initdb/postgres are not installed.\n  Install them (Debian: apt-get install postgresql), or run: docker compose up -d nats postgres");
         };
         let dir = data_dir.join("postgres");
-        let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false) || std::env::var("HOME").map(|h| h == "/root").unwrap_or(false);
+        let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+            || std::env::var("HOME").map(|h| h == "/root").unwrap_or(false);
         let wrap = |bin: &Path| -> Command {
             // Postgres refuses to run as root: run it as the postgres user when we are root.
             if as_root {
@@ -99,9 +112,18 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
         if !dir.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&dir)?;
             if as_root {
-                let _ = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&dir).status();
+                let _ = std::process::Command::new("chown")
+                    .args(["-R", "postgres"])
+                    .arg(&dir)
+                    .status();
             }
-            let ok = wrap(&initdb).arg("-D").arg(&dir).args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]).status().await?.success();
+            let ok = wrap(&initdb)
+                .arg("-D")
+                .arg(&dir)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+                .status()
+                .await?
+                .success();
             if !ok {
                 bail!("initdb failed for {}", dir.display());
             }
@@ -126,8 +148,14 @@ mod tests {
 
     #[test]
     fn host_port_reads_urls() {
-        assert_eq!(host_port("nats://127.0.0.1:4222", 1), ("127.0.0.1".into(), 4222));
-        assert_eq!(host_port("postgres://u:p@db:5433/x?sslmode=disable", 5432), ("db".into(), 5433));
+        assert_eq!(
+            host_port("nats://127.0.0.1:4222", 1),
+            ("127.0.0.1".into(), 4222)
+        );
+        assert_eq!(
+            host_port("postgres://u:p@db:5433/x?sslmode=disable", 5432),
+            ("db".into(), 5433)
+        );
         assert_eq!(host_port("postgres://db/x", 5432), ("db".into(), 5432));
     }
 }

@@ -34,7 +34,11 @@ impl StackOptions {
         let common = CommonConfig::from_env(env)?;
         let sim_addr = match env.get(ande_platform::config::WECHAT_API_BASE) {
             Some(_) => None,
-            None => Some(env.string(wechat_sim::WECHAT_SIM_ADDR, wechat_sim::DEFAULT_ADDR).parse().context("WECHAT_SIM_ADDR")?),
+            None => Some(
+                env.string(wechat_sim::WECHAT_SIM_ADDR, wechat_sim::DEFAULT_ADDR)
+                    .parse()
+                    .context("WECHAT_SIM_ADDR")?,
+            ),
         };
         Ok(Self {
             gateway: GatewayConfig::from_env(env)?,
@@ -79,7 +83,9 @@ impl Stack {
         let mut tasks = JoinSet::new();
         let mut sim_url = None;
         if let Some(addr) = opts.sim_addr {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("WeChat simulator cannot listen on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("WeChat simulator cannot listen on {addr}"))?;
             let url = format!("http://{}", listener.local_addr()?);
             let (cfg, stop) = (opts.sim.clone(), shutdown.clone());
             tasks.spawn(async move { ("wechat-sim", wechat_sim::run(cfg, listener, stop).await) });
@@ -102,7 +108,14 @@ impl Stack {
         let (cfg, stop) = (opts.notifier, shutdown.clone());
         tasks.spawn(async move { ("notifier", ande_notifier::run(cfg, stop).await) });
 
-        let stack = Self { gateway_url, sim_url, common: opts.common, gateway_pool, shutdown, tasks };
+        let stack = Self {
+            gateway_url,
+            sim_url,
+            common: opts.common,
+            gateway_pool,
+            shutdown,
+            tasks,
+        };
         stack.wait_ready().await?;
         Ok(stack)
     }
@@ -110,7 +123,11 @@ impl Stack {
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let bus = Bus::connect(&self.common, "andectl").await?;
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let names = [ande_leads::consumer::DURABLE, ande_notifier::consumers::OUTCOMES_DURABLE, ande_notifier::consumers::SUBSCRIPTIONS_DURABLE];
+        let names = [
+            ande_leads::consumer::DURABLE,
+            ande_notifier::consumers::OUTCOMES_DURABLE,
+            ande_notifier::consumers::SUBSCRIPTIONS_DURABLE,
+        ];
         loop {
             let mut missing = Vec::new();
             match bus.js.get_stream(bus.subjects.stream()).await {
@@ -146,7 +163,11 @@ impl Stack {
         }
         while let Some(r) = self.tasks.join_next().await {
             if let Ok((name, Err(e))) = r {
-                tracing::warn!(service = name, error = format!("{e:#}"), "stopped with an error");
+                tracing::warn!(
+                    service = name,
+                    error = format!("{e:#}"),
+                    "stopped with an error"
+                );
             }
         }
         failure.map_or(Ok(()), Err)

@@ -22,10 +22,17 @@ async fn an_action_becomes_a_lead_and_a_message_to_the_advisor() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["success"], true);
-    let action_id = body["data"]["actionId"].as_str().expect("action id").to_string();
+    let action_id = body["data"]["actionId"]
+        .as_str()
+        .expect("action id")
+        .to_string();
 
     let messages = t.wait_messages("o_advisor_e2e", 1).await;
-    assert_eq!(messages.len(), 1, "one message at the simulator: {messages:?}");
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message at the simulator: {messages:?}"
+    );
     let m = &messages[0];
     assert_eq!(m["touser"], "o_advisor_e2e");
     assert_eq!(m["template_id"], template);
@@ -42,19 +49,28 @@ async fn an_action_becomes_a_lead_and_a_message_to_the_advisor() {
     assert_eq!(lead.get::<String, _>("owner_advisor_id"), "adv-1");
     assert_eq!(lead.get::<String, _>("status"), "待定");
     assert_eq!(lead.get::<String, _>("level"), "B类");
-    assert_eq!(lead.get::<String, _>("remark"), "通过微信小程序查看简历自动创建");
+    assert_eq!(
+        lead.get::<String, _>("remark"),
+        "通过微信小程序查看简历自动创建"
+    );
     assert!(lead.get::<String, _>("customer_code").starts_with("KH"));
     let lead_id: uuid::Uuid = lead.get("id");
     assert_eq!(m["page"], format!("pages/customer/detail?id={lead_id}"));
 
-    let action = sqlx::query("SELECT outcome_kind, client_ip, extra FROM leads.actions WHERE action_id = $1::uuid")
-        .bind(&action_id)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let action = sqlx::query(
+        "SELECT outcome_kind, client_ip, extra FROM leads.actions WHERE action_id = $1::uuid",
+    )
+    .bind(&action_id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
     assert_eq!(action.get::<String, _>("outcome_kind"), "created");
     assert_eq!(action.get::<String, _>("client_ip"), "127.0.0.1");
-    assert_eq!(action.get::<Value, _>("extra")["resumeId"], "r-1", "unknown fields are kept");
+    assert_eq!(
+        action.get::<Value, _>("extra")["resumeId"],
+        "r-1",
+        "unknown fields are kept"
+    );
 
     // The same customer again: matched, and the message says 客户, not 新客户.
     t.advisor_accepts("adv-1", "o_advisor_e2e", template).await;
@@ -65,7 +81,10 @@ async fn an_action_becomes_a_lead_and_a_message_to_the_advisor() {
     let messages = t.wait_messages("o_advisor_e2e", 2).await;
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1]["data"]["thing1"]["value"], "客户想要联系您");
-    let leads: i64 = sqlx::query_scalar("SELECT count(*) FROM leads.leads").fetch_one(&db).await.unwrap();
+    let leads: i64 = sqlx::query_scalar("SELECT count(*) FROM leads.leads")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(leads, 1, "matched by phone, not created again");
     t.stack.stop().await.unwrap();
 }

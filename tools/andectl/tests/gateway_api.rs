@@ -2173,27 +2173,49 @@ async fn a_retried_subscribe_with_an_idempotency_key_adds_each_credit_once() {
     let t = common::start().await;
     let db = t.db().await;
     let body = json!({"advisorId": "adv-idem", "openid": "o_idem", "result": {"T_A": "accept", "T_B": "accept", "errMsg": "requestSubscribeMessage:ok"}});
-    let first = send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1")).await;
+    let first =
+        send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1"))
+            .await;
     assert_ok(&first, 201);
-    let retry = send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1")).await;
+    let retry =
+        send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1"))
+            .await;
     assert_ok(&retry, 201);
-    assert_eq!(first.body["data"]["recorded"], retry.body["data"]["recorded"], "same event ids");
+    assert_eq!(
+        first.body["data"]["recorded"], retry.body["data"]["recorded"],
+        "same event ids"
+    );
     // A new key is a new decision: one more credit.
-    let other = send(post(&t, "/api/advisor/subscribe", body).header("Idempotency-Key", "sub-2")).await;
+    let other =
+        send(post(&t, "/api/advisor/subscribe", body).header("Idempotency-Key", "sub-2")).await;
     assert_ok(&other, 201);
     for _ in 0..200 {
-        let total: Option<i64> = sqlx::query_scalar("SELECT sum(credits)::bigint FROM notifier.subscriptions WHERE openid = 'o_idem'").fetch_one(&db).await.unwrap();
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM notifier.subscription_events WHERE openid = 'o_idem'").fetch_one(&db).await.unwrap();
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(credits)::bigint FROM notifier.subscriptions WHERE openid = 'o_idem'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifier.subscription_events WHERE openid = 'o_idem'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
         if total == Some(4) && events == 4 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let credits: Vec<(String, i32)> = sqlx::query_as("SELECT template_id, credits FROM notifier.subscriptions WHERE openid = 'o_idem' ORDER BY template_id").fetch_all(&db).await.unwrap();
-    assert_eq!(credits, vec![("T_A".to_string(), 2), ("T_B".to_string(), 2)]);
+    assert_eq!(
+        credits,
+        vec![("T_A".to_string(), 2), ("T_B".to_string(), 2)]
+    );
     // The same key for another decision is refused.
     let changed = json!({"advisorId": "adv-idem", "openid": "o_idem", "result": {"T_A": "reject"}});
-    let conflict = send(post(&t, "/api/advisor/subscribe", changed).header("Idempotency-Key", "sub-1")).await;
+    let conflict =
+        send(post(&t, "/api/advisor/subscribe", changed).header("Idempotency-Key", "sub-1")).await;
     assert_error(&conflict, 409, "idempotency_key_reused");
     t.stack.stop().await.unwrap();
 }

@@ -31,9 +31,22 @@ async fn the_outcome_continues_the_trace_of_the_action() {
         let stream = stream.clone();
         let subject = bus.subjects.event(kind);
         async move {
-            let c = stream.create_consumer(pull::Config { filter_subject: subject, deliver_policy: DeliverPolicy::All, ..Default::default() }).await.unwrap();
+            let c = stream
+                .create_consumer(pull::Config {
+                    filter_subject: subject,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
             for _ in 0..100 {
-                let mut batch = c.fetch().max_messages(1).expires(Duration::from_millis(200)).messages().await.unwrap();
+                let mut batch = c
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_millis(200))
+                    .messages()
+                    .await
+                    .unwrap();
                 if let Some(Ok(m)) = batch.next().await {
                     return m.headers.clone().unwrap_or_default();
                 }
@@ -43,10 +56,30 @@ async fn the_outcome_continues_the_trace_of_the_action() {
     };
     let action = read(EventKind::ActionRecorded).await;
     let outcome = read(EventKind::LeadOutcome).await;
-    let a = action.get("traceparent").expect("the gateway sends trace context").as_str().to_string();
-    let o = outcome.get("traceparent").expect("leads sends trace context").as_str().to_string();
+    let a = action
+        .get("traceparent")
+        .expect("the gateway sends trace context")
+        .as_str()
+        .to_string();
+    let o = outcome
+        .get("traceparent")
+        .expect("leads sends trace context")
+        .as_str()
+        .to_string();
     assert_eq!(trace_id(&a), trace_id(&o), "{a} vs {o}");
-    assert_eq!(action.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(), body["data"]["eventId"].as_str().unwrap());
-    assert_eq!(outcome.get(ande_events::headers::CORRELATION_ID).unwrap().as_str(), body["data"]["actionId"].as_str().unwrap());
+    assert_eq!(
+        action
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .unwrap()
+            .as_str(),
+        body["data"]["eventId"].as_str().unwrap()
+    );
+    assert_eq!(
+        outcome
+            .get(ande_events::headers::CORRELATION_ID)
+            .unwrap()
+            .as_str(),
+        body["data"]["actionId"].as_str().unwrap()
+    );
     t.stack.stop().await.unwrap();
 }

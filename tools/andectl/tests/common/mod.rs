@@ -22,12 +22,18 @@ pub async fn start_with(adjust: impl FnOnce(&mut StackOptions)) -> TestStack {
     let mut opts = StackOptions::for_test(common);
     adjust(&mut opts);
     let stack = Stack::start(opts).await.expect("stack starts");
-    TestStack { stack, http: reqwest::Client::new() }
+    TestStack {
+        stack,
+        http: reqwest::Client::new(),
+    }
 }
 
 impl TestStack {
     pub fn sim(&self, path: &str) -> String {
-        format!("{}{path}", self.stack.sim_url.as_deref().expect("simulator running"))
+        format!(
+            "{}{path}",
+            self.stack.sim_url.as_deref().expect("simulator running")
+        )
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -35,7 +41,13 @@ impl TestStack {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.api(path)).json(&body).send().await.expect("gateway answers");
+        let r = self
+            .http
+            .post(self.api(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("gateway answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -64,8 +76,20 @@ impl TestStack {
     pub async fn wait_messages(&self, touser: &str, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let v: Value = self.http.get(self.sim(&format!("/sim/messages?touser={touser}"))).send().await.unwrap().json().await.unwrap();
-            let list = v.as_array().cloned().or_else(|| v.get("messages").and_then(Value::as_array).cloned()).unwrap_or_default();
+            let v: Value = self
+                .http
+                .get(self.sim(&format!("/sim/messages?touser={touser}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let list = v
+                .as_array()
+                .cloned()
+                .or_else(|| v.get("messages").and_then(Value::as_array).cloned())
+                .unwrap_or_default();
             if list.len() >= n || tokio::time::Instant::now() > deadline {
                 return list;
             }
@@ -75,6 +99,8 @@ impl TestStack {
 
     pub async fn db(&self) -> sqlx::PgPool {
         use ande_platform::ExposeSecret;
-        sqlx::PgPool::connect(self.stack.common.database_url.expose_secret()).await.unwrap()
+        sqlx::PgPool::connect(self.stack.common.database_url.expose_secret())
+            .await
+            .unwrap()
     }
 }
