@@ -43,6 +43,30 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self::read(env)?;
+        config.check_secret()?;
+        Ok(config)
+    }
+
+    /// Anyone who knows the JWT secret can mint staff tokens, so a gateway reachable from other
+    /// machines refuses the development secret, example values and short secrets.
+    fn check_secret(&self) -> Result<(), ConfigError> {
+        let secret = secrecy::ExposeSecret::expose_secret(&self.jwt_secret);
+        let weak = secret == DEV_JWT_SECRET
+            || secret == "change-me"
+            || secret == "your_jwt_secret_key"
+            || secret.len() < 32;
+        if weak && !self.host.is_loopback() {
+            return Err(ConfigError {
+                var: JWT_SECRET.into(),
+                shown: "<redacted>".into(),
+                reason: format!("API_HOST={} is reachable from other machines: set JWT_SECRET to a random value of at least 32 characters", self.host),
+            });
+        }
+        Ok(())
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         let wechat = WechatConfig::new(
             env.string(cfg::WECHAT_API_BASE, cfg::DEFAULT_WECHAT_API_BASE),
             env.string(cfg::WECHAT_APP_ID, cfg::DEFAULT_APP_ID),
@@ -71,9 +95,39 @@ impl GatewayConfig {
 
     /// Defaults with the given shared settings and WeChat base URL (tests, `andectl up`).
     pub fn with_common(common: CommonConfig, wechat_base: &str) -> Self {
-        let mut c = Self::from_env(&Env::default()).expect("defaults are valid");
+        let mut c = Self::read(&Env::default()).expect("defaults are valid");
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reachable_gateway_refuses_a_weak_jwt_secret() {
+        let local = GatewayConfig::from_env(&Env::default()).unwrap();
+        assert!(
+            local.host.is_loopback(),
+            "the development secret is fine on loopback"
+        );
+        let err = GatewayConfig::from_env(&Env::from_pairs([
+            (API_HOST, "0.0.0.0"),
+            (JWT_SECRET, "change-me"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(JWT_SECRET) && !err.to_string().contains("change-me"),
+            "{err}"
+        );
+        assert!(GatewayConfig::from_env(&Env::from_pairs([(API_HOST, "0.0.0.0")])).is_err());
+        let strong = "k".repeat(40);
+        assert!(GatewayConfig::from_env(&Env::from_pairs([
+            (API_HOST, "0.0.0.0"),
+            (JWT_SECRET, strong.as_str())
+        ]))
+        .is_ok());
     }
 }

@@ -210,7 +210,7 @@ impl From<ande_wechat::WechatError> for ApiError {
                 }
                 err
             }
-            W::Timeout | W::Transport(_) | W::Http { .. } => {
+            W::Timeout | W::Transport(_) | W::Http { .. } | W::Decode(_) => {
                 tracing::warn!(error = %e, "WeChat unreachable");
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,

@@ -129,7 +129,9 @@ pub fn client_ip(parts: &Parts, trust_forwarded: bool) -> IpAddr {
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            // The rightmost entry is the one our proxy appended; the ones left of it are
+            // whatever the client claimed.
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
         {
             return ip;

@@ -32,6 +32,10 @@ pub use config::GatewayConfig;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "gateway";
+/// See [`AppState::login_permits`].
+const MAX_CONCURRENT_LOGINS: usize = 4;
+/// Idempotency keys are kept this long; a client retries within minutes, not weeks.
+const IDEMPOTENCY_KEY_TTL_DAYS: i32 = 7;
 /// How often the gateway tries again to create its streams when NATS was away at start.
 const STREAMS_RETRY: Duration = Duration::from_secs(1);
 
@@ -43,6 +47,9 @@ pub struct AppState {
     pub wechat: WechatClient,
     pub ip_limiter: limits::RateLimiter,
     pub openid_limiter: limits::RateLimiter,
+    /// Password checks (argon2: ~19 MiB and tens of ms each) allowed at once, so a flood of
+    /// logins cannot exhaust memory or the blocking thread pool.
+    pub login_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -95,6 +102,7 @@ impl Gateway {
         let state = AppState {
             ip_limiter: limits::RateLimiter::per_minute(config.rate_per_ip),
             openid_limiter: limits::RateLimiter::per_minute(config.rate_per_openid),
+            login_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOGINS)),
             config: Arc::new(config),
             bus,
             pool,
@@ -121,6 +129,10 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(purge_idempotency_keys(
+            self.state.pool.clone(),
+            shutdown.clone(),
+        ));
         let app =
             routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app)
@@ -128,6 +140,30 @@ impl Gateway {
             .await?;
         self.state.pool.close().await;
         Ok(())
+    }
+}
+
+/// Forget idempotency keys older than [`IDEMPOTENCY_KEY_TTL_DAYS`], at start and hourly, so the
+/// table does not grow forever. Every gateway process does it; the delete is idempotent.
+async fn purge_idempotency_keys(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    loop {
+        let purged = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+        )
+        .bind(IDEMPOTENCY_KEY_TTL_DAYS)
+        .execute(&pool)
+        .await;
+        match purged {
+            Ok(r) if r.rows_affected() > 0 => {
+                tracing::info!(purged = r.rows_affected(), "old idempotency keys forgotten")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot purge old idempotency keys"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
     }
 }
 

@@ -171,7 +171,7 @@ pub async fn record_action(
         Ok(phone) => {
             let row = sqlx::query(
                 "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, last_touch_at)
-                 VALUES ($1, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || lpad(nextval('customer_code_seq')::text, 6, '0'),
+                 VALUES ($1, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
                          $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (phone) DO UPDATE SET
                      name = COALESCE(leads.name, EXCLUDED.name),
@@ -492,7 +492,7 @@ pub async fn record_batch(
         groups.sort_by(|a, b| a.0.cmp(&b.0));
         let rows = sqlx::query(
             "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
-             SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || lpad(nextval('customer_code_seq')::text, 6, '0'),
+             SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
                     u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
                   AS u(id, phone, name, openid, adv, remark, touches, last)

@@ -1,15 +1,15 @@
 //! The notifier's two durable consumers. NATS 2.9 allows one filter subject per consumer, so
 //! outcomes and subscription changes each have their own; both only write to the database (in
-//! one transaction per batch) and ack after the commit. Sending happens in `dispatch`, driven by
+//! one transaction per batch, through `apply_batch`, which isolates a message whose data Postgres
+//! refuses) and ack after the commit. Sending happens in `dispatch`, driven by
 //! the rows they write, so a redelivered or replayed event finds its row and does nothing.
 
 use std::sync::Arc;
 
 use ande_events::{from_timestamp, LeadOutcome, SubscriptionChanged, SubscriptionStatus};
-use ande_platform::consumer::{Delivery, Disposition, Handler};
-use anyhow::Context;
+use ande_platform::consumer::{apply_batch, ApplyInTx, Delivery, Disposition, Handler};
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -30,18 +30,27 @@ impl Handler for OutcomeHandler {
     type Event = LeadOutcome;
 
     async fn handle(&self, batch: &[Delivery<LeadOutcome>]) -> anyhow::Result<Vec<Disposition>> {
-        let mut tx = self.pool.begin().await.context("begin")?;
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
+        let out = apply_batch(&self.pool, batch, self).await?;
+        self.wake.notify_waiters();
+        Ok(out)
+    }
+}
+
+impl ApplyInTx<LeadOutcome> for OutcomeHandler {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        d: &Delivery<LeadOutcome>,
+    ) -> Result<Disposition, sqlx::Error> {
+        {
             let o = &d.event;
             let (Ok(action_id), false) = (
                 Uuid::parse_str(&o.action_id),
                 o.advisor_id.trim().is_empty(),
             ) else {
-                out.push(Disposition::DeadLetter(
+                return Ok(Disposition::DeadLetter(
                     "outcome without a valid action id or advisor".into(),
                 ));
-                continue;
             };
             let (data, page) = content::for_outcome(&self.config, o);
             let summary = serde_json::json!({
@@ -58,9 +67,9 @@ impl Handler for OutcomeHandler {
                 page: &page,
                 summary,
             };
-            if let Some(id) = store::enqueue(&mut tx, &new).await.context("enqueue")? {
+            if let Some(id) = store::enqueue(tx, &new).await? {
                 store::log(
-                    &mut tx,
+                    tx,
                     Some(id),
                     Some(action_id),
                     &o.advisor_id,
@@ -72,11 +81,8 @@ impl Handler for OutcomeHandler {
                 )
                 .await?;
             }
-            out.push(Disposition::Ack);
+            Ok(Disposition::Ack)
         }
-        tx.commit().await.context("commit")?;
-        self.wake.notify_waiters();
-        Ok(out)
     }
 }
 
@@ -104,27 +110,37 @@ impl Handler for SubscriptionHandler {
         &self,
         batch: &[Delivery<SubscriptionChanged>],
     ) -> anyhow::Result<Vec<Disposition>> {
-        let mut tx = self.pool.begin().await.context("begin")?;
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
+        let out = apply_batch(&self.pool, batch, self).await?;
+        // A new credit may release waiting notifications: the sweep does that, wake it now
+        // (`notify_one` keeps the wake-up if the sweep is busy right now).
+        self.sweep_now.notify_one();
+        Ok(out)
+    }
+}
+
+impl ApplyInTx<SubscriptionChanged> for SubscriptionHandler {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        d: &Delivery<SubscriptionChanged>,
+    ) -> Result<Disposition, sqlx::Error> {
+        {
             let e = &d.event;
             let meta = e.meta.as_ref().expect("checked at decode");
             let (Ok(event_id), Some(status)) =
                 (Uuid::parse_str(&meta.event_id), status_name(e.status))
             else {
-                out.push(Disposition::DeadLetter(
+                return Ok(Disposition::DeadLetter(
                     "subscription change without a status".into(),
                 ));
-                continue;
             };
             if [&e.advisor_id, &e.openid, &e.template_id]
                 .iter()
                 .any(|s| s.trim().is_empty())
             {
-                out.push(Disposition::DeadLetter(
+                return Ok(Disposition::DeadLetter(
                     "subscription change without advisor, openid or template".into(),
                 ));
-                continue;
             }
             let long_term = self
                 .config
@@ -133,7 +149,7 @@ impl Handler for SubscriptionHandler {
                 .any(|t| t == &e.template_id);
             let at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
             let fresh = store::apply_subscription(
-                &mut tx,
+                tx,
                 event_id,
                 &e.advisor_id,
                 &e.openid,
@@ -143,11 +159,10 @@ impl Handler for SubscriptionHandler {
                 at,
                 long_term,
             )
-            .await
-            .context("apply subscription")?;
+            .await?;
             if fresh {
                 store::log(
-                    &mut tx,
+                    tx,
                     None,
                     None,
                     &e.advisor_id,
@@ -159,12 +174,7 @@ impl Handler for SubscriptionHandler {
                 )
                 .await?;
             }
-            out.push(Disposition::Ack);
+            Ok(Disposition::Ack)
         }
-        tx.commit().await.context("commit")?;
-        // A new credit may release waiting notifications: the sweep does that, wake it now
-        // (`notify_one` keeps the wake-up if the sweep is busy right now).
-        self.sweep_now.notify_one();
-        Ok(out)
     }
 }

@@ -82,7 +82,7 @@ impl Bus {
             .connect(&config.nats_url)
             .await
             .map_err(|e| BusError::Connect {
-                url: config.nats_url.clone(),
+                url: crate::config::redact_url(&config.nats_url),
                 reason: e.to_string(),
             })?;
         Ok(Self::from_client(client, config))

@@ -131,6 +131,8 @@ impl Env {
     }
 }
 
+const TOO_LONG: &str = "too long a duration";
+
 /// Parse `500ms`, `90s`, `15m`, `24h`, `30d`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -142,9 +144,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or(TOO_LONG)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or(TOO_LONG)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400).ok_or(TOO_LONG)?),
         other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
     };
     Ok(d)
@@ -161,6 +163,16 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+        assert!(
+            parse_duration("999999999999999999d").is_err(),
+            "overflow is an error, not a panic"
+        );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://<redacted>@h:4222");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 
     #[test]
@@ -173,7 +185,7 @@ mod tests {
 }
 
 /// The settings every service shares: where NATS and Postgres are, and which environment prefix.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CommonConfig {
     pub nats_url: String,
     /// May carry a password: kept secret so it never reaches a log.
@@ -182,6 +194,18 @@ pub struct CommonConfig {
     /// How long the event stream keeps events for replay.
     pub event_max_age: Duration,
     pub log_json: bool,
+}
+
+impl std::fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("database_url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("event_max_age", &self.event_max_age)
+            .field("log_json", &self.log_json)
+            .finish()
+    }
 }
 
 impl CommonConfig {
@@ -206,6 +230,16 @@ impl CommonConfig {
 
     pub fn subjects(&self) -> ande_events::Subjects {
         ande_events::Subjects::new(&self.prefix).expect("prefix validated in from_env")
+    }
+}
+
+/// A URL with any `user:password@` part replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 

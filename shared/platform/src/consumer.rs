@@ -10,8 +10,11 @@
 //!   acks, so nothing is lost and nothing burns its delivery count;
 //! - per-message `Retry` naks with a delay; when the delivery count reaches `max_deliver` the
 //!   message is dead-lettered instead of retried forever;
-//! - on shutdown the loop stops taking messages, finishes the batch in hand, and naks what it
-//!   could not finish so another worker takes it at once.
+//! - a batch still being worked on is kept alive with progress acks, so a slow transaction is
+//!   not redelivered to another worker meanwhile;
+//! - on shutdown the loop stops taking messages and finishes the batch in hand; a batch stuck
+//!   retrying is nak'd so another worker takes it at once. Messages prefetched but not started
+//!   are simply not acked: the server redelivers them after `ack_wait`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -211,11 +214,10 @@ async fn process<H: Handler>(
     }
     let mut backoff = FIRST_BACKOFF;
     let dispositions = loop {
-        match handler
+        let work = handler
             .handle(&deliveries)
-            .instrument(tracing::info_span!("batch", size = deliveries.len()))
-            .await
-        {
+            .instrument(tracing::info_span!("batch", size = deliveries.len()));
+        match keep_alive(work, &deliveries, spec.ack_wait).await {
             Ok(d) => break d,
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, error = format!("{e:#}"), retry_in = ?backoff, "batch failed; will retry");
@@ -260,6 +262,28 @@ async fn process<H: Handler>(
     }
 }
 
+/// Run `work`, telling the server every third of `ack_wait` that the batch is still being
+/// worked on, so a slow transaction is not redelivered to another worker while it still runs.
+async fn keep_alive<T, E>(
+    work: impl std::future::Future<Output = T>,
+    deliveries: &[Delivery<E>],
+    ack_wait: Duration,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => {
+                for d in deliveries {
+                    let _ = d.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+}
+
 /// Dead-letter then ack; if the dead letter cannot be stored, nak so the message is not lost.
 async fn settle_dead_letter(bus: &Bus, spec: &ConsumerSpec, msg: &Message, reason: &str) {
     match bus.dead_letter(&spec.durable, msg, reason).await {
@@ -287,4 +311,55 @@ pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> boo
 pub fn backoff_for(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 9) as u32 - 1;
     Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}
+
+/// Per-message work of a handler that writes to Postgres: see [`apply_batch`].
+pub trait ApplyInTx<E>: Sync {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        d: &'a Delivery<E>,
+    ) -> impl Future<Output = Result<Disposition, sqlx::Error>> + Send + 'a;
+}
+
+/// Apply a batch in one transaction (one commit for many messages). If that transaction fails
+/// for a reason other than Postgres being unavailable (bad data in one message), redo the batch
+/// one message per transaction, so only the offending message is dead-lettered and the queue
+/// never blocks on it. Postgres unavailable is an `Err`: the loop retries the batch later.
+pub async fn apply_batch<E: Sync, A: ApplyInTx<E>>(
+    pool: &sqlx::PgPool,
+    batch: &[Delivery<E>],
+    handler: &A,
+) -> anyhow::Result<Vec<Disposition>> {
+    use crate::db::is_unavailable;
+    use anyhow::Context;
+    let whole = async {
+        let mut tx = pool.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            out.push(handler.apply(&mut tx, d).await?);
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(out)
+    };
+    match whole.await {
+        Ok(out) => return Ok(out),
+        Err(e) if is_unavailable(&e) => return Err(e).context("applying a batch"),
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one")
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for d in batch {
+        let mut tx = pool.begin().await.context("begin")?;
+        match handler.apply(&mut tx, d).await {
+            Ok(disposition) => {
+                tx.commit().await.context("commit")?;
+                out.push(disposition);
+            }
+            Err(e) if is_unavailable(&e) => return Err(e).context("applying a message"),
+            Err(e) => out.push(Disposition::DeadLetter(format!("cannot be stored: {e}"))),
+        }
+    }
+    Ok(out)
 }

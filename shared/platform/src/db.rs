@@ -16,6 +16,8 @@ use sqlx::{ConnectOptions, PgPool};
 /// How long to wait for a connection from the pool before the caller sees an error (and, for a
 /// consumer, backs off and retries): short, so an unreachable Postgres is noticed quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Postgres `statement_timeout`, in milliseconds.
+const STATEMENT_TIMEOUT_MS: &str = "10000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -55,7 +57,12 @@ pub async fn connect(
         }
     }
     drop(conn);
-    let opts = base.options([("search_path", schema)]);
+    // A statement that runs longer than this is cancelled (and the caller retries): a hung
+    // connection must not hold a consumer's batch past its ack deadline.
+    let opts = base.options([
+        ("search_path", schema),
+        ("statement_timeout", STATEMENT_TIMEOUT_MS),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -84,10 +91,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
             // 08xxx connection exceptions, 53xxx insufficient resources (too many connections),
             // 57P0x shutdown / cannot connect now, 55000 database not accepting connections,
-            // 40001 serialization failure, 40P01 deadlock: all worth retrying.
+            // 57014 statement timeout, 40001 serialization failure, 40P01 deadlock: all worth
+            // retrying.
             c.starts_with("08")
                 || c.starts_with("53")
                 || c.starts_with("57P")
+                || c == "57014"
                 || c == "55000"
                 || c == "40001"
                 || c == "40P01"

@@ -2219,3 +2219,12 @@ async fn a_retried_subscribe_with_an_idempotency_key_adds_each_credit_once() {
     assert_error(&conflict, 409, "idempotency_key_reused");
     t.stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_character_in_the_subscribe_source_is_refused_not_passed_on() {
+    let t = common::start().await;
+    let body = json!({"advisorId": "a", "openid": "o_src", "templateId": "T", "subscribed": true, "subscribeData": {"source": "mini\u{0}program"}});
+    let a = send(post(&t, "/api/advisor/subscribe", body)).await;
+    assert_invalid_field(&a, "subscribeData.source");
+    t.stack.stop().await.unwrap();
+}

@@ -124,6 +124,14 @@ pub async fn login(
             ))
         }
     };
+    let _permit = state.login_permits.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many logins at once; retry in a moment",
+        )
+        .retry_after(1)
+    })?;
     if !auth::check_login(&state.pool, &username, password)
         .await
         .map_err(ApiError::db)?

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn(deadline))
         .layer(cors)
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -91,6 +92,22 @@ async fn request_id(req: Request, next: Next) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// No request may take longer than this, whether the client sends its body slowly or a back
+/// end hangs: the connection and its task are freed, the client gets an answer.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long",
+        )
+        .into_response(),
+    }
 }
 
 async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {

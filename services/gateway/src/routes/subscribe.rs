@@ -107,12 +107,11 @@ pub async fn subscribe(
         Some(s) => s.sub.clone(),
         None => validate::required("openid", body.get("openid"), MAX_ID)?,
     };
-    let source = body
-        .get("subscribeData")
-        .and_then(|d| d.get("source"))
-        .and_then(Value::as_str)
-        .map(|s| s.chars().take(32).collect::<String>())
-        .unwrap_or_else(|| "miniprogram".into());
+    let source = match body.get("subscribeData").and_then(|d| d.get("source")) {
+        Some(v) => validate::optional("subscribeData.source", Some(v), 32)?,
+        None => None,
+    }
+    .unwrap_or_else(|| "miniprogram".into());
     let decisions = decisions(&body)?;
     state.require_bus()?;
     let now = chrono::Utc::now();
