@@ -670,14 +670,33 @@ async fn a_batch_is_stored_by_the_set_based_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn customer_codes_stay_unique_past_a_million() {
     let env = start(1).await;
-    sqlx::query("SELECT setval('leads.customer_code_seq', 999998)").execute(&env.db).await.unwrap();
+    sqlx::query("SELECT setval('leads.customer_code_seq', 999998)")
+        .execute(&env.db)
+        .await
+        .unwrap();
     for i in 0..3 {
-        env.publish(&action("adv-1", "view_resume", "", &format!("1880000{i:04}"))).await;
+        env.publish(&action(
+            "adv-1",
+            "view_resume",
+            "",
+            &format!("1880000{i:04}"),
+        ))
+        .await;
     }
     assert_eq!(env.wait_count(PUBLISHED, 3).await, 3);
-    let codes: Vec<String> = sqlx::query_scalar("SELECT customer_code FROM leads.leads ORDER BY length(customer_code), customer_code").fetch_all(&env.db).await.unwrap();
+    let codes: Vec<String> = sqlx::query_scalar(
+        "SELECT customer_code FROM leads.leads ORDER BY length(customer_code), customer_code",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
     assert_eq!(codes.len(), 3, "every lead created: {codes:?}");
-    assert!(codes[0].ends_with("999999") && codes[1].ends_with("1000000") && codes[2].ends_with("1000001"), "{codes:?}");
+    assert!(
+        codes[0].ends_with("999999")
+            && codes[1].ends_with("1000000")
+            && codes[2].ends_with("1000001"),
+        "{codes:?}"
+    );
     assert_eq!(env.dead_letters().await, 0);
     env.stop().await;
 }
