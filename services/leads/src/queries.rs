@@ -89,38 +89,13 @@ pub async fn serve(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (p1, p2, p3) = (pool.clone(), pool.clone(), pool);
-    tokio::try_join!(
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("leads", "journey"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |q| {
-                let p = p1.clone();
-                async move { journey(&p, q).await }
-            }
-        ),
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("leads", "lead"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |q| {
-                let p = p2.clone();
-                async move { lead(&p, q).await }
-            }
-        ),
-        rpc::serve(
-            client,
-            subjects.rpc("leads", "list"),
-            QUEUE_GROUP,
-            shutdown,
-            move |q| {
-                let p = p3.clone();
-                async move { list(&p, q).await }
-            }
-        ),
-    )?;
-    Ok(())
+    rpc::Responder::new(client, subjects, QUEUE_GROUP, shutdown, pool)
+        .method(
+            "journey",
+            |p: PgPool, q| async move { journey(&p, q).await },
+        )
+        .method("lead", |p: PgPool, q| async move { lead(&p, q).await })
+        .method("list", |p: PgPool, q| async move { list(&p, q).await })
+        .run()
+        .await
 }

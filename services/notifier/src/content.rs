@@ -45,7 +45,12 @@ pub fn for_outcome(config: &NotifierConfig, o: &LeadOutcome) -> (BTreeMap<String
     } else {
         &o.lead_id
     };
-    (data, config.page.replace("{id}", &url_component(id)))
+    (
+        data,
+        config
+            .page
+            .replace("{id}", &ande_platform::config::percent_encode(id)),
+    )
 }
 
 /// A digest: how many customer actions waited, the latest one's phone and name.
@@ -75,17 +80,6 @@ fn or_placeholder(s: &str) -> &str {
     } else {
         s
     }
-}
-
-fn url_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -178,59 +178,29 @@ pub async fn serve(
     wechat: WechatClient,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (p1, p2, p3, p4) = (pool.clone(), pool.clone(), pool.clone(), pool);
-    let w1 = wechat.clone();
-    tokio::try_join!(
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("notifier", "journey"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |q| {
-                let p = p1.clone();
-                async move { journey(&p, q).await }
-            }
-        ),
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("notifier", "digest"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |q| {
-                let p = p2.clone();
-                async move { digest(&p, q).await }
-            }
-        ),
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("notifier", "send"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |m| {
-                let (p, w) = (p3.clone(), w1.clone());
-                async move { send(&p, &w, m).await }
-            }
-        ),
-        rpc::serve(
-            client.clone(),
-            subjects.rpc("notifier", "phone"),
-            QUEUE_GROUP,
-            shutdown.clone(),
-            move |q| {
-                let w = wechat.clone();
-                async move { phone(&w, q).await }
-            }
-        ),
-        rpc::serve(
-            client,
-            subjects.rpc("notifier", "resume"),
-            QUEUE_GROUP,
-            shutdown,
-            move |_: serde_json::Value| {
-                let p = p4.clone();
-                async move { resume(&p).await }
-            }
-        ),
-    )?;
-    Ok(())
+    rpc::Responder::new(client, subjects, QUEUE_GROUP, shutdown, (pool, wechat))
+        .method("journey", |(p, _): Shared, q| async move {
+            journey(&p, q).await
+        })
+        .method(
+            "digest",
+            |(p, _): Shared, q| async move { digest(&p, q).await },
+        )
+        .method(
+            "send",
+            |(p, w): Shared, m| async move { send(&p, &w, m).await },
+        )
+        .method(
+            "phone",
+            |(_, w): Shared, q| async move { phone(&w, q).await },
+        )
+        .method(
+            "resume",
+            |(p, _): Shared, _: serde_json::Value| async move { resume(&p).await },
+        )
+        .run()
+        .await
 }
+
+/// What every method may use.
+type Shared = (PgPool, WechatClient);

@@ -263,18 +263,18 @@ fn database_url(env: &Env) -> Result<String, ConfigError> {
     let port: u16 = env.parse(DB_PORT, 5432)?;
     let user = env.string(DB_USERNAME, "postgres");
     let auth = match env.get(DB_PASSWORD) {
-        Some(pw) => format!("{}:{}", encode(&user), encode(pw)),
-        None => encode(&user),
+        Some(pw) => format!("{}:{}", percent_encode(&user), percent_encode(pw)),
+        None => percent_encode(&user),
     };
     Ok(format!(
         "postgres://{auth}@{}:{port}/{}",
         env.string(DB_HOST, "127.0.0.1"),
-        encode(&env.string(DB_NAME, "postgres"))
+        percent_encode(&env.string(DB_NAME, "postgres"))
     ))
 }
 
-/// Percent-encode what may not stand raw in a URL's user-info or path.
-fn encode(s: &str) -> String {
+/// Percent-encode all but RFC 3986's unreserved characters (for a URL's user-info, path or query).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

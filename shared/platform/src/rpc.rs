@@ -135,3 +135,57 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         )),
     }
 }
+
+/// The request/reply methods of one service (`<prefix>.rpc.<service>.<method>`), each handler
+/// given a clone of the service's shared state, all served until shutdown.
+pub struct Responder<S> {
+    client: async_nats::Client,
+    subjects: ande_events::Subjects,
+    service: &'static str,
+    shutdown: CancellationToken,
+    state: S,
+    methods: Vec<futures::future::BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Responder<S> {
+    pub fn new(
+        client: async_nats::Client,
+        subjects: ande_events::Subjects,
+        service: &'static str,
+        shutdown: CancellationToken,
+        state: S,
+    ) -> Self {
+        Self {
+            client,
+            subjects,
+            service,
+            shutdown,
+            state,
+            methods: Vec::new(),
+        }
+    }
+
+    pub fn method<Req, Resp, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(S, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        let serving = serve(
+            self.client.clone(),
+            self.subjects.rpc(self.service, name),
+            self.service,
+            self.shutdown.clone(),
+            move |req| handler(state.clone(), req),
+        );
+        self.methods.push(Box::pin(serving));
+        self
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        futures::future::try_join_all(self.methods).await?;
+        Ok(())
+    }
+}
