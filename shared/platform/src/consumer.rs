@@ -9,12 +9,13 @@
 //!   the whole batch is retried with backoff while the messages are kept alive with progress
 //!   acks, so nothing is lost and nothing burns its delivery count;
 //! - per-message `Retry` naks with a delay; when the delivery count reaches `max_deliver` the
-//!   message is dead-lettered instead of retried forever;
+//!   message is dead-lettered instead of retried forever; so is a message that keeps coming
+//!   back unsettled (its consumer crashed or hung on it), before it is processed again;
 //! - a batch still being worked on is kept alive with progress acks, so a slow transaction is
 //!   not redelivered to another worker meanwhile;
 //! - on shutdown the loop stops taking messages and finishes the batch in hand; a batch stuck
-//!   retrying is nak'd so another worker takes it at once. Messages prefetched but not started
-//!   are simply not acked: the server redelivers them after `ack_wait`.
+//!   retrying is nak'd, and so are messages prefetched but not started, so another worker takes
+//!   them at once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,7 +103,10 @@ pub async fn ensure_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsu
                 ack_policy: AckPolicy::Explicit,
                 deliver_policy: DeliverPolicy::All,
                 ack_wait: spec.ack_wait,
-                max_deliver: spec.max_deliver,
+                // The server gives up a little after we do: a message delivered `max_deliver`
+                // times without being settled (its consumer crashed on it, or timed out) is
+                // dead-lettered by `process` on its next delivery, never silently dropped.
+                max_deliver: spec.max_deliver + SERVER_DELIVERY_MARGIN,
                 max_ack_pending: spec.max_ack_pending,
                 ..Default::default()
             },
@@ -112,6 +116,8 @@ pub async fn ensure_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsu
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// See `ensure_consumer`.
+const SERVER_DELIVERY_MARGIN: i64 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The server sends a heartbeat this often while idle; a missed one means the connection is
 /// stale and the message stream is rebuilt.
@@ -165,7 +171,16 @@ pub async fn run<H: Handler>(
                 break;
             }
         }
-        if !shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
+            // Hand back what was prefetched but not started, so another worker takes it now
+            // rather than after ack_wait.
+            use futures::FutureExt;
+            while let Some(Some(chunk)) = chunks.next().now_or_never() {
+                for m in chunk.into_iter().flatten() {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        } else {
             sleep_or_shutdown(Duration::from_millis(500), &shutdown).await;
         }
     }
@@ -186,6 +201,12 @@ async fn process<H: Handler>(
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 1));
+        if delivered > spec.max_deliver {
+            let why = format!("delivered {delivered} times without being settled (the consumer may be crashing on it)");
+            tracing::warn!(consumer = %spec.durable, seq = stream_seq, "{why}; dead-lettering");
+            settle_dead_letter(bus, spec, &msg, &why).await;
+            continue;
+        }
         match H::Event::decode_checked(&msg.payload) {
             Ok(event) => {
                 let event_id = event.meta().map(|m| m.event_id.clone()).unwrap_or_default();
