@@ -17,9 +17,32 @@ pub struct Started {
     children: Vec<(&'static str, Child)>,
 }
 
+/// How long a started server gets to shut down cleanly before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Started {
     pub fn names(&self) -> Vec<&'static str> {
         self.children.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Stop the servers started here: SIGTERM (postgres shuts down cleanly; `runuser`, used
+    /// when we are root, passes the signal on), then a kill after [`STOP_GRACE`].
+    pub async fn stop(mut self) {
+        for (name, child) in &mut self.children {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(server = *name, "did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
     }
 }
 
@@ -71,6 +94,17 @@ async fn wait_for(host: &str, port: u16, what: &str) -> anyhow::Result<()> {
     bail!("{what} did not start listening on {host}:{port}")
 }
 
+/// Where a started server writes its output (appended), so it does not mix with ours.
+fn log_file(data_dir: &Path, name: &str) -> anyhow::Result<std::process::Stdio> {
+    std::fs::create_dir_all(data_dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join(name))
+        .with_context(|| format!("opening {}", data_dir.join(name).display()))?;
+    Ok(f.into())
+}
+
 /// Make sure NATS and Postgres answer, starting them when needed.
 pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<Started> {
     let mut started = Started::default();
@@ -84,6 +118,8 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
         let child = Command::new(bin)
             .args(["-js", "-a", &nh, "-p", &np.to_string(), "-sd"])
             .arg(&dir)
+            .stdout(log_file(data_dir, "nats-server.log")?)
+            .stderr(log_file(data_dir, "nats-server.log")?)
             .kill_on_drop(true)
             .spawn()
             .context("starting nats-server")?;
@@ -118,6 +154,8 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
                     .status();
             }
             let ok = wrap(&initdb)
+                .stdout(log_file(data_dir, "postgres.log")?)
+                .stderr(log_file(data_dir, "postgres.log")?)
                 .arg("-D")
                 .arg(&dir)
                 .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
@@ -132,6 +170,8 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
             .arg("-D")
             .arg(&dir)
             .args(["-h", &ph, "-p", &pp.to_string(), "-k", "/tmp"])
+            .stdout(log_file(data_dir, "postgres.log")?)
+            .stderr(log_file(data_dir, "postgres.log")?)
             .kill_on_drop(true)
             .spawn()
             .context("starting postgres")?;

@@ -357,23 +357,32 @@ async fn user(common: &CommonConfig, cmd: UserCmd, out: &mut impl Write) -> anyh
 async fn up(env: &Env) -> anyhow::Result<()> {
     let opts = StackOptions::from_env(env)?;
     ande_platform::telemetry::init("andectl", opts.common.log_json);
-    let data_dir = std::path::Path::new("target/andectl");
+    // Handle SIGTERM/Ctrl-C from the start: a signal during start-up stops cleanly too.
+    let stop = ande_platform::shutdown::on_signals();
+    // Where `up` keeps the data and logs of servers it starts itself.
+    let data_dir = std::path::PathBuf::from(env.string("ANDECTL_DATA_DIR", "target/andectl"));
+    let data_dir = data_dir.as_path();
     let started = andectl::infra::ensure(&opts.common, data_dir)
         .await
         .map_err(|e| Unreachable {
             what: "NATS or Postgres",
             reason: format!("{e:#}"),
         })?;
-    let stack = Stack::start(opts).await?;
+    let stack = match Stack::start(opts).await {
+        Ok(stack) => stack,
+        Err(e) => {
+            started.stop().await;
+            return Err(e);
+        }
+    };
     print_walkthrough(&stack, &started.names());
-    let stop = ande_platform::shutdown::on_signals();
     let token = stack.shutdown.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
         token.cancel();
     });
     let result = stack.wait().await;
-    drop(started);
+    started.stop().await;
     println!("stopped.");
     result
 }
@@ -406,17 +415,23 @@ Try it (paste into another terminal):
   # 3. the advisor's phone got the subscribe message
   curl -s '{sim}/sim/messages?touser=o_advisor_1'
   # 4. the lead in Postgres
-  psql postgres://postgres@127.0.0.1:5432/postgres -c 'select customer_code, name, phone, status, level from leads.leads'
+  psql '{db}' -c 'select customer_code, name, phone, status, level from leads.leads'
   # 5. the events, decoded, and how the pipeline is keeping up (same environment variables as here)
   andectl events tail        andectl status        andectl dlq ls
 
 Ctrl-C stops everything."#,
         nats = stack.common.nats_url,
+        db = ande_platform::config::redact_url(ande_platform::ExposeSecret::expose_secret(
+            &stack.common.database_url
+        )),
         stream = stack.common.subjects().stream(),
         started = if started.is_empty() {
             "nothing (NATS and Postgres were already running)".to_string()
         } else {
-            started.join(", ")
+            format!(
+                "{} (data and logs under ANDECTL_DATA_DIR, default target/andectl/)",
+                started.join(", ")
+            )
         },
     );
 }
