@@ -87,6 +87,24 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Vec<Disposition>>> + Send;
 }
 
+/// The consumer's configuration on the server, starting at the beginning of the stream (replay
+/// changes `deliver_policy` and nothing else).
+pub fn server_config(spec: &ConsumerSpec) -> pull::Config {
+    pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: spec.ack_wait,
+        // The server gives up a little after we do: a message delivered `max_deliver` times
+        // without being settled (its consumer crashed on it, or timed out) is dead-lettered by
+        // `process` on its next delivery, never silently dropped.
+        max_deliver: spec.max_deliver + SERVER_DELIVERY_MARGIN,
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    }
+}
+
 /// Create the durable consumer if missing (idempotent).
 pub async fn ensure_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
     let stream = bus
@@ -95,22 +113,7 @@ pub async fn ensure_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsu
         .await
         .map_err(|e| BusError::JetStream(format!("stream {}: {e}", bus.subjects.stream())))?;
     stream
-        .get_or_create_consumer(
-            &spec.durable,
-            pull::Config {
-                durable_name: Some(spec.durable.clone()),
-                filter_subject: spec.filter_subject.clone(),
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                ack_wait: spec.ack_wait,
-                // The server gives up a little after we do: a message delivered `max_deliver`
-                // times without being settled (its consumer crashed on it, or timed out) is
-                // dead-lettered by `process` on its next delivery, never silently dropped.
-                max_deliver: spec.max_deliver + SERVER_DELIVERY_MARGIN,
-                max_ack_pending: spec.max_ack_pending,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(&spec.durable, server_config(spec))
         .await
         .map_err(|e| BusError::JetStream(format!("consumer {}: {e}", spec.durable)))
 }

@@ -46,7 +46,7 @@ use ande_platform::bus::Bus;
 use ande_platform::config::CommonConfig;
 use ande_platform::consumer::ConsumerSpec;
 use anyhow::{bail, Context};
-use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy, IntoConsumerConfig};
+use async_nats::jetstream::consumer::{self, DeliverPolicy, IntoConsumerConfig};
 use async_nats::jetstream::stream::Stream;
 use chrono::{DateTime, Utc};
 
@@ -333,16 +333,7 @@ async fn reset_config(
             }
             info.config
         }
-        Err(_) => pull::Config {
-            durable_name: Some(spec.durable.clone()),
-            filter_subject: spec.filter_subject.clone(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: spec.ack_wait,
-            max_deliver: spec.max_deliver,
-            max_ack_pending: spec.max_ack_pending,
-            ..Default::default()
-        }
-        .into_consumer_config(),
+        Err(_) => ande_platform::consumer::server_config(spec).into_consumer_config(),
     };
     config.deliver_policy = match from {
         Start::All => DeliverPolicy::All,

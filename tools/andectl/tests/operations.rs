@@ -951,7 +951,10 @@ async fn replay_refuses_to_skip_unprocessed_events() {
     );
     let info = stream.consumer_info("leads").await.unwrap();
     assert_eq!(info.num_pending, 3, "positioned at sequence 3");
-    assert_eq!(info.config.max_deliver, spec.max_deliver);
+    assert_eq!(
+        info.config.max_deliver,
+        ande_platform::consumer::server_config(&spec).max_deliver
+    );
     assert_eq!(info.config.max_ack_pending, spec.max_ack_pending);
 
     // A consumer that does not exist yet is created from its service's spec, starting at the time.
