@@ -1335,6 +1335,30 @@ async fn busy_and_minute_quota_are_retried_with_backoff_up_to_max_attempts() {
     assert_eq!(h.credits(adv, openid).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_5xx_from_wechat_is_retried() {
+    let h = Harness::start_with(1, |c| c.max_attempts = 3).await;
+    let (adv, openid) = ("adv-5xx", "oAdvisor5xx00000000000000001");
+    h.accept(adv, openid, 1).await;
+    h.wait_credits(adv, openid, 1).await;
+    h.fault(json!({"endpoint": "subscribe_send", "http_status": 502, "count": 1}))
+        .await;
+    let action = h.outcomes(adv, 1).await[0];
+    let n = h.wait_state(action, "sent").await;
+    assert_eq!(n.attempts, 2);
+    assert_eq!(
+        Harness::events(&h.log(action).await),
+        ["queued", "retry", "sent"]
+    );
+    let (_, codes) = h.calls("subscribe_send").await;
+    assert_eq!(
+        codes,
+        BTreeMap::from([("http_502".to_string(), 1), ("0".to_string(), 1)])
+    );
+    assert_eq!(h.messages(openid).await.len(), 1);
+    assert_eq!(h.credits(adv, openid).await, 0, "the credit was used once");
+}
+
 /// A send that times out may have reached WeChat; we retry rather than lose it, so the advisor
 /// can receive it twice. That is the one documented exception to "once".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

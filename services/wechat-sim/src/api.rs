@@ -41,26 +41,51 @@ where
     let (latency, outcome) = {
         let mut inner = state.lock();
         let gate = inner.faults.enter(endpoint);
-        let outcome = match gate.injected {
-            Some(injected) => Err(injected),
-            None => work(&mut inner, Instant::now()),
+        let outcome = if let Some(status) = gate.http_status {
+            inner.calls.record_http(endpoint, status);
+            Err(Answer::Http(status))
+        } else {
+            match gate.injected {
+                Some(injected) => Err(injected),
+                None => work(&mut inner, Instant::now()),
+            }
+            .map_err(Answer::Wx)
         };
-        let code = outcome.as_ref().map_or_else(|e| e.errcode, |_| 0);
-        inner.calls.record(endpoint, code);
-        if code == 0 {
+        if let Err(Answer::Wx(e)) = &outcome {
+            inner.calls.record(endpoint, e.errcode);
+        } else if outcome.is_ok() {
+            inner.calls.record(endpoint, 0);
             inner.faults.succeeded(endpoint);
         }
         (gate.latency, outcome)
     };
-    let errcode = outcome.as_ref().map_or_else(|e| e.errcode, |_| 0);
+    let errcode = match &outcome {
+        Ok(_) => 0,
+        Err(Answer::Wx(e)) => e.errcode,
+        Err(Answer::Http(s)) => i64::from(*s),
+    };
     tracing::debug!(%endpoint, errcode, latency_ms = latency.as_millis() as u64, "answered");
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     match outcome {
         Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
+        Err(Answer::Wx(e)) => e.into_response(),
+        Err(Answer::Http(status)) => {
+            let status = axum::http::StatusCode::from_u16(status)
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let page = format!("<html><body><h1>{status}</h1></body></html>");
+            (status, [("content-type", "text/html")], page).into_response()
+        }
     }
+}
+
+/// What a call answered instead of success.
+enum Answer {
+    /// A WeChat error (HTTP 200 with errcode and errmsg).
+    Wx(WxError),
+    /// An HTTP error status from WeChat's front end (a `/sim/faults` `http_status`).
+    Http(u16),
 }
 
 /// `GET /sns/jscode2session?appid&secret&js_code&grant_type=authorization_code`

@@ -70,6 +70,9 @@ pub struct FaultSpec {
     pub quota: Option<u64>,
     /// Calls to affect before the fault clears itself; forever when absent.
     pub count: Option<u64>,
+    /// Answer this HTTP status (500 to 599) with an HTML error page instead of doing the work,
+    /// as WeChat's front end does when its back end is down. Takes `rate` like an errcode.
+    pub http_status: Option<u16>,
 }
 
 /// An active fault, as `GET /sim/faults` shows it.
@@ -84,6 +87,7 @@ pub struct Fault {
     pub quota_used: u64,
     /// Calls still to affect; `None` for a fault that stays until deleted.
     pub remaining: Option<u64>,
+    pub http_status: Option<u16>,
 }
 
 impl Fault {
@@ -104,11 +108,23 @@ impl Fault {
         if !(0.0..=1.0).contains(&rate) {
             return Err(format!("rate {rate} is not within 0..=1"));
         }
-        if spec.rate.is_some() && spec.errcode.is_none() {
-            return Err("rate needs an errcode".into());
+        if let Some(s) = spec.http_status {
+            if !(500..=599).contains(&s) {
+                return Err(format!("http_status {s} is not a 5xx status"));
+            }
+            if spec.errcode.is_some() {
+                return Err("give an errcode or an http_status, not both".into());
+            }
         }
-        if spec.errcode.is_none() && spec.latency_ms.unwrap_or(0) == 0 && spec.quota.is_none() {
-            return Err("a fault needs an errcode, latency_ms or quota".into());
+        if spec.rate.is_some() && spec.errcode.is_none() && spec.http_status.is_none() {
+            return Err("rate needs an errcode or an http_status".into());
+        }
+        if spec.errcode.is_none()
+            && spec.http_status.is_none()
+            && spec.latency_ms.unwrap_or(0) == 0
+            && spec.quota.is_none()
+        {
+            return Err("a fault needs an errcode, http_status, latency_ms or quota".into());
         }
         if spec.count == Some(0) {
             return Err("count must be at least 1 (or absent for a lasting fault)".into());
@@ -121,6 +137,7 @@ impl Fault {
             quota: spec.quota,
             quota_used: 0,
             remaining: spec.count,
+            http_status: spec.http_status,
         };
         Ok((endpoint, fault))
     }
@@ -133,6 +150,8 @@ pub struct Gate {
     pub latency: Duration,
     /// Answer this instead of doing the work.
     pub injected: Option<WxError>,
+    /// Answer this HTTP status instead of doing the work.
+    pub http_status: Option<u16>,
 }
 
 /// The active faults, at most one per endpoint (a new one replaces the old).
@@ -168,7 +187,13 @@ impl Faults {
         let mut gate = Gate {
             latency: Duration::from_millis(fault.latency_ms),
             injected: None,
+            http_status: None,
         };
+        if let Some(status) = fault.http_status {
+            if rand::thread_rng().gen_bool(fault.rate) {
+                gate.http_status = Some(status);
+            }
+        }
         if let Some(code) = fault.errcode {
             if rand::thread_rng().gen_bool(fault.rate) {
                 gate.injected = Some(WxError::of(code));
@@ -177,7 +202,8 @@ impl Faults {
         if gate.injected.is_none() && fault.quota.is_some_and(|q| fault.quota_used >= q) {
             gate.injected = Some(WxError::of(errcode::DAILY_QUOTA));
         }
-        let affected = !gate.latency.is_zero() || gate.injected.is_some();
+        let affected =
+            !gate.latency.is_zero() || gate.injected.is_some() || gate.http_status.is_some();
         if affected {
             if let Some(left) = fault.remaining.as_mut() {
                 *left -= 1;
@@ -224,9 +250,18 @@ impl Default for Calls {
 
 impl Calls {
     pub fn record(&mut self, endpoint: Endpoint, errcode: i64) {
+        self.record_key(endpoint, errcode.to_string());
+    }
+
+    /// A call answered with an HTTP error status instead of a WeChat answer: `"http_502"`.
+    pub fn record_http(&mut self, endpoint: Endpoint, status: u16) {
+        self.record_key(endpoint, format!("http_{status}"));
+    }
+
+    fn record_key(&mut self, endpoint: Endpoint, key: String) {
         let stats = self.0.entry(endpoint.name()).or_default();
         stats.count += 1;
-        *stats.errcodes.entry(errcode.to_string()).or_default() += 1;
+        *stats.errcodes.entry(key).or_default() += 1;
     }
 }
 

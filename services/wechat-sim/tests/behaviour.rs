@@ -825,3 +825,51 @@ async fn a_spawned_simulator_stops_when_asked() {
     sim.stop().await.unwrap();
     assert!(reqwest::get(&url).await.is_err());
 }
+
+#[tokio::test]
+async fn an_http_status_fault_answers_an_error_page_and_is_counted() {
+    let sim = wechat_sim::spawn(wechat_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let set = http
+        .post(sim.url("/sim/faults"))
+        .json(&serde_json::json!({"endpoint": "stable_token", "http_status": 503, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(set.status().is_success());
+    let bad = http
+        .post(sim.url("/sim/faults"))
+        .json(&serde_json::json!({"endpoint": "stable_token", "http_status": 404}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "only 5xx statuses");
+    let body = serde_json::json!({"grant_type": "client_credential", "appid": ande_platform::config::DEFAULT_APP_ID, "secret": ande_platform::config::DEFAULT_APP_SECRET});
+    let first = http
+        .post(sim.url("/cgi-bin/stable_token"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 503);
+    assert!(first.text().await.unwrap().contains("<html>"));
+    let second = http
+        .post(sim.url("/cgi-bin/stable_token"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200, "count 1: the fault cleared itself");
+    let calls: serde_json::Value = http
+        .get(sim.url("/sim/calls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["stable_token"]["errcodes"]["http_503"], 1);
+    assert_eq!(calls["stable_token"]["errcodes"]["0"], 1);
+}
