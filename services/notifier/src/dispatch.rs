@@ -333,7 +333,7 @@ impl Dispatcher {
         // re-queued row before the credit is back would park it for want of a credit, and a
         // crash in between would lose the credit.
         let mut tx = self.pool.begin().await?;
-        store::requeue_stale(&mut tx, self.config.stale_after).await?;
+        store::requeue_stale(&mut tx, self.config.stale_after, self.config.max_attempts).await?;
         tx.commit().await?;
         let mut conn = self.pool.acquire().await?;
         let advisors = store::advisors_to_release(&mut conn).await?;

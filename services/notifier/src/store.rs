@@ -376,13 +376,20 @@ pub async fn pause_until(
 pub async fn requeue_stale(
     conn: &mut PgConnection,
     older_than: std::time::Duration,
+    max_attempts: i32,
 ) -> Result<u64, sqlx::Error> {
+    // One that was abandoned on each of its `max_attempts` attempts is failed rather than
+    // re-queued: whatever it does to the worker sending it, it must not do it forever.
     let rows = sqlx::query(
-        "UPDATE notifications SET state = 'queued', next_attempt_at = now(), updated_at = now()
+        "UPDATE notifications SET
+            state = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,
+            errmsg = CASE WHEN attempts >= $2 THEN 'abandoned by a crashed or hung worker on every attempt' ELSE errmsg END,
+            next_attempt_at = now(), updated_at = now()
          WHERE state = 'sending' AND claimed_at < now() - make_interval(secs => $1)
-         RETURNING id, action_id, advisor_id, openid, template_id",
+         RETURNING id, action_id, advisor_id, openid, template_id, state",
     )
     .bind(older_than.as_secs_f64())
+    .bind(max_attempts)
     .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
@@ -398,12 +405,17 @@ pub async fn requeue_stale(
             attempts: 0,
         };
         refund(conn, &c).await?;
+        let failed = r.get::<String, _>("state") == "failed";
         log(
             conn,
             Some(c.id),
             Some(c.action_id),
             &c.advisor_id,
-            "requeued_after_crash",
+            if failed {
+                "failed_after_crashes"
+            } else {
+                "requeued_after_crash"
+            },
             None,
             None,
             None,

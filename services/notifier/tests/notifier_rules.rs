@@ -1132,6 +1132,44 @@ async fn a_process_crashing_mid_send_is_recovered_by_another() {
     assert_eq!(h.sim_credits(openid).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_abandoned_on_every_attempt_is_failed_not_requeued_forever() {
+    let mut h = Harness::start_with(0, |_| {}).await;
+    let (adv, openid) = ("adv-crashloop", "oAdvisorCrashLoop00000000001");
+    let a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    a.spawn(ande_notifier::run(
+        h.config(|c| c.wechat.timeout = Duration::from_secs(20)),
+        CancellationToken::new(),
+    ));
+    h.migrated().await;
+    h.accept(adv, openid, 1).await;
+    h.fault(json!({"endpoint": "stable_token", "latency_ms": 5000, "count": 1}))
+        .await;
+    let action = h.outcomes(adv, 1).await[0];
+    h.wait_state(action, "sending").await;
+    a.shutdown_background();
+
+    // The recovering process allows one attempt: the abandoned one was it.
+    h.spawn_notifier(|c| {
+        c.max_attempts = 1;
+        c.stale_after = Duration::from_secs(1);
+    });
+    let n = h.wait_state(action, "failed").await;
+    assert_eq!(n.attempts, 1);
+    let events = Harness::events(&h.log(action).await).join(",");
+    assert_eq!(events, "queued,failed_after_crashes");
+    assert_eq!(
+        h.credits(adv, openid).await,
+        1,
+        "the reserved credit was given back"
+    );
+    assert!(h.messages(openid).await.is_empty());
+}
+
 /// The other crash: the process dies while WeChat has the message (its answer is held back).
 /// The outcome is unknown, so the recovering process sends it again: the advisor gets it twice,
 /// the documented exception to "once". Our count then says one credit more than WeChat holds;
