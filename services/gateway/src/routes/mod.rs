@@ -11,7 +11,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -36,17 +35,11 @@ pub fn router(state: AppState) -> Router {
         .parse::<axum::http::HeaderName>()
         .expect("valid header")]);
 
-    Router::new()
-        .route("/api/wechat/openid", post(wechat::openid))
-        .route("/api/wechat/phone", post(wechat::phone))
-        .route("/api/advisor/subscribe", post(subscribe::subscribe))
-        .route("/api/customer/action", post(actions::record))
-        .route("/api/actions/{id}", get(actions::journey))
-        .route("/api/message/send", post(messages::send))
-        .route("/api/auth/login", post(messages::login))
-        .route("/api/health", get(health::health))
-        .route("/api/health/ready", get(health::ready))
-        .route("/api/openapi.json", get(crate::openapi::document))
+    let mut router = Router::new();
+    for e in crate::openapi::ENDPOINTS {
+        router = router.route(e.path, (e.route)());
+    }
+    router
         .fallback(not_found)
         // After the routes: it applies to the paths registered above (axum keeps the Allow header).
         .method_not_allowed_fallback(method_not_allowed)
