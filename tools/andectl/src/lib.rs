@@ -8,15 +8,18 @@
 //! - [`replay`]: re-driving a consumer, or copying a range into a scratch prefix;
 //! - [`dlq`]: dead letters: list, show, retry, purge;
 //! - [`status`]: stream, consumers' lag, dead letters, services' health;
-//! - [`users`]: staff accounts;
+//! - [`users`]: staff accounts; [`leads`]: the leads service's queries;
+//! - [`bench`]: the benchmarks, against the raw infrastructure in the same run;
 //! - [`conn`]: connecting to NATS and Postgres with errors that name what is unreachable.
 
+pub mod bench;
 pub mod conn;
 pub mod decode;
 pub mod dlq;
 pub mod events;
 pub mod exit;
 pub mod infra;
+pub mod leads;
 pub mod replay;
 pub mod stack;
 pub mod status;

@@ -44,6 +44,43 @@ enum Cmd {
     /// Staff accounts for /api/auth/login.
     #[command(subcommand)]
     User(UserCmd),
+    /// Ask the leads service: a lead, a page of leads, an action's journey.
+    #[command(subcommand)]
+    Leads(LeadsCmd),
+    /// Measure the pipeline against raw JetStream and Postgres in the same run (build with --release).
+    Bench {
+        /// Events for the throughput part (a quarter as many requests for latency).
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeadsCmd {
+    /// One lead, by id or by phone number.
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "phone"])))]
+    Show {
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+    },
+    /// Leads, newest first, as JSON lines.
+    Ls {
+        /// Only this advisor's leads.
+        #[arg(long)]
+        advisor: Option<String>,
+        /// Created at or after this time (RFC 3339, a UTC date and time, or a duration ago: 2h).
+        #[arg(long, value_parser = time_arg)]
+        since: Option<DateTime<Utc>>,
+        /// Created before this time.
+        #[arg(long, value_parser = time_arg)]
+        until: Option<DateTime<Utc>>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// The action as leads stored it, and its outcome.
+    Journey { action_id: String },
 }
 
 #[derive(Subcommand)]
@@ -217,6 +254,32 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
             }
         }
         Cmd::User(c) => user(&common, c, &mut out).await?,
+        Cmd::Leads(c) => {
+            let bus = andectl::conn::bus(&common).await?;
+            match c {
+                LeadsCmd::Show { id, phone } => {
+                    andectl::leads::show(&bus, id.as_deref(), phone.as_deref(), &mut out).await?
+                }
+                LeadsCmd::Ls {
+                    advisor,
+                    since,
+                    until,
+                    limit,
+                } => {
+                    andectl::leads::list(&bus, advisor.as_deref(), since, until, limit, &mut out)
+                        .await?
+                }
+                LeadsCmd::Journey { action_id } => {
+                    andectl::leads::journey(&bus, &action_id, &mut out).await?
+                }
+            }
+        }
+        Cmd::Bench { events } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                ande_platform::telemetry::init("andectl", false);
+            }
+            andectl::bench::run(events).await?
+        }
     }
     Ok(exit::SUCCESS)
 }

@@ -1,4 +1,4 @@
-//! `ande-bench`: how fast the pipeline is, measured against the raw infrastructure in the same
+//! `andectl bench`: how fast the pipeline is, measured against the raw infrastructure in the same
 //! run, on the same machine, so the numbers mean something whatever the machine:
 //!
 //! 1. gateway `POST /api/customer/action` latency vs a raw JetStream publish-and-ack;
@@ -6,16 +6,17 @@
 //!    INSERT + COMMIT per event, and vs leads itself with batches of one;
 //! 3. end-to-end latency: HTTP action → lead → outcome → subscribe message at the simulator.
 //!
-//! Run with `cargo run --release -p ande-bench` (NATS and Postgres must be running). Sizes can
-//! be changed with `BENCH_N` (default 2000 events for throughput, a quarter of it for latency).
+//! Run with `cargo run --release -p andectl -- bench` (NATS and Postgres must be running; each
+//! part uses its own database and prefix). `--events N` sets the size (default 2000 events for
+//! throughput, a quarter of it for latency).
 
 use std::time::{Duration, Instant};
 
+use crate::stack::{Stack, StackOptions};
 use ande_events::{new_meta, ActionRecorded, Message};
 use ande_leads::LeadsConfig;
 use ande_platform::bus::Bus;
 use ande_platform::ExposeSecret;
-use andectl::stack::{Stack, StackOptions};
 use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -58,23 +59,17 @@ fn action(phone: &str) -> ActionRecorded {
         customer_name: "压测".into(),
         customer_phone: phone.into(),
         client_ip: "127.0.0.1".into(),
-        user_agent: "ande-bench".into(),
+        user_agent: "andectl-bench".into(),
         extra_json: "{}".into(),
         openid: String::new(),
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+/// Run every measurement and print the report.
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    let n = n.max(50);
     let lat_n = (n / 4).max(50);
-    if std::env::var_os("RUST_LOG").is_some() {
-        ande_platform::telemetry::init("bench", false);
-    }
-    println!("ande-bench: {n} events for throughput, {lat_n} requests for latency\n");
+    println!("andectl bench: {n} events for throughput, {lat_n} requests for latency\n");
 
     // 1. Gateway vs raw JetStream.
     let common = ande_platform::testing::isolated_config().await;
@@ -184,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\n2. leads throughput on a backlog of {n} actions (each with a new lead)");
     println!("   raw Postgres, INSERT + COMMIT per event   {raw_rate:9.0} events/s");
     println!(
-        "   leads, batch of 1 (a commit per event)    {single:9.0} events/s   {:.2}x raw",
+        "   leads, pull batch 1 (a commit per event)  {single:9.0} events/s   {:.2}x raw",
         single / raw_rate
     );
     println!(
