@@ -64,6 +64,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
     },
     Endpoint {
+        method: "get",
+        path: "/api/digests/{id}",
+        route: || get(routes::digests::digest),
+        summary:
+            "The customer actions a digest message stood for (the advisor's session, or staff)",
+        auth: "staff-or-session",
+        request: None,
+    },
+    Endpoint {
         method: "post",
         path: "/api/message/send",
         route: || post(routes::messages::send),

@@ -56,8 +56,11 @@ pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<serde_json::Value,
 pub async fn digest(pool: &PgPool, q: DigestQuery) -> Result<serde_json::Value, RpcError> {
     let id = uuid(&q.digest_id)?;
     let mut conn = pool.acquire().await.map_err(db_err)?;
+    let Some(digest) = store::digest_row(&mut conn, id).await.map_err(db_err)? else {
+        return Err(RpcError::not_found("no such digest"));
+    };
     let members = store::digest_members(&mut conn, id).await.map_err(db_err)?;
-    Ok(serde_json::json!({ "digestId": id, "notifications": members }))
+    Ok(serde_json::json!({ "digestId": id, "digest": digest, "notifications": members }))
 }
 
 /// Send now. Keyword values are checked before WeChat is called; WeChat's refusals are answered

@@ -512,6 +512,8 @@ pub struct NotificationView {
     pub digest_id: Option<Uuid>,
     pub data: serde_json::Value,
     pub page: Option<String>,
+    /// What the notification is about (action type, customer, lead), for the digest's page.
+    pub summary: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -527,7 +529,7 @@ pub struct DeliveryView {
     pub at: DateTime<Utc>,
 }
 
-const VIEW_COLUMNS: &str = "id, action_id, advisor_id, kind, state, template_id, openid, attempts, msgid, errcode, errmsg, digest_id, data, page, created_at, updated_at";
+const VIEW_COLUMNS: &str = "id, action_id, advisor_id, kind, state, template_id, openid, attempts, msgid, errcode, errmsg, digest_id, data, page, summary, created_at, updated_at";
 
 /// Notifications of an action, with the digest that carried them if any, and the log.
 pub async fn journey(
@@ -554,6 +556,19 @@ pub async fn journey(
 
 /// The customer actions a digest stands for (the page a digest opens lists them), including
 /// those of an earlier digest it folded in.
+/// The digest notification itself.
+pub async fn digest_row(
+    conn: &mut PgConnection,
+    digest_id: Uuid,
+) -> Result<Option<NotificationView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM notifications WHERE id = $1 AND kind = 'digest'"
+    ))
+    .bind(digest_id)
+    .fetch_optional(conn)
+    .await
+}
+
 pub async fn digest_members(
     conn: &mut PgConnection,
     digest_id: Uuid,

@@ -1309,12 +1309,13 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 10] = [
+const EXPECTED_PATHS: [(&str, &str); 11] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("post", "/api/advisor/subscribe"),
     ("post", "/api/customer/action"),
     ("get", "/api/actions/{id}"),
+    ("get", "/api/digests/{id}"),
     ("post", "/api/message/send"),
     ("post", "/api/auth/login"),
     ("get", "/api/health"),
@@ -2226,5 +2227,73 @@ async fn a_control_character_in_the_subscribe_source_is_refused_not_passed_on() 
     let body = json!({"advisorId": "a", "openid": "o_src", "templateId": "T", "subscribed": true, "subscribeData": {"source": "mini\u{0}program"}});
     let a = send(post(&t, "/api/advisor/subscribe", body)).await;
     assert_invalid_field(&a, "subscribeData.source");
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_digest_page_lists_the_waiting_actions_for_the_advisor_only() {
+    let t = common::start().await;
+    let template = ande_wechat::DEV_TEMPLATE_ID;
+    let advisor_openid = "o_digest_advisor";
+    // Three customers act while the advisor has no subscription: all three wait.
+    for (i, name) in ["甲", "乙", "丙"].iter().enumerate() {
+        let mut body = action_body(&format!("c{i}"), "adv-digest");
+        body["customerName"] = json!(name);
+        body["customerPhone"] = json!(format!("1370000000{i}"));
+        assert_ok(&send(post(&t, "/api/customer/action", body)).await, 201);
+    }
+    let db = t.db().await;
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM notifier.notifications WHERE advisor_id = 'adv-digest' AND state = 'waiting_credit'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if waiting == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The accept releases them as one digest.
+    t.advisor_accepts("adv-digest", advisor_openid, template)
+        .await;
+    let messages = t.wait_messages(advisor_openid, 1).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let page = messages[0]["page"].as_str().unwrap();
+    let digest_id = page.split("digest=").nth(1).expect("a digest page");
+    let path = format!("/api/digests/{digest_id}");
+
+    let advisor = session(&t, advisor_openid).await;
+    let a = send(get(&t, &path).bearer_auth(&advisor)).await;
+    assert_ok(&a, 200);
+    assert_eq!(a.data()["count"], 3);
+    let names: Vec<&str> = a.data()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["customerName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["甲", "乙", "丙"]);
+    assert_eq!(a.data()["state"], "sent");
+
+    let other = session(&t, "o_someone_else").await;
+    assert_error(
+        &send(get(&t, &path).bearer_auth(&other)).await,
+        403,
+        "forbidden",
+    );
+    let staff = staff_token(&t).await;
+    assert_ok(&send(get(&t, &path).bearer_auth(&staff)).await, 200);
+    let unknown = format!("/api/digests/{}", uuid::Uuid::now_v7());
+    assert_error(
+        &send(get(&t, &unknown).bearer_auth(&staff)).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &send(get(&t, "/api/digests/nope").bearer_auth(&staff)).await,
+        400,
+        "validation_failed",
+    );
+    assert_error(&send(get(&t, &path)).await, 401, "unauthorized");
     t.stack.stop().await.unwrap();
 }
