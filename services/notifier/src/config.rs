@@ -49,28 +49,45 @@ impl Default for TemplateFields {
 impl TemplateFields {
     /// `action=thing1,time=time2,phone=thing3,name=thing7`; omitted parts keep the default.
     pub fn parse(s: &str) -> Result<Self, String> {
+        use ande_wechat::keywords::KeywordType as K;
         let mut f = Self::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?} is not role=keyword"))?;
             let v = v.trim().to_string();
-            if ande_wechat::keywords::KeywordType::of(&v).is_none() {
+            let Some(kind) = K::of(&v) else {
                 return Err(format!(
                     "{v:?} is not a WeChat keyword name (thing1, time2, …)"
                 ));
-            }
-            match k.trim() {
-                "action" => f.action = v,
-                "time" => f.time = v,
-                "phone" => f.phone = v,
-                "name" => f.name = v,
+            };
+            // Only types our values can be fitted to: anything else would fail every send
+            // with 47003 instead of failing here, at start.
+            let (slot, fits) = match k.trim() {
+                "action" => (&mut f.action, matches!(kind, K::Thing)),
+                "time" => (&mut f.time, matches!(kind, K::Time | K::Date)),
+                "phone" => (
+                    &mut f.phone,
+                    matches!(kind, K::Thing | K::PhoneNumber | K::CharacterString),
+                ),
+                "name" => (&mut f.name, matches!(kind, K::Thing | K::Name)),
                 other => {
                     return Err(format!(
                         "unknown role {other:?}; use action, time, phone, name"
                     ))
                 }
+            };
+            if !fits {
+                return Err(format!(
+                    "{v:?} is a {kind:?} keyword, which cannot carry the {} role",
+                    k.trim()
+                ));
             }
+            *slot = v;
+        }
+        let all = [&f.action, &f.time, &f.phone, &f.name];
+        if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
+            return Err("two roles share one keyword".into());
         }
         Ok(f)
     }
@@ -99,7 +116,7 @@ pub struct NotifierConfig {
     /// First retry delay; doubles with each attempt, capped at 5 minutes.
     pub retry_backoff: Duration,
     /// A claimed notification not finished after this long is assumed abandoned by a crashed
-    /// worker and sent again (see `dispatch`). Kept above twice the WeChat timeout.
+    /// worker and sent again (see `dispatch`). Kept at or above five WeChat timeouts.
     pub stale_after: Duration,
     /// Idle workers look at the queue this often (work queued by other processes, due retries).
     pub poll_every: Duration,
@@ -204,6 +221,15 @@ mod tests {
             ("phone_number5", "name3", "thing1")
         );
         assert!(TemplateFields::parse("phone=colour2").is_err());
+        assert!(
+            TemplateFields::parse("action=phrase1").is_err(),
+            "a phrase cannot hold the action text"
+        );
+        assert!(TemplateFields::parse("time=thing4").is_err());
+        assert!(
+            TemplateFields::parse("phone=thing1").is_err(),
+            "two roles on thing1"
+        );
         assert!(TemplateFields::parse("mood=thing1").is_err());
     }
 

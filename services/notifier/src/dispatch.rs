@@ -55,6 +55,9 @@ pub const ERRCODE_DAILY_QUOTA: i64 = 45009;
 
 /// Retry delays never exceed this.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Retrying to record WeChat's answer: the first pause, and the longest.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Dispatcher {
     pub pool: PgPool,
@@ -122,6 +125,31 @@ impl Dispatcher {
             lang: Some(self.config.lang.clone()),
         };
         let result = self.wechat.send_subscribe(&msg).await;
+        // WeChat has answered: what it said must be recorded. Losing it would leave the row in
+        // `sending` for the sweep to re-queue, sending an accepted message a second time; so a
+        // database hiccup here is retried for as long as the claim is not presumed abandoned.
+        let started = std::time::Instant::now();
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match self.record(&c, result.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() + pause < self.config.stale_after / 2 => {
+                    tracing::warn!(error = %e, "cannot record WeChat's answer yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Record WeChat's answer to an attempt, in one transaction.
+    async fn record(
+        &self,
+        c: &Claimed,
+        result: Result<ande_wechat::SendReceipt, WechatError>,
+    ) -> Result<(), sqlx::Error> {
+        let c = c.clone();
         let mut tx = self.pool.begin().await?;
         let (aid, adv) = (Some(c.action_id), c.advisor_id.as_str());
         let (owned, state) = store::ownership(&mut tx, c.id, c.attempts).await?;
@@ -155,11 +183,30 @@ impl Dispatcher {
                 .await?;
                 tracing::info!(msgid = %receipt.msgid, "sent");
             }
+            Err(e) if store::msgid(&mut tx, c.id).await?.is_some() => {
+                // An earlier attempt, presumed abandoned, was delivered after all (its late
+                // answer left the msgid): this one failing changes nothing for the advisor.
+                store::refund(&mut tx, &c).await?;
+                store::set_state(&mut tx, c.id, "sent", None, None, None, None).await?;
+                let text = e.to_string();
+                store::log(
+                    &mut tx,
+                    Some(c.id),
+                    aid,
+                    adv,
+                    "sent",
+                    e.errcode(),
+                    Some(&text),
+                    None,
+                    Some("delivered by an earlier attempt"),
+                )
+                .await?;
+            }
             Err(e) => {
                 let (code, text) = (e.errcode(), e.to_string());
                 store::refund(&mut tx, &c).await?;
                 if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
-                    store::zero_credits(&mut tx, &c.openid, &c.template_id).await?;
+                    store::no_credit_at_wechat(&mut tx, &c).await?;
                     store::set_state(
                         &mut tx,
                         c.id,
@@ -281,6 +328,9 @@ impl Dispatcher {
                     )
                     .await?;
                 } else {
+                    // Remember the delivery: if the attempt now in flight fails, the
+                    // notification was delivered all the same.
+                    store::note_msgid(tx, c.id, &receipt.msgid).await?;
                     store::log(
                         tx,
                         Some(c.id),

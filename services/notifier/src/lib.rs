@@ -51,13 +51,26 @@ pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
 /// Run the notifier until `shutdown` is cancelled.
 pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // A send still waiting for WeChat must never be presumed abandoned: it would be sent twice.
-    let floor = config.wechat.timeout * 2;
+    // One send can take a token fetch, the send, a re-fetch after a token error and the resend
+    // (four WeChat calls), then recording the answer.
+    let floor = config.wechat.timeout * 5;
     if config.stale_after < floor {
-        tracing::warn!(stale_after = ?config.stale_after, wechat_timeout = ?config.wechat.timeout, "stale_after raised to twice the WeChat timeout");
+        tracing::warn!(stale_after = ?config.stale_after, wechat_timeout = ?config.wechat.timeout, "stale_after raised to five WeChat timeouts");
         config.stale_after = floor;
     }
-    let pool =
-        ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
+    // Every worker may hold a connection while recording; the consumers, queries and the sweep
+    // need theirs too.
+    let connections = u32::try_from(config.workers)
+        .unwrap_or(64)
+        .saturating_add(4)
+        .max(8);
+    let pool = ande_platform::db::connect(
+        &config.common.database_url,
+        SCHEMA,
+        connections,
+        &MIGRATIONS,
+    )
+    .await?;
     let bus = Bus::connect(&config.common, "notifier").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;
@@ -83,23 +96,44 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         sweep_now,
     });
     tracing::info!(workers = config.workers, template = %config.template_id, "notifier running");
+    // One part failing stops all of them: the dispatcher's workers must not go on sending
+    // after `run` has returned an error.
+    let stop = shutdown.child_token();
     let dispatching = async {
-        dispatcher.run(shutdown.clone()).await;
+        dispatcher.run(stop.clone()).await;
         Ok::<_, anyhow::Error>(())
     };
-    tokio::try_join!(
-        consumer::run(bus.clone(), outcomes, outcome_handler, shutdown.clone()),
-        consumer::run(bus.clone(), subscriptions, sub_handler, shutdown.clone()),
-        queries::serve(
-            bus.client.clone(),
-            bus.subjects.clone(),
-            pool.clone(),
-            wechat,
-            shutdown.clone()
-        ),
+    let stop_on_error = |r: anyhow::Result<()>| {
+        if r.is_err() {
+            stop.cancel();
+        }
+        r
+    };
+    let result = tokio::try_join!(
+        async {
+            stop_on_error(consumer::run(bus.clone(), outcomes, outcome_handler, stop.clone()).await)
+        },
+        async {
+            stop_on_error(
+                consumer::run(bus.clone(), subscriptions, sub_handler, stop.clone()).await,
+            )
+        },
+        async {
+            stop_on_error(
+                queries::serve(
+                    bus.client.clone(),
+                    bus.subjects.clone(),
+                    pool.clone(),
+                    wechat,
+                    stop.clone(),
+                )
+                .await,
+            )
+        },
         dispatching,
-    )
-    .context("notifier")?;
+    );
+    stop.cancel();
+    result.context("notifier")?;
     pool.close().await;
     Ok(())
 }

@@ -78,61 +78,24 @@ pub async fn send(
         return Err(RpcError::bad_request(e.to_string())
             .with_details(serde_json::json!({ "keyword": e.keyword })));
     }
-    let result = wechat.send_subscribe(&msg).await;
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    let answer = match result {
-        Ok(r) => {
-            sqlx::query("UPDATE subscriptions SET credits = credits - 1, updated_at = now() WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term AND advisor_id = (SELECT advisor_id FROM subscriptions WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term LIMIT 1)")
-                .bind(&msg.touser)
-                .bind(&msg.template_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            SendAnswer {
-                errcode: 0,
-                errmsg: "ok".into(),
-                msgid: Some(r.msgid),
-            }
-        }
-        Err(WechatError::Api { errcode, errmsg }) => {
-            if errcode == ande_wechat::error::ERRCODE_NO_SUBSCRIPTION {
-                store::zero_credits(&mut conn, &msg.touser, &msg.template_id)
-                    .await
-                    .map_err(db_err)?;
-            }
-            if errcode == crate::dispatch::ERRCODE_DAILY_QUOTA {
-                // The quota is the app's, not this call's: the queue would only hit it too.
-                let until = crate::dispatch::next_quota_reset(chrono::Utc::now());
-                store::pause_until(
-                    &mut conn,
-                    Some(until),
-                    "45009 daily quota reached (direct send)",
-                )
-                .await
-                .map_err(db_err)?;
-                tracing::warn!(until = %until, "daily quota reached on a direct send; sending paused");
-            }
-            SendAnswer {
-                errcode,
-                errmsg,
-                msgid: None,
-            }
-        }
+    let answer = match wechat.send_subscribe(&msg).await {
+        Ok(r) => SendAnswer {
+            errcode: 0,
+            errmsg: "ok".into(),
+            msgid: Some(r.msgid),
+        },
+        Err(WechatError::Api { errcode, errmsg }) => SendAnswer {
+            errcode,
+            errmsg,
+            msgid: None,
+        },
         Err(e) => return Err(RpcError::new("wechat_unavailable", e.to_string())),
     };
-    store::log(
-        &mut conn,
-        None,
-        None,
-        "",
-        "direct_send",
-        Some(answer.errcode),
-        Some(&answer.errmsg),
-        answer.msgid.as_deref(),
-        Some(&msg.touser),
-    )
-    .await
-    .map_err(db_err)?;
+    // WeChat's answer is known now and is what the caller must get: a bookkeeping failure is
+    // logged, never turned into an error (a caller would retry and send the message twice).
+    if let Err(e) = book_direct_send(pool, &msg, &answer).await {
+        tracing::warn!(error = %e, errcode = answer.errcode, "direct send answered but not recorded");
+    }
     Ok(answer)
 }
 
@@ -158,6 +121,51 @@ pub async fn phone(
             .with_details(serde_json::json!({ "errcode": errcode, "errmsg": errmsg }))),
         Err(e) => Err(RpcError::new("wechat_unavailable", e.to_string())),
     }
+}
+
+/// Credits, pause and log after a direct send.
+async fn book_direct_send(
+    pool: &PgPool,
+    msg: &SubscribeMessage,
+    answer: &SendAnswer,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    match answer.errcode {
+        0 => {
+            sqlx::query("UPDATE subscriptions SET credits = credits - 1, updated_at = now() WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term AND advisor_id = (SELECT advisor_id FROM subscriptions WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term LIMIT 1)")
+                .bind(&msg.touser)
+                .bind(&msg.template_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        ande_wechat::error::ERRCODE_NO_SUBSCRIPTION => {
+            store::zero_credits(&mut conn, &msg.touser, &msg.template_id).await?
+        }
+        crate::dispatch::ERRCODE_DAILY_QUOTA => {
+            // The quota is the app's, not this call's: the queue would only hit it too.
+            let until = crate::dispatch::next_quota_reset(chrono::Utc::now());
+            store::pause_until(
+                &mut conn,
+                Some(until),
+                "45009 daily quota reached (direct send)",
+            )
+            .await?;
+            tracing::warn!(until = %until, "daily quota reached on a direct send; sending paused");
+        }
+        _ => {}
+    }
+    store::log(
+        &mut conn,
+        None,
+        None,
+        "",
+        "direct_send",
+        Some(answer.errcode),
+        Some(&answer.errmsg),
+        answer.msgid.as_deref(),
+        Some(&msg.touser),
+    )
+    .await
 }
 
 pub async fn resume(pool: &PgPool) -> Result<serde_json::Value, RpcError> {

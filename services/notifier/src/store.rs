@@ -141,6 +141,9 @@ pub struct Claimed {
     pub openid: String,
     pub long_term: bool,
     pub attempts: i32,
+    /// The subscription's accept count when the credit was reserved: accepts that arrive while
+    /// the send is in flight are credits a 43101 must not wipe out.
+    pub accepts_at_claim: i32,
 }
 
 /// What became of the attempt to claim work.
@@ -179,7 +182,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     let advisor_id: String = row.get("advisor_id");
     let template_id: String = row.get("template_id");
     let sub = sqlx::query(
-        "SELECT openid, long_term FROM subscriptions
+        "SELECT openid, long_term, accepts FROM subscriptions
          WHERE advisor_id = $1 AND template_id = $2 AND (credits > 0 OR long_term) AND last_status <> 'ban'
          ORDER BY long_term DESC, updated_at DESC LIMIT 1 FOR UPDATE",
     )
@@ -234,6 +237,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     };
     let openid: String = sub.get("openid");
     let long_term: bool = sub.get("long_term");
+    let accepts_at_claim: i32 = sub.get("accepts");
     if !long_term {
         sqlx::query("UPDATE subscriptions SET credits = credits - 1, updated_at = now() WHERE advisor_id = $1 AND openid = $2 AND template_id = $3")
             .bind(&advisor_id)
@@ -243,7 +247,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
             .await?;
     }
     let attempts: i32 = sqlx::query_scalar(
-        "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = now(), attempts = attempts + 1, updated_at = now()
+        "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = clock_timestamp(), attempts = attempts + 1, updated_at = now()
          WHERE id = $1 RETURNING attempts",
     )
     .bind(id)
@@ -262,7 +266,24 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
         openid,
         long_term,
         attempts,
+        accepts_at_claim,
     }))
+}
+
+/// WeChat said 43101 (no credit left) to the send `c`: our count was wrong, so set it to zero,
+/// but keep the credits of accepts that arrived after the claim (WeChat has those).
+pub async fn no_credit_at_wechat(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE subscriptions SET credits = LEAST(credits, GREATEST(accepts - $4, 0)), updated_at = now()
+         WHERE advisor_id = $1 AND openid = $2 AND template_id = $3",
+    )
+    .bind(&c.advisor_id)
+    .bind(&c.openid)
+    .bind(&c.template_id)
+    .bind(c.accepts_at_claim)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Give back a reserved credit (the send was not accepted by WeChat). Long-term subscriptions
@@ -313,6 +334,24 @@ pub async fn ownership(
         .await?;
     let (state, now): (String, i32) = (row.get("state"), row.get("attempts"));
     Ok((state == "sending" && now == attempts, state))
+}
+
+/// Keep the msgid of a delivery without changing the notification's state.
+pub async fn note_msgid(conn: &mut PgConnection, id: Uuid, msgid: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE notifications SET msgid = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(msgid)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The msgid WeChat gave a delivery of this notification, if any.
+pub async fn msgid(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT msgid FROM notifications WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
 }
 
 pub async fn zero_credits(
@@ -403,6 +442,7 @@ pub async fn requeue_stale(
             openid: r.get::<Option<String>, _>("openid").unwrap_or_default(),
             long_term: false,
             attempts: 0,
+            accepts_at_claim: 0,
         };
         refund(conn, &c).await?;
         let failed = r.get::<String, _>("state") == "failed";

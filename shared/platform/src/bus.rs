@@ -179,12 +179,13 @@ impl Bus {
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 0));
         let mut h = msg.headers.clone().unwrap_or_default();
-        // One dead letter per consumer and original message, however often this is retried.
-        // The well-known name, so this replaces the original event's id instead of adding a
-        // second Nats-Msg-Id beside it.
+        // Every dead-lettering is its own record: an id derived from the message alone would let
+        // JetStream drop a second failure of the same message (after a purge and a replay, say)
+        // as a duplicate. The well-known header name, so this replaces the original event's id
+        // instead of adding a second Nats-Msg-Id beside it.
         h.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("dlq-{consumer}-{seq}").as_str(),
+            format!("dlq-{consumer}-{seq}-{}", uuid::Uuid::now_v7().simple()).as_str(),
         );
         h.insert(dlq_headers::REASON, truncate(reason, 1000).as_str());
         h.insert(dlq_headers::CONSUMER, consumer);

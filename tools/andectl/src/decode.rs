@@ -349,7 +349,9 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
     }
     if let Ok(d) = ande_platform::config::parse_duration(s) {
         let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
-        return Ok(now - d);
+        return now
+            .checked_sub_signed(d)
+            .ok_or_else(|| format!("{s:?} ago is before any time we can name"));
     }
     Err(format!(
         "{s:?} is not a time: use RFC 3339 (2026-05-01T08:00:00+08:00), a UTC date and time (2026-05-01 08:00:00), or a duration ago (15m, 2h, 3d)"

@@ -174,6 +174,21 @@ pub async fn replay<W: Write>(
         )?;
         return Ok(Outcome::Copied(plan, summary));
     }
+    // A start past the end of the stream would make the consumer skip every event stored from
+    // now until then, unnoticed (a local time typed as UTC does this).
+    let last_seq = stream.cached_info().state.last_sequence;
+    let beyond = match plan.from {
+        Start::Time(t) if t > chrono::Utc::now() => {
+            Some(format!("{} is in the future", t.to_rfc3339()))
+        }
+        Start::Seq(n) if n > last_seq + 1 => Some(format!(
+            "sequence {n} is past the stream's last, {last_seq}"
+        )),
+        _ => None,
+    };
+    if let (Some(why), false) = (beyond, args.allow_skip) {
+        bail!("{why}: the consumer would skip every event published until then. Times without a zone are UTC; pass --allow-skip if this is meant.");
+    }
     if plan.would_skip > 0 && !args.allow_skip {
         bail!(
             "consumer {} has processed only up to stream sequence {}; starting at {} would skip {} unprocessed event(s). Start earlier, or pass --allow-skip to skip them on purpose.",

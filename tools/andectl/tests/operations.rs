@@ -979,3 +979,41 @@ async fn replay_refuses_to_skip_unprocessed_events() {
         bus.js.delete_stream(s).await.unwrap();
     }
 }
+
+/// A start past the end of the stream (a local time typed as UTC, a sequence too far) would make
+/// the consumer skip everything published until then: refused unless told to.
+#[tokio::test]
+async fn replay_refuses_a_start_in_the_future() {
+    let common = ande_platform::testing::isolated_config().await;
+    let bus = Bus::connect(&common, "future-test").await.unwrap();
+    bus.ensure_streams(Duration::from_secs(3600)).await.unwrap();
+    let spec =
+        ande_leads::consumer_spec(&bus, &ande_leads::LeadsConfig::with_common(common.clone()));
+    ande_platform::consumer::ensure_consumer(&bus, &spec)
+        .await
+        .unwrap();
+    for from in [
+        Start::Time(chrono::Utc::now() + chrono::Duration::hours(8)),
+        Start::Seq(1_000),
+    ] {
+        let args = ReplayArgs {
+            consumer: "leads".into(),
+            from,
+            dry_run: false,
+            into_prefix: None,
+            allow_skip: false,
+            wait: false,
+            timeout: Duration::from_secs(10),
+        };
+        let err = andectl::replay::replay(&bus, &common, &args, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("would skip every event published until then"),
+            "{err:#}"
+        );
+    }
+    for s in [bus.subjects.stream(), bus.subjects.dlq_stream()] {
+        bus.js.delete_stream(s).await.unwrap();
+    }
+}
