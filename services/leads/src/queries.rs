@@ -5,7 +5,6 @@ use ande_platform::rpc::{self, RpcError};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::phone;
 use crate::store;
@@ -34,34 +33,21 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-fn db_err(e: sqlx::Error) -> RpcError {
-    tracing::warn!(error = %e, "query failed");
-    if ande_platform::db::is_unavailable(&e) {
-        RpcError::new(rpc::codes::UNAVAILABLE, "database unavailable")
-    } else {
-        RpcError::internal()
-    }
-}
-
-fn uuid(s: &str) -> Result<Uuid, RpcError> {
-    Uuid::parse_str(s.trim()).map_err(|_| RpcError::bad_request(format!("{s:?} is not a valid id")))
-}
-
 /// The action as stored and its lead outcome.
 pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<serde_json::Value, RpcError> {
-    let id = uuid(&q.action_id)?;
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    let Some(action) = store::action_detail(&mut conn, id).await.map_err(db_err)? else {
+    let id = rpc::parse_id(&q.action_id)?;
+    let mut conn = pool.acquire().await?;
+    let Some(action) = store::action_detail(&mut conn, id).await? else {
         return Err(RpcError::not_found("action not recorded by leads (yet)"));
     };
-    let outcome = store::load_outcome(&mut conn, id).await.map_err(db_err)?;
+    let outcome = store::load_outcome(&mut conn, id).await?;
     Ok(serde_json::json!({ "action": action, "outcome": outcome }))
 }
 
 pub async fn lead(pool: &PgPool, q: LeadQuery) -> Result<store::Lead, RpcError> {
-    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let mut conn = pool.acquire().await?;
     let found = match (q.id.as_deref(), q.phone.as_deref()) {
-        (Some(id), _) => store::lead_by_id(&mut conn, uuid(id)?).await,
+        (Some(id), _) => store::lead_by_id(&mut conn, rpc::parse_id(id)?).await,
         (None, Some(p)) => {
             let p =
                 phone::mainland_mobile(Some(p)).map_err(|r| RpcError::bad_request(r.as_str()))?;
@@ -69,17 +55,15 @@ pub async fn lead(pool: &PgPool, q: LeadQuery) -> Result<store::Lead, RpcError> 
         }
         (None, None) => return Err(RpcError::bad_request("give id or phone")),
     };
-    found
-        .map_err(db_err)?
-        .ok_or_else(|| RpcError::not_found("no such lead"))
+    found?.ok_or_else(|| RpcError::not_found("no such lead"))
 }
 
 pub async fn list(pool: &PgPool, q: ListQuery) -> Result<Vec<store::Lead>, RpcError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let mut conn = pool.acquire().await?;
     store::list_leads(&mut conn, q.advisor_id.as_deref(), q.since, q.until, limit)
         .await
-        .map_err(db_err)
+        .map_err(RpcError::from)
 }
 
 /// Serve all queries until shutdown.

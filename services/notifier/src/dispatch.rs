@@ -149,150 +149,49 @@ impl Dispatcher {
         c: &Claimed,
         result: Result<ande_wechat::SendReceipt, WechatError>,
     ) -> Result<(), sqlx::Error> {
-        let c = c.clone();
         let mut tx = self.pool.begin().await?;
-        let (aid, adv) = (Some(c.action_id), c.advisor_id.as_str());
         let (owned, state) = store::ownership(&mut tx, c.id, c.attempts).await?;
         if !owned {
-            self.record_late(&mut tx, &c, result, &state).await?;
+            self.record_late(&mut tx, c, result, &state).await?;
             return tx.commit().await;
         }
-        match result {
+        let e = match result {
             Ok(receipt) => {
-                store::set_state(
-                    &mut tx,
-                    c.id,
-                    "sent",
-                    None,
-                    Some(&receipt.msgid),
-                    None,
-                    None,
-                )
-                .await?;
-                store::log(
-                    &mut tx,
-                    Some(c.id),
-                    aid,
-                    adv,
-                    "sent",
-                    Some(0),
-                    None,
-                    Some(&receipt.msgid),
-                    None,
-                )
-                .await?;
                 tracing::info!(msgid = %receipt.msgid, "sent");
+                let sent = Outcome::new("sent", "sent")
+                    .msgid(&receipt.msgid)
+                    .errcode(Some(0));
+                sent.record(&mut tx, c).await?;
+                return tx.commit().await;
             }
-            Err(e) if store::msgid(&mut tx, c.id).await?.is_some() => {
-                // An earlier attempt, presumed abandoned, was delivered after all (its late
-                // answer left the msgid): this one failing changes nothing for the advisor.
-                store::refund(&mut tx, &c).await?;
-                store::set_state(&mut tx, c.id, "sent", None, None, None, None).await?;
-                let text = e.to_string();
-                store::log(
-                    &mut tx,
-                    Some(c.id),
-                    aid,
-                    adv,
-                    "sent",
-                    e.errcode(),
-                    Some(&text),
-                    None,
-                    Some("delivered by an earlier attempt"),
-                )
-                .await?;
-            }
-            Err(e) => {
-                let (code, text) = (e.errcode(), e.to_string());
-                store::refund(&mut tx, &c).await?;
-                if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
-                    store::no_credit_at_wechat(&mut tx, &c).await?;
-                    store::set_state(
-                        &mut tx,
-                        c.id,
-                        "waiting_credit",
-                        None,
-                        None,
-                        code,
-                        Some(&text),
-                    )
-                    .await?;
-                    store::log(
-                        &mut tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "no_credit_at_wechat",
-                        code,
-                        Some(&text),
-                        None,
-                        Some("credit count set to zero"),
-                    )
-                    .await?;
-                } else if code == Some(ERRCODE_DAILY_QUOTA) {
-                    let until = next_quota_reset(Utc::now());
-                    store::pause_until(&mut tx, Some(until), "45009 daily quota reached").await?;
-                    store::set_state(
-                        &mut tx,
-                        c.id,
-                        "queued",
-                        Some(until),
-                        None,
-                        code,
-                        Some(&text),
-                    )
-                    .await?;
-                    store::log(
-                        &mut tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "paused_daily_quota",
-                        code,
-                        Some(&text),
-                        None,
-                        Some(&until.to_rfc3339()),
-                    )
-                    .await?;
-                    tracing::warn!(until = %until, "daily quota reached; sending paused");
-                } else if retryable(&e) && c.attempts < self.config.max_attempts {
-                    let next = Utc::now()
-                        + ChronoDuration::from_std(backoff(self.config.retry_backoff, c.attempts))
-                            .unwrap_or_default();
-                    store::set_state(&mut tx, c.id, "queued", Some(next), None, code, Some(&text))
-                        .await?;
-                    store::log(
-                        &mut tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "retry",
-                        code,
-                        Some(&text),
-                        None,
-                        Some(&next.to_rfc3339()),
-                    )
-                    .await?;
-                    tracing::info!(error = %text, "send failed; will retry");
-                } else {
-                    store::set_state(&mut tx, c.id, "failed", None, None, code, Some(&text))
-                        .await?;
-                    store::log(
-                        &mut tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "failed",
-                        code,
-                        Some(&text),
-                        None,
-                        None,
-                    )
-                    .await?;
-                    tracing::warn!(error = %text, "send failed for good");
-                }
-            }
-        }
+            Err(e) => e,
+        };
+        // WeChat did not take this attempt: the credit it reserved goes back.
+        store::refund(&mut tx, c).await?;
+        let (code, text) = (e.errcode(), e.to_string());
+        let failed = |state, event| Outcome::new(state, event).errcode(code).errmsg(&text);
+        let outcome = if store::msgid(&mut tx, c.id).await?.is_some() {
+            // An earlier attempt, presumed abandoned, was delivered after all (its late answer
+            // left the msgid): this one failing changes nothing for the advisor.
+            failed("sent", "sent").detail("delivered by an earlier attempt")
+        } else if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
+            store::no_credit_at_wechat(&mut tx, c).await?;
+            failed("waiting_credit", "no_credit_at_wechat").detail("credit count set to zero")
+        } else if code == Some(ERRCODE_DAILY_QUOTA) {
+            let until = next_quota_reset(Utc::now());
+            store::pause_until(&mut tx, Some(until), "45009 daily quota reached").await?;
+            tracing::warn!(until = %until, "daily quota reached; sending paused");
+            failed("queued", "paused_daily_quota").next(until)
+        } else if retryable(&e) && c.attempts < self.config.max_attempts {
+            let delay = backoff(self.config.retry_backoff, c.attempts);
+            let next = Utc::now() + ChronoDuration::from_std(delay).unwrap_or_default();
+            tracing::info!(error = %text, "send failed; will retry");
+            failed("queued", "retry").next(next)
+        } else {
+            tracing::warn!(error = %text, "send failed for good");
+            failed("failed", "failed")
+        };
+        outcome.record(&mut tx, c).await?;
         tx.commit().await
     }
 
@@ -512,6 +411,75 @@ impl Dispatcher {
         tx.commit().await?;
         self.wake.notify_waiters();
         Ok(())
+    }
+}
+
+/// What becomes of a notification after an attempt: its new state, and the delivery-log entry.
+struct Outcome<'a> {
+    state: &'a str,
+    event: &'a str,
+    next: Option<DateTime<Utc>>,
+    msgid: Option<&'a str>,
+    errcode: Option<i64>,
+    errmsg: Option<&'a str>,
+    detail: Option<String>,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(state: &'a str, event: &'a str) -> Self {
+        Self {
+            state,
+            event,
+            next: None,
+            msgid: None,
+            errcode: None,
+            errmsg: None,
+            detail: None,
+        }
+    }
+    fn msgid(mut self, m: &'a str) -> Self {
+        self.msgid = Some(m);
+        self
+    }
+    fn errcode(mut self, c: Option<i64>) -> Self {
+        self.errcode = c;
+        self
+    }
+    fn errmsg(mut self, m: &'a str) -> Self {
+        self.errmsg = Some(m);
+        self
+    }
+    fn detail(mut self, d: &str) -> Self {
+        self.detail = Some(d.to_string());
+        self
+    }
+    /// Retry (or resume) at `at`; the log says when.
+    fn next(mut self, at: DateTime<Utc>) -> Self {
+        self.next = Some(at);
+        self.detail = Some(at.to_rfc3339());
+        self
+    }
+
+    async fn record(&self, tx: &mut sqlx::PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
+        // A sent notification carries no error, even when this attempt's answer was one.
+        let (errcode, errmsg) = if self.state == "sent" {
+            (None, None)
+        } else {
+            (self.errcode, self.errmsg)
+        };
+        store::set_state(tx, c.id, self.state, self.next, self.msgid, errcode, errmsg).await?;
+        store::log(
+            tx,
+            Some(c.id),
+            Some(c.action_id),
+            &c.advisor_id,
+            self.event,
+            self.errcode,
+            self.errmsg,
+            self.msgid,
+            self.detail.as_deref(),
+        )
+        .await
     }
 }
 

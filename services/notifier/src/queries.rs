@@ -10,7 +10,6 @@ use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::store;
 
@@ -37,29 +36,20 @@ pub struct SendAnswer {
     pub msgid: Option<String>,
 }
 
-fn db_err(e: sqlx::Error) -> RpcError {
-    tracing::warn!(error = %e, "query failed");
-    RpcError::new(rpc::codes::UNAVAILABLE, "database unavailable")
-}
-
-fn uuid(s: &str) -> Result<Uuid, RpcError> {
-    Uuid::parse_str(s.trim()).map_err(|_| RpcError::bad_request(format!("{s:?} is not a valid id")))
-}
-
 pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<serde_json::Value, RpcError> {
-    let id = uuid(&q.action_id)?;
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    let (notifications, log) = store::journey(&mut conn, id).await.map_err(db_err)?;
+    let id = rpc::parse_id(&q.action_id)?;
+    let mut conn = pool.acquire().await?;
+    let (notifications, log) = store::journey(&mut conn, id).await?;
     Ok(serde_json::json!({ "notifications": notifications, "log": log }))
 }
 
 pub async fn digest(pool: &PgPool, q: DigestQuery) -> Result<serde_json::Value, RpcError> {
-    let id = uuid(&q.digest_id)?;
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    let Some(digest) = store::digest_row(&mut conn, id).await.map_err(db_err)? else {
+    let id = rpc::parse_id(&q.digest_id)?;
+    let mut conn = pool.acquire().await?;
+    let Some(digest) = store::digest_row(&mut conn, id).await? else {
         return Err(RpcError::not_found("no such digest"));
     };
-    let members = store::digest_members(&mut conn, id).await.map_err(db_err)?;
+    let members = store::digest_members(&mut conn, id).await?;
     Ok(serde_json::json!({ "digestId": id, "digest": digest, "notifications": members }))
 }
 
@@ -169,16 +159,14 @@ async fn book_direct_send(
 }
 
 pub async fn resume(pool: &PgPool) -> Result<serde_json::Value, RpcError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
-    store::pause_until(&mut tx, None, "resumed by operator")
-        .await
-        .map_err(db_err)?;
+    let mut tx = pool.begin().await?;
+    store::pause_until(&mut tx, None, "resumed by operator").await?;
     let n = sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE state = 'queued' AND next_attempt_at > now()")
         .execute(&mut *tx)
         .await
-        .map_err(db_err)?
+        ?
         .rows_affected();
-    tx.commit().await.map_err(db_err)?;
+    tx.commit().await?;
     Ok(serde_json::json!({ "resumed": true, "requeued": n }))
 }
 

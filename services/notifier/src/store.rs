@@ -518,7 +518,7 @@ pub async fn take_waiting(
         .await?;
     let rows = sqlx::query(
         "SELECT id, action_id, kind, summary FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
-         ORDER BY created_at FOR UPDATE",
+         ORDER BY created_at, id FOR UPDATE",
     )
     .bind(advisor_id)
     .bind(template_id)
@@ -578,7 +578,7 @@ pub async fn journey(
 ) -> Result<(Vec<NotificationView>, Vec<DeliveryView>), sqlx::Error> {
     let notes: Vec<NotificationView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM notifications WHERE action_id = $1
-         OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL) ORDER BY created_at"
+         OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL) ORDER BY created_at, id"
     ))
     .bind(action_id)
     .fetch_all(&mut *conn)
@@ -613,7 +613,7 @@ pub async fn digest_members(
     conn: &mut PgConnection,
     digest_id: Uuid,
 ) -> Result<Vec<NotificationView>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at"))
+    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at, id"))
         .bind(digest_id)
         .fetch_all(conn)
         .await

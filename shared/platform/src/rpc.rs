@@ -48,6 +48,25 @@ impl RpcError {
     }
 }
 
+/// A database failure answering a query: unavailable (retry later) or internal. Logged here,
+/// once, with its cause; the caller sees no SQL.
+impl From<sqlx::Error> for RpcError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::warn!(error = %e, "query failed");
+        if crate::db::is_unavailable(&e) {
+            RpcError::new(codes::UNAVAILABLE, "database unavailable")
+        } else {
+            RpcError::internal()
+        }
+    }
+}
+
+/// An id sent in a query: a UUID, or a bad request naming what was sent.
+pub fn parse_id(s: &str) -> Result<uuid::Uuid, RpcError> {
+    uuid::Uuid::parse_str(s.trim())
+        .map_err(|_| RpcError::bad_request(format!("{s:?} is not a valid id")))
+}
+
 pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     pub const BAD_REQUEST: &str = "bad_request";
