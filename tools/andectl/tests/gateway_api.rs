@@ -2301,3 +2301,23 @@ async fn the_digest_page_lists_the_waiting_actions_for_the_advisor_only() {
     assert_error(&send(get(&t, &path)).await, 401, "unauthorized");
     t.stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscription_changes_are_rate_limited_per_openid() {
+    let t = common::start_with(|o| o.gateway.rate_per_openid = 2).await;
+    let body =
+        json!({"advisorId": "a", "openid": "o_flood", "templateId": "T", "subscribed": true});
+    for _ in 0..2 {
+        assert_ok(
+            &send(post(&t, "/api/advisor/subscribe", body.clone())).await,
+            201,
+        );
+    }
+    let limited = send(post(&t, "/api/advisor/subscribe", body)).await;
+    assert_error(&limited, 429, "rate_limited");
+    assert!(retry_after(&limited) >= 1);
+    let other =
+        json!({"advisorId": "a", "openid": "o_other", "templateId": "T", "subscribed": true});
+    assert_ok(&send(post(&t, "/api/advisor/subscribe", other)).await, 201);
+    t.stack.stop().await.unwrap();
+}

@@ -107,6 +107,15 @@ pub async fn subscribe(
         Some(s) => s.sub.clone(),
         None => validate::required("openid", body.get("openid"), MAX_ID)?,
     };
+    // Each accept is a credit to message this openid: bound how fast anyone can add them.
+    state.openid_limiter.check(&openid).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many subscription changes for this user",
+        )
+        .retry_after(wait)
+    })?;
     let source = match body.get("subscribeData").and_then(|d| d.get("source")) {
         Some(v) => validate::optional("subscribeData.source", Some(v), 32)?,
         None => None,
