@@ -24,7 +24,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::LeadsConfig;
-use crate::store::{self, RecordError, StoredOutcome};
+use crate::store::{self, StoredOutcome};
 
 pub const DURABLE: &str = "leads";
 pub const PRODUCER: &str = "leads";
@@ -95,14 +95,12 @@ impl ActionHandler {
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let mut tx = self.pool.begin().await.context("begin")?;
-            match store::record_action(&mut tx, &d.event, d.stream_seq, &self.config).await {
-                Ok(o) => {
+            match store::record_batch(&mut tx, &[(&d.event, d.stream_seq)], &self.config).await {
+                Ok(mut one) => {
                     tx.commit().await.context("commit")?;
-                    out.push(Ok(o));
+                    out.push(one.pop().unwrap_or_else(|| Err("not processed".into())));
                 }
-                Err(RecordError::Db(e)) if is_unavailable(&e) => {
-                    return Err(e).context("storing action")
-                }
+                Err(e) if is_unavailable(&e) => return Err(e).context("storing action"),
                 Err(e) => out.push(Err(e.to_string())),
             }
         }

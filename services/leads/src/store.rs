@@ -62,14 +62,6 @@ impl OutcomeKind {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("invalid event: {0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
 /// The remark of a lead created by an action, naming the action as the original did.
 pub fn remark_for(action_type: &str) -> String {
     let what = match action_type {
@@ -94,119 +86,6 @@ fn json_or_raw(text: &str) -> serde_json::Value {
     }
     serde_json::from_str(&text.replace("\\u0000", ""))
         .unwrap_or_else(|_| serde_json::json!({ "_raw": text.replace('\0', "") }))
-}
-
-/// Store an action and its lead outcome, once. A second call for the same action id (a
-/// redelivery, a replay, a retried publish) changes nothing and returns the stored outcome.
-///
-/// The action row is inserted first: a concurrent duplicate blocks on it and then sees the
-/// conflict, so the lead's touch is counted once. The lead upsert is a single statement, so two
-/// actions with the same new phone in two processes create exactly one lead: one inserts, the
-/// other waits for the row and matches it.
-pub async fn record_action(
-    conn: &mut PgConnection,
-    ev: &ActionRecorded,
-    stream_seq: u64,
-    config: &LeadsConfig,
-) -> Result<StoredOutcome, RecordError> {
-    let meta = ev
-        .meta
-        .as_ref()
-        .ok_or_else(|| RecordError::Invalid("no envelope".into()))?;
-    let action_id = Uuid::parse_str(&ev.action_id)
-        .map_err(|_| RecordError::Invalid(format!("action_id {:?} is not a UUID", ev.action_id)))?;
-    let event_id = Uuid::parse_str(&meta.event_id)
-        .map_err(|_| RecordError::Invalid("event_id is not a UUID".into()))?;
-    let occurred_at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
-    let advisor_id =
-        clean(&ev.advisor_id).ok_or_else(|| RecordError::Invalid("advisor_id is empty".into()))?;
-    let customer_id = clean(&ev.customer_id)
-        .ok_or_else(|| RecordError::Invalid("customer_id is empty".into()))?;
-    let action_type = clean(&ev.action_type)
-        .ok_or_else(|| RecordError::Invalid("action_type is empty".into()))?;
-    let name = clean(&ev.customer_name);
-    let raw_phone = clean(&ev.customer_phone);
-    let openid = clean(&ev.openid);
-    let phone = phone::mainland_mobile(raw_phone.as_deref());
-
-    let inserted = sqlx::query(
-        "INSERT INTO actions (action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
-             customer_name, customer_phone, phone_normalized, openid, client_ip, user_agent, occurred_at,
-             outcome_kind, is_new_customer, outcome_event_id)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,'none',false,$16)
-         ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
-    )
-    .bind(action_id)
-    .bind(event_id)
-    .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
-    .bind(&customer_id)
-    .bind(&advisor_id)
-    .bind(&action_type)
-    .bind(json_or_raw(&ev.action_data_json))
-    .bind(json_or_raw(&ev.extra_json))
-    .bind(&name)
-    .bind(&raw_phone)
-    .bind(phone.as_ref().ok())
-    .bind(&openid)
-    .bind(clean(&ev.client_ip))
-    .bind(clean(&ev.user_agent))
-    .bind(occurred_at)
-    .bind(Uuid::now_v7())
-    .fetch_optional(&mut *conn)
-    .await?;
-    if inserted.is_none() {
-        return load_outcome(conn, action_id)
-            .await?
-            .ok_or_else(|| RecordError::Invalid("action vanished".into()));
-    }
-
-    match phone {
-        Err(reason) => {
-            sqlx::query("UPDATE actions SET no_lead_reason = $2 WHERE action_id = $1")
-                .bind(action_id)
-                .bind(reason.as_str())
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(phone) => {
-            let row = sqlx::query(
-                "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, last_touch_at)
-                 VALUES ($1, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
-                         $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (phone) DO UPDATE SET
-                     name = COALESCE(leads.name, EXCLUDED.name),
-                     openid = COALESCE(leads.openid, EXCLUDED.openid),
-                     touch_count = leads.touch_count + 1,
-                     last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
-                     updated_at = now()
-                 RETURNING id, (xmax = 0) AS inserted",
-            )
-            .bind(Uuid::now_v7())
-            .bind(&phone)
-            .bind(&name)
-            .bind(&openid)
-            .bind(&advisor_id)
-            .bind(&config.source)
-            .bind(&config.default_status)
-            .bind(&config.default_level)
-            .bind(remark_for(&action_type))
-            .bind(occurred_at)
-            .fetch_one(&mut *conn)
-            .await?;
-            let lead_id: Uuid = row.get("id");
-            let created: bool = row.get("inserted");
-            sqlx::query("UPDATE actions SET outcome_kind = $2, lead_id = $3, is_new_customer = $4 WHERE action_id = $1")
-                .bind(action_id)
-                .bind(if created { OutcomeKind::Created.as_str() } else { OutcomeKind::Matched.as_str() })
-                .bind(lead_id)
-                .bind(created)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(load_outcome(conn, action_id)
-        .await?
-        .expect("row inserted above"))
 }
 
 const OUTCOME_SELECT: &str = "SELECT a.action_id, a.advisor_id, a.customer_id, a.action_type, a.outcome_kind, a.no_lead_reason,
@@ -389,9 +268,14 @@ fn prepare(ev: &ActionRecorded, stream_seq: u64) -> Result<Prepared, String> {
     })
 }
 
-/// Store a batch of actions with a handful of set-based statements, whatever the batch size:
-/// the same rules as [`record_action`] (which stays for one-at-a-time use), at a fraction of the
-/// round trips. Per action: `Ok(outcome)`, or `Err(reason)` for an action that can never be
+/// Store actions and their lead outcomes, once, with a handful of set-based statements whatever
+/// the batch size. A second call for an action already stored (a redelivery, a replay, a retried
+/// publish) changes nothing and returns the stored outcome.
+///
+/// The action rows are inserted first: a concurrent duplicate blocks on its row and then sees
+/// the conflict, so a lead's touch is counted once. The lead upsert is a single statement, so two
+/// actions with the same new phone in two processes create exactly one lead: one inserts, the
+/// other waits for the row and matches it. Per action: `Ok(outcome)`, or `Err(reason)` for an action that can never be
 /// stored (to dead-letter). Actions of one phone within the batch are applied in batch order:
 /// the first may create the lead, the others match it.
 pub async fn record_batch(

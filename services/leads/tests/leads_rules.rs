@@ -348,11 +348,11 @@ async fn concurrent_transactions_on_one_new_phone_create_once() {
             |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, act: ActionRecorded, seq: u64| {
                 let config = config.clone();
                 async move {
-                    let r = store::record_action(&mut tx, &act, seq, &config)
+                    let mut r = store::record_batch(&mut tx, &[(&act, seq)], &config)
                         .await
                         .unwrap();
                     tx.commit().await.unwrap();
-                    r
+                    r.pop().unwrap().unwrap()
                 }
             };
         // One takes the row first; the other waits for it, then sees the first one's lead.
