@@ -1,7 +1,7 @@
 //! Questions other services ask the leads service over NATS request/reply
 //! (`<prefix>.rpc.leads.<method>`): an action's journey, a lead by id or phone, a page of leads.
 
-use ande_platform::rpc::{self, RpcError};
+use ande_platform::rpc::{self, ActionQuery, RpcError};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -10,12 +10,6 @@ use crate::phone;
 use crate::store;
 
 pub const QUEUE_GROUP: &str = "leads";
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActionQuery {
-    pub action_id: String,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

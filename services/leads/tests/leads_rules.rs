@@ -67,6 +67,19 @@ impl Env {
         }
     }
 
+    /// The leads schema as the service opens it, and its config: for calling `store` directly.
+    async fn store(&self) -> (PgPool, LeadsConfig) {
+        let pool = ande_platform::db::connect(
+            &self.common.database_url,
+            ande_leads::SCHEMA,
+            4,
+            &ande_leads::MIGRATIONS,
+        )
+        .await
+        .unwrap();
+        (pool, LeadsConfig::with_common(self.common.clone()))
+    }
+
     async fn publish(&self, e: &ActionRecorded) {
         self.bus.publish(e).await.unwrap();
     }
@@ -328,15 +341,7 @@ async fn the_same_new_phone_from_two_processes_makes_one_lead() {
 async fn concurrent_transactions_on_one_new_phone_create_once() {
     // The race itself, without the consumer's batching: two transactions, same new phone.
     let env = start(0).await;
-    let pool = ande_platform::db::connect(
-        &env.common.database_url,
-        ande_leads::SCHEMA,
-        4,
-        &ande_leads::MIGRATIONS,
-    )
-    .await
-    .unwrap();
-    let config = LeadsConfig::with_common(env.common.clone());
+    let (pool, config) = env.store().await;
     for round in 0..10 {
         let phone = format!("1360000{round:04}");
         let (a, b) = (
@@ -614,15 +619,7 @@ async fn a_batch_is_stored_by_the_set_based_path() {
     // record_batch directly (the consumer falls back to one by one on error, which would hide a
     // broken batch statement behind passing end results).
     let env = start(0).await;
-    let pool = ande_platform::db::connect(
-        &env.common.database_url,
-        ande_leads::SCHEMA,
-        2,
-        &ande_leads::MIGRATIONS,
-    )
-    .await
-    .unwrap();
-    let config = LeadsConfig::with_common(env.common.clone());
+    let (pool, config) = env.store().await;
     let a = action("adv-1", "view_resume", "", "13511112222");
     let b = action("adv-2", "book_service", "周八", "135 1111 2222");
     let c = action("adv-1", "view_resume", "", "bad");

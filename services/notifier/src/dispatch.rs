@@ -204,60 +204,36 @@ impl Dispatcher {
         result: Result<ande_wechat::SendReceipt, WechatError>,
         state: &str,
     ) -> Result<(), sqlx::Error> {
-        let (aid, adv) = (Some(c.action_id), c.advisor_id.as_str());
+        const LATE: &str = "answer came after the attempt was presumed abandoned";
         match result {
             Ok(receipt) => {
                 // WeChat spent a credit: take back the one given back at re-queueing.
                 store::charge(tx, c).await?;
+                let delivered = Outcome::new("sent", "sent")
+                    .msgid(&receipt.msgid)
+                    .errcode(Some(0));
                 if matches!(state, "queued" | "waiting_credit" | "failed") {
                     // Nobody is sending it now (not claimed again yet, or a later attempt was
                     // refused): it was delivered, so it is sent and nobody sends it again.
-                    store::set_state(tx, c.id, "sent", None, Some(&receipt.msgid), None, None)
-                        .await?;
-                    store::log(
-                        tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "sent",
-                        Some(0),
-                        None,
-                        Some(&receipt.msgid),
-                        Some("answer came after the attempt was presumed abandoned"),
-                    )
-                    .await?;
+                    delivered.detail(LATE).record(tx, c).await?;
                 } else {
                     // Remember the delivery: if the attempt now in flight fails, the
                     // notification was delivered all the same.
                     store::note_msgid(tx, c.id, &receipt.msgid).await?;
-                    store::log(
-                        tx,
-                        Some(c.id),
-                        aid,
-                        adv,
-                        "late_sent",
-                        Some(0),
-                        None,
-                        Some(&receipt.msgid),
-                        Some("WeChat accepted an attempt presumed abandoned; it was sent again"),
-                    )
-                    .await?;
+                    let mut late = delivered
+                        .detail("WeChat accepted an attempt presumed abandoned; it was sent again");
+                    late.event = "late_sent";
+                    late.log(tx, c).await?;
                     tracing::warn!(msgid = %receipt.msgid, "an attempt presumed abandoned was delivered; the advisor got this notification twice");
                 }
             }
             Err(e) => {
-                store::log(
-                    tx,
-                    Some(c.id),
-                    aid,
-                    adv,
-                    "late_failure",
-                    e.errcode(),
-                    Some(&e.to_string()),
-                    None,
-                    Some("answer came after the attempt was presumed abandoned"),
-                )
-                .await?;
+                let text = e.to_string();
+                let late = Outcome::new("", "late_failure")
+                    .errcode(e.errcode())
+                    .errmsg(&text)
+                    .detail(LATE);
+                late.log(tx, c).await?;
             }
         }
         Ok(())
@@ -460,6 +436,7 @@ impl<'a> Outcome<'a> {
         self
     }
 
+    /// Set the notification's state and log the event.
     async fn record(&self, tx: &mut sqlx::PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
         // A sent notification carries no error, even when this attempt's answer was one.
         let (errcode, errmsg) = if self.state == "sent" {
@@ -468,6 +445,11 @@ impl<'a> Outcome<'a> {
             (self.errcode, self.errmsg)
         };
         store::set_state(tx, c.id, self.state, self.next, self.msgid, errcode, errmsg).await?;
+        self.log(tx, c).await
+    }
+
+    /// Only log the event; the notification's state stays as it is.
+    async fn log(&self, tx: &mut sqlx::PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
         store::log(
             tx,
             Some(c.id),

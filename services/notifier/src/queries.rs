@@ -5,7 +5,7 @@
 //! - `phone`: a phone number by the phone button's code (needs the access token);
 //! - `resume`: lift a pause (after 45009, or an operator's).
 
-use ande_platform::rpc::{self, RpcError};
+use ande_platform::rpc::{self, ActionQuery, RpcError};
 use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -14,12 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::store;
 
 pub const QUEUE_GROUP: &str = "notifier";
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActionQuery {
-    pub action_id: String,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

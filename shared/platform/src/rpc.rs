@@ -61,6 +61,13 @@ impl From<sqlx::Error> for RpcError {
     }
 }
 
+/// The query of every `journey` method: which action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionQuery {
+    pub action_id: String,
+}
+
 /// An id sent in a query: a UUID, or a bad request naming what was sent.
 pub fn parse_id(s: &str) -> Result<uuid::Uuid, RpcError> {
     uuid::Uuid::parse_str(s.trim())
