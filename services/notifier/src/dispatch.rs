@@ -335,20 +335,6 @@ impl Dispatcher {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                for w in &waiting {
-                    store::log(
-                        &mut tx,
-                        Some(w.id),
-                        Some(w.action_id),
-                        advisor_id,
-                        "folded_into_digest",
-                        None,
-                        None,
-                        None,
-                        Some(&id.to_string()),
-                    )
-                    .await?;
-                }
                 let moved: Vec<(Uuid, Uuid)> = sqlx::query_as(
                     "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
                 )
@@ -356,11 +342,13 @@ impl Dispatcher {
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
-                for (mid, action_id) in &moved {
+                // The waiting notifications, and those earlier digests stood for, now belong here.
+                let folded = waiting.iter().map(|w| (w.id, w.action_id)).chain(moved);
+                for (fid, action_id) in folded {
                     store::log(
                         &mut tx,
-                        Some(*mid),
-                        Some(*action_id),
+                        Some(fid),
+                        Some(action_id),
                         advisor_id,
                         "folded_into_digest",
                         None,

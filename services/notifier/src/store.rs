@@ -290,34 +290,33 @@ pub async fn no_credit_at_wechat(conn: &mut PgConnection, c: &Claimed) -> Result
 /// reserve nothing, so nothing is given back to them (also when `c.long_term` is not known, as
 /// for a re-queued abandoned send).
 pub async fn refund(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-    if !c.long_term {
-        sqlx::query(
-            "UPDATE subscriptions SET credits = credits + 1, updated_at = now()
-             WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND NOT long_term",
-        )
-        .bind(&c.advisor_id)
-        .bind(&c.openid)
-        .bind(&c.template_id)
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
+    adjust_credits(conn, c, 1).await
 }
 
 /// Take a credit for a send WeChat accepted after its reservation had been given back (the send
 /// was presumed abandoned and re-queued). Never below zero: WeChat will say 43101 if we are wrong.
 pub async fn charge(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-    if !c.long_term {
-        sqlx::query(
-            "UPDATE subscriptions SET credits = credits - 1, updated_at = now()
-             WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND credits > 0 AND NOT long_term",
-        )
-        .bind(&c.advisor_id)
-        .bind(&c.openid)
-        .bind(&c.template_id)
-        .execute(conn)
-        .await?;
+    adjust_credits(conn, c, -1).await
+}
+
+async fn adjust_credits(
+    conn: &mut PgConnection,
+    c: &Claimed,
+    delta: i32,
+) -> Result<(), sqlx::Error> {
+    if c.long_term {
+        return Ok(());
     }
+    sqlx::query(
+        "UPDATE subscriptions SET credits = GREATEST(credits + $4, 0), updated_at = now()
+         WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND NOT long_term",
+    )
+    .bind(&c.advisor_id)
+    .bind(&c.openid)
+    .bind(&c.template_id)
+    .bind(delta)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
