@@ -1,76 +1,23 @@
 //! Everything the leads service reads and writes in its schema. Small functions over a
 //! connection or transaction, so the consumer decides where transactions begin and end.
 
-use ande_events::{from_timestamp, ActionRecorded, LeadOutcomeKind};
+use ande_events::{from_timestamp, ActionRecorded};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::config::LeadsConfig;
 use crate::phone;
 
-/// What an action meant for the CRM, as stored with the action.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoredOutcome {
-    pub action_id: Uuid,
-    pub advisor_id: String,
-    pub customer_id: String,
-    pub action_type: String,
-    pub kind: OutcomeKind,
-    pub no_lead_reason: Option<String>,
-    pub lead_id: Option<Uuid>,
-    pub customer_code: Option<String>,
-    pub is_new_customer: bool,
-    pub customer_name: Option<String>,
-    pub phone: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-    pub stored_at: DateTime<Utc>,
-    pub outcome_event_id: Uuid,
-    pub published: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutcomeKind {
-    Created,
-    Matched,
-    None,
-}
-
-impl OutcomeKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            OutcomeKind::Created => "created",
-            OutcomeKind::Matched => "matched",
-            OutcomeKind::None => "none",
-        }
-    }
-    fn parse(s: &str) -> Self {
-        match s {
-            "created" => OutcomeKind::Created,
-            "matched" => OutcomeKind::Matched,
-            _ => OutcomeKind::None,
-        }
-    }
-    pub fn to_event(self) -> LeadOutcomeKind {
-        match self {
-            OutcomeKind::Created => LeadOutcomeKind::Created,
-            OutcomeKind::Matched => LeadOutcomeKind::Matched,
-            OutcomeKind::None => LeadOutcomeKind::None,
-        }
-    }
-}
+pub use ande_contracts::leads::{Lead, StoredAction, StoredOutcome};
+pub use ande_contracts::vocab::{ActionType, OutcomeKind};
 
 /// The remark of a lead created by an action, naming the action as the original did.
 pub fn remark_for(action_type: &str) -> String {
-    let what = match action_type {
-        "view_resume" => "查看简历",
-        "contact_advisor" => "联系顾问",
-        "book_service" => "预约服务",
-        other => other,
-    };
-    format!("通过微信小程序{what}自动创建")
+    format!(
+        "通过微信小程序{}自动创建",
+        ActionType::from(action_type).label()
+    )
 }
 
 /// Postgres text cannot hold NUL; nothing legitimate contains it.
@@ -94,35 +41,14 @@ const OUTCOME_SELECT: &str = "SELECT a.action_id, a.advisor_id, a.customer_id, a
         a.outcome_published_at IS NOT NULL AS published
      FROM actions a LEFT JOIN leads l ON l.id = a.lead_id";
 
-fn outcome_from_row(r: &sqlx::postgres::PgRow) -> StoredOutcome {
-    StoredOutcome {
-        action_id: r.get("action_id"),
-        advisor_id: r.get("advisor_id"),
-        customer_id: r.get("customer_id"),
-        action_type: r.get("action_type"),
-        kind: OutcomeKind::parse(r.get::<&str, _>("outcome_kind")),
-        no_lead_reason: r.get("no_lead_reason"),
-        lead_id: r.get("lead_id"),
-        customer_code: r.get("customer_code"),
-        is_new_customer: r.get("is_new_customer"),
-        customer_name: r.get("customer_name"),
-        phone: r.get("phone"),
-        occurred_at: r.get("occurred_at"),
-        stored_at: r.get("stored_at"),
-        outcome_event_id: r.get("outcome_event_id"),
-        published: r.get("published"),
-    }
-}
-
 pub async fn load_outcome(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<Option<StoredOutcome>, sqlx::Error> {
-    let row = sqlx::query(&format!("{OUTCOME_SELECT} WHERE a.action_id = $1"))
+    sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = $1"))
         .bind(action_id)
         .fetch_optional(conn)
-        .await?;
-    Ok(row.as_ref().map(outcome_from_row))
+        .await
 }
 
 pub async fn mark_published(
@@ -134,26 +60,6 @@ pub async fn mark_published(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// A lead as the CRM sees it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct Lead {
-    pub id: Uuid,
-    pub customer_code: String,
-    pub phone: String,
-    pub name: Option<String>,
-    pub openid: Option<String>,
-    pub owner_advisor_id: String,
-    pub created_by: String,
-    pub source: String,
-    pub status: String,
-    pub level: String,
-    pub remark: String,
-    pub touch_count: i32,
-    pub last_touch_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
 }
 
 const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, created_at";
@@ -177,8 +83,8 @@ pub async fn lead_by_phone(
     .await
 }
 
-/// A page of leads, newest first, optionally for one advisor and a time range; `before` is the
-/// `created_at` of the last lead of the previous page.
+/// A page of leads, newest first, optionally for one advisor and created in `[since, until)`
+/// (the next page: `until` = the `created_at` of the last lead of this one).
 pub async fn list_leads(
     conn: &mut PgConnection,
     advisor_id: Option<&str>,
@@ -205,20 +111,15 @@ pub async fn list_leads(
 pub async fn action_detail(
     conn: &mut PgConnection,
     action_id: Uuid,
-) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT jsonb_build_object(
-            'actionId', action_id, 'eventId', event_id, 'streamSeq', stream_seq, 'customerId', customer_id,
-            'advisorId', advisor_id, 'actionType', action_type, 'actionData', action_data, 'extra', extra,
-            'customerName', customer_name, 'customerPhone', customer_phone, 'openid', openid,
-            'clientIp', client_ip, 'userAgent', user_agent, 'occurredAt', occurred_at, 'storedAt', stored_at,
-            'outcomePublishedAt', outcome_published_at) AS j
+) -> Result<Option<StoredAction>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
+                customer_name, customer_phone, openid, client_ip, user_agent, occurred_at, stored_at, outcome_published_at
          FROM actions WHERE action_id = $1",
     )
     .bind(action_id)
     .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| r.get("j")))
+    .await
 }
 
 /// An action checked and ready to store.
@@ -436,15 +337,13 @@ pub async fn record_batch(
     }
 
     let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
-    let rows = sqlx::query(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
-        .bind(&all)
-        .fetch_all(&mut *conn)
-        .await?;
-    let outcomes: std::collections::HashMap<Uuid, StoredOutcome> = rows
-        .iter()
-        .map(outcome_from_row)
-        .map(|o| (o.action_id, o))
-        .collect();
+    let rows: Vec<StoredOutcome> =
+        sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
+            .bind(&all)
+            .fetch_all(&mut *conn)
+            .await?;
+    let outcomes: std::collections::HashMap<Uuid, StoredOutcome> =
+        rows.into_iter().map(|o| (o.action_id, o)).collect();
     for (i, p) in &prepared {
         results[*i] = Some(
             outcomes

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use ande_events::{from_timestamp, LeadOutcome, SubscriptionChanged, SubscriptionStatus};
+use ande_contracts::notifier::ActionSummary;
+use ande_events::{from_timestamp, LeadOutcome, SubscriptionChanged};
 use ande_platform::consumer::{apply_batch, ApplyInTx, Delivery, Disposition, Handler};
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
@@ -15,7 +16,8 @@ use uuid::Uuid;
 
 use crate::config::NotifierConfig;
 use crate::content;
-use crate::store;
+use crate::credits;
+use crate::store::{self, LogEntry, NotificationKind, Summary};
 
 pub const OUTCOMES_DURABLE: &str = "notifier-outcomes";
 pub const SUBSCRIPTIONS_DURABLE: &str = "notifier-subscriptions";
@@ -53,33 +55,28 @@ impl ApplyInTx<LeadOutcome> for OutcomeHandler {
                 ));
             };
             let (data, page) = content::for_outcome(&self.config, o);
-            let summary = serde_json::json!({
-                "actionType": o.action_type, "phone": o.customer_phone, "name": o.customer_name,
-                "leadId": o.lead_id, "customerCode": o.customer_code, "newCustomer": o.is_new_customer,
+            let summary = Summary::Action(ActionSummary {
+                action_type: o.action_type.as_str().into(),
+                phone: o.customer_phone.clone(),
+                name: o.customer_name.clone(),
+                lead_id: o.lead_id.clone(),
+                customer_code: o.customer_code.clone(),
+                new_customer: o.is_new_customer,
             });
             let new = store::NewNotification {
                 id: Uuid::now_v7(),
                 action_id,
                 advisor_id: &o.advisor_id,
-                kind: "action",
+                kind: NotificationKind::Action,
                 template_id: &self.config.template_id,
                 data: &data,
                 page: &page,
                 summary,
             };
             if let Some(id) = store::enqueue(tx, &new).await? {
-                store::log(
-                    tx,
-                    Some(id),
-                    Some(action_id),
-                    &o.advisor_id,
-                    "queued",
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-                .await?;
+                LogEntry::about(id, action_id, &o.advisor_id, "queued")
+                    .write(tx)
+                    .await?;
             }
             Ok(Disposition::Ack)
         }
@@ -91,16 +88,6 @@ pub struct SubscriptionHandler {
     pub config: Arc<NotifierConfig>,
     /// The sweep releases waiting notifications once a credit exists.
     pub sweep_now: Arc<Notify>,
-}
-
-fn status_name(s: i32) -> Option<&'static str> {
-    match SubscriptionStatus::try_from(s).ok()? {
-        SubscriptionStatus::Accept => Some("accept"),
-        SubscriptionStatus::Reject => Some("reject"),
-        SubscriptionStatus::Ban => Some("ban"),
-        SubscriptionStatus::Filter => Some("filter"),
-        SubscriptionStatus::Unspecified => None,
-    }
 }
 
 impl Handler for SubscriptionHandler {
@@ -127,9 +114,10 @@ impl ApplyInTx<SubscriptionChanged> for SubscriptionHandler {
         {
             let e = &d.event;
             let meta = e.meta.as_ref().expect("checked at decode");
-            let (Ok(event_id), Some(status)) =
-                (Uuid::parse_str(&meta.event_id), status_name(e.status))
-            else {
+            let (Ok(event_id), Some(status)) = (
+                Uuid::parse_str(&meta.event_id),
+                ande_events::subscription_status(e.status),
+            ) else {
                 return Ok(Disposition::DeadLetter(
                     "subscription change without a status".into(),
                 ));
@@ -148,30 +136,27 @@ impl ApplyInTx<SubscriptionChanged> for SubscriptionHandler {
                 .iter()
                 .any(|t| t == &e.template_id);
             let at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
-            let fresh = store::apply_subscription(
-                tx,
+            let decision = store::Decision {
                 event_id,
-                &e.advisor_id,
-                &e.openid,
-                &e.template_id,
+                account: credits::Account {
+                    advisor_id: &e.advisor_id,
+                    openid: &e.openid,
+                    template_id: &e.template_id,
+                },
                 status,
-                &e.source,
-                at,
+                source: &e.source,
+                occurred_at: at,
                 long_term,
-            )
-            .await?;
-            if fresh {
-                store::log(
-                    tx,
-                    None,
-                    None,
-                    &e.advisor_id,
-                    &format!("subscription_{status}"),
-                    None,
-                    None,
-                    None,
-                    Some(&e.template_id),
-                )
+            };
+            if store::apply_subscription(tx, &decision).await? {
+                let event = format!("subscription_{status}");
+                LogEntry {
+                    advisor_id: &e.advisor_id,
+                    event: &event,
+                    detail: Some(&e.template_id),
+                    ..LogEntry::default()
+                }
+                .write(tx)
                 .await?;
             }
             Ok(Disposition::Ack)

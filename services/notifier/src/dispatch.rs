@@ -24,7 +24,7 @@
 //! counted; the next send beyond WeChat's real count gets 43101, which sets our count to zero and
 //! parks that notification until the next accept (self-correcting, never a lost notification).
 //!
-//! `stale_after` is kept above twice the WeChat timeout (see `run`), so a live worker's send is
+//! `stale_after` is kept at or above five WeChat timeouts (see `crate::run`), so a live worker's send is
 //! never presumed abandoned while WeChat may still answer it. Should an answer still arrive after
 //! the row was re-queued (a worker stalled on the database, or processes configured differently),
 //! the attempt no longer owns the row ([`store::ownership`]): it records what WeChat said without
@@ -48,7 +48,8 @@ use uuid::Uuid;
 
 use crate::config::NotifierConfig;
 use crate::content;
-use crate::store::{self, Claim, Claimed};
+use crate::credits;
+use crate::store::{self, Claim, Claimed, LogEntry, NotificationKind, NotificationState, Summary};
 
 /// WeChat's "daily API quota reached": pause until it resets.
 pub const ERRCODE_DAILY_QUOTA: i64 = 45009;
@@ -152,13 +153,13 @@ impl Dispatcher {
         let mut tx = self.pool.begin().await?;
         let (owned, state) = store::ownership(&mut tx, c.id, c.attempts).await?;
         if !owned {
-            self.record_late(&mut tx, c, result, &state).await?;
+            self.record_late(&mut tx, c, result, state).await?;
             return tx.commit().await;
         }
         let e = match result {
             Ok(receipt) => {
                 tracing::info!(msgid = %receipt.msgid, "sent");
-                let sent = Outcome::new("sent", "sent")
+                let sent = Outcome::new(NotificationState::Sent, "sent")
                     .msgid(&receipt.msgid)
                     .errcode(Some(0));
                 sent.record(&mut tx, c).await?;
@@ -167,29 +168,32 @@ impl Dispatcher {
             Err(e) => e,
         };
         // WeChat did not take this attempt: the credit it reserved goes back.
-        store::refund(&mut tx, c).await?;
+        if !c.long_term {
+            credits::adjust(&mut tx, c.account(), 1).await?;
+        }
         let (code, text) = (e.errcode(), e.to_string());
         let failed = |state, event| Outcome::new(state, event).errcode(code).errmsg(&text);
         let outcome = if store::msgid(&mut tx, c.id).await?.is_some() {
             // An earlier attempt, presumed abandoned, was delivered after all (its late answer
             // left the msgid): this one failing changes nothing for the advisor.
-            failed("sent", "sent").detail("delivered by an earlier attempt")
+            failed(NotificationState::Sent, "sent").detail("delivered by an earlier attempt")
         } else if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
-            store::no_credit_at_wechat(&mut tx, c).await?;
-            failed("waiting_credit", "no_credit_at_wechat").detail("credit count set to zero")
+            credits::no_credit_at_wechat(&mut tx, c.account(), c.accepts_at_claim).await?;
+            failed(NotificationState::WaitingCredit, "no_credit_at_wechat")
+                .detail("credit count set to zero")
         } else if code == Some(ERRCODE_DAILY_QUOTA) {
             let until = next_quota_reset(Utc::now());
             store::pause_until(&mut tx, Some(until), "45009 daily quota reached").await?;
             tracing::warn!(until = %until, "daily quota reached; sending paused");
-            failed("queued", "paused_daily_quota").next(until)
+            failed(NotificationState::Queued, "paused_daily_quota").next(until)
         } else if retryable(&e) && c.attempts < self.config.max_attempts {
             let delay = backoff(self.config.retry_backoff, c.attempts);
             let next = Utc::now() + ChronoDuration::from_std(delay).unwrap_or_default();
             tracing::info!(error = %text, "send failed; will retry");
-            failed("queued", "retry").next(next)
+            failed(NotificationState::Queued, "retry").next(next)
         } else {
             tracing::warn!(error = %text, "send failed for good");
-            failed("failed", "failed")
+            failed(NotificationState::Failed, "failed")
         };
         outcome.record(&mut tx, c).await?;
         tx.commit().await
@@ -202,17 +206,20 @@ impl Dispatcher {
         tx: &mut sqlx::PgConnection,
         c: &Claimed,
         result: Result<ande_wechat::SendReceipt, WechatError>,
-        state: &str,
+        state: NotificationState,
     ) -> Result<(), sqlx::Error> {
         const LATE: &str = "answer came after the attempt was presumed abandoned";
         match result {
             Ok(receipt) => {
                 // WeChat spent a credit: take back the one given back at re-queueing.
-                store::charge(tx, c).await?;
-                let delivered = Outcome::new("sent", "sent")
+                if !c.long_term {
+                    credits::adjust(tx, c.account(), -1).await?;
+                }
+                let delivered = Outcome::new(NotificationState::Sent, "sent")
                     .msgid(&receipt.msgid)
                     .errcode(Some(0));
-                if matches!(state, "queued" | "waiting_credit" | "failed") {
+                use NotificationState::{Failed, Queued, WaitingCredit};
+                if matches!(state, Queued | WaitingCredit | Failed) {
                     // Nobody is sending it now (not claimed again yet, or a later attempt was
                     // refused): it was delivered, so it is sent and nobody sends it again.
                     delivered.detail(LATE).record(tx, c).await?;
@@ -229,7 +236,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 let text = e.to_string();
-                let late = Outcome::new("", "late_failure")
+                let late = Outcome::new(state, "late_failure")
                     .errcode(e.errcode())
                     .errmsg(&text)
                     .detail(LATE);
@@ -272,115 +279,101 @@ impl Dispatcher {
     async fn release(&self, advisor_id: &str, template_id: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let waiting = store::take_waiting(&mut tx, advisor_id, template_id).await?;
-        match waiting.len() {
-            0 => return Ok(()),
-            1 => {
-                let w = &waiting[0];
-                store::set_state(&mut tx, w.id, "queued", Some(Utc::now()), None, None, None)
-                    .await?;
-                store::log(
+        match waiting.as_slice() {
+            [] => return Ok(()),
+            [w] => {
+                let now = Some(Utc::now());
+                store::set_state(
                     &mut tx,
-                    Some(w.id),
-                    Some(w.action_id),
-                    advisor_id,
-                    "released_on_credit",
-                    None,
+                    w.id,
+                    NotificationState::Queued,
+                    now,
                     None,
                     None,
                     None,
                 )
                 .await?;
+                LogEntry::about(w.id, w.action_id, advisor_id, "released_on_credit")
+                    .write(&mut tx)
+                    .await?;
             }
             _ => {
-                // A waiting digest (one that found no credit at WeChat either) counts for the
-                // actions it stands for, and its members move to the new digest.
-                let n: usize = waiting.iter().map(store::Waiting::actions).sum();
-                let digest_id = Uuid::now_v7();
-                let latest = waiting
-                    .iter()
-                    .rev()
-                    .find(|w| w.kind == "action")
-                    .map(|w| &w.summary);
-                let text = |k: &str| {
-                    latest
-                        .and_then(|s| s.get(k))
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let (data, page) = content::for_digest(
-                    &self.config,
-                    n,
-                    &digest_id.to_string(),
-                    &text("phone"),
-                    &text("name"),
-                    Utc::now(),
-                );
-                let new = store::NewNotification {
-                    id: digest_id,
-                    action_id: digest_id,
-                    advisor_id,
-                    kind: "digest",
-                    template_id,
-                    data: &data,
-                    page: &page,
-                    summary: serde_json::json!({ "count": n }),
-                };
-                let id = store::enqueue(&mut tx, &new)
+                self.digest(&mut tx, advisor_id, template_id, &waiting)
                     .await?
-                    .expect("a fresh digest id never conflicts");
-                let ids: Vec<Uuid> = waiting.iter().map(|w| w.id).collect();
-                sqlx::query("UPDATE notifications SET state = 'digested', digest_id = $2, updated_at = now() WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                let moved: Vec<(Uuid, Uuid)> = sqlx::query_as(
-                    "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
-                )
-                .bind(&ids)
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
-                // The waiting notifications, and those earlier digests stood for, now belong here.
-                let folded = waiting.iter().map(|w| (w.id, w.action_id)).chain(moved);
-                for (fid, action_id) in folded {
-                    store::log(
-                        &mut tx,
-                        Some(fid),
-                        Some(action_id),
-                        advisor_id,
-                        "folded_into_digest",
-                        None,
-                        None,
-                        None,
-                        Some(&id.to_string()),
-                    )
-                    .await?;
-                }
-                store::log(
-                    &mut tx,
-                    Some(id),
-                    None,
-                    advisor_id,
-                    "digest_queued",
-                    None,
-                    None,
-                    None,
-                    Some(&format!("{n} waiting actions")),
-                )
-                .await?;
             }
         }
         tx.commit().await?;
         self.wake.notify_waiters();
         Ok(())
     }
+
+    /// Fold several waiting notifications into one digest. A waiting digest (one that found no
+    /// credit at WeChat either) counts for the actions it stands for, and its members move to
+    /// the new digest.
+    async fn digest(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        advisor_id: &str,
+        template_id: &str,
+        waiting: &[store::Waiting],
+    ) -> Result<(), sqlx::Error> {
+        let n: usize = waiting.iter().map(|w| w.summary.actions()).sum();
+        let digest_id = Uuid::now_v7();
+        let latest = waiting.iter().rev().find_map(|w| match &w.summary {
+            Summary::Action(a) if w.kind == NotificationKind::Action => Some(a),
+            _ => None,
+        });
+        let (phone, name) = latest.map_or(("", ""), |a| (a.phone.as_str(), a.name.as_str()));
+        let (data, page) = content::for_digest(
+            &self.config,
+            n,
+            &digest_id.to_string(),
+            phone,
+            name,
+            Utc::now(),
+        );
+        let new = store::NewNotification {
+            id: digest_id,
+            action_id: digest_id,
+            advisor_id,
+            kind: NotificationKind::Digest,
+            template_id,
+            data: &data,
+            page: &page,
+            summary: Summary::Digest {
+                count: u32::try_from(n).unwrap_or(u32::MAX),
+            },
+        };
+        let id = store::enqueue(tx, &new)
+            .await?
+            .expect("a fresh digest id never conflicts");
+        let ids: Vec<Uuid> = waiting.iter().map(|w| w.id).collect();
+        let moved = store::fold_into_digest(tx, &ids, id).await?;
+        // The waiting notifications, and those earlier digests stood for, now belong here.
+        let folded = waiting.iter().map(|w| (w.id, w.action_id)).chain(moved);
+        let digest_ref = id.to_string();
+        for (fid, action_id) in folded {
+            LogEntry::about(fid, action_id, advisor_id, "folded_into_digest")
+                .detail(&digest_ref)
+                .write(tx)
+                .await?;
+        }
+        let what = format!("{n} waiting actions");
+        LogEntry {
+            notification_id: Some(id),
+            advisor_id,
+            event: "digest_queued",
+            detail: Some(&what),
+            ..LogEntry::default()
+        }
+        .write(tx)
+        .await
+    }
 }
 
 /// What becomes of a notification after an attempt: its new state, and the delivery-log entry.
 struct Outcome<'a> {
-    state: &'a str,
+    state: NotificationState,
     event: &'a str,
     next: Option<DateTime<Utc>>,
     msgid: Option<&'a str>,
@@ -390,7 +383,7 @@ struct Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
-    fn new(state: &'a str, event: &'a str) -> Self {
+    fn new(state: NotificationState, event: &'a str) -> Self {
         Self {
             state,
             event,
@@ -427,7 +420,7 @@ impl<'a> Outcome<'a> {
     /// Set the notification's state and log the event.
     async fn record(&self, tx: &mut sqlx::PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
         // A sent notification carries no error, even when this attempt's answer was one.
-        let (errcode, errmsg) = if self.state == "sent" {
+        let (errcode, errmsg) = if self.state == NotificationState::Sent {
             (None, None)
         } else {
             (self.errcode, self.errmsg)
@@ -438,17 +431,14 @@ impl<'a> Outcome<'a> {
 
     /// Only log the event; the notification's state stays as it is.
     async fn log(&self, tx: &mut sqlx::PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-        store::log(
-            tx,
-            Some(c.id),
-            Some(c.action_id),
-            &c.advisor_id,
-            self.event,
-            self.errcode,
-            self.errmsg,
-            self.msgid,
-            self.detail.as_deref(),
-        )
+        LogEntry {
+            errcode: self.errcode,
+            errmsg: self.errmsg,
+            msgid: self.msgid,
+            detail: self.detail.as_deref(),
+            ..LogEntry::about(c.id, c.action_id, &c.advisor_id, self.event)
+        }
+        .write(tx)
         .await
     }
 }

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod consumers;
 pub mod content;
+pub mod credits;
 pub mod dispatch;
 pub mod queries;
 pub mod store;

@@ -4,38 +4,68 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-/// Append to the delivery log.
-#[allow(clippy::too_many_arguments)]
-pub async fn log(
-    conn: &mut PgConnection,
-    notification_id: Option<Uuid>,
-    action_id: Option<Uuid>,
-    advisor_id: &str,
-    event: &str,
-    errcode: Option<i64>,
-    errmsg: Option<&str>,
-    msgid: Option<&str>,
-    detail: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, errcode, errmsg, msgid, detail)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-    )
-    .bind(notification_id)
-    .bind(action_id)
-    .bind(advisor_id)
-    .bind(event)
-    .bind(errcode)
-    .bind(errmsg)
-    .bind(msgid)
-    .bind(detail)
-    .execute(conn)
-    .await?;
-    Ok(())
+use crate::credits;
+
+pub use ande_contracts::notifier::{DeliveryView, NotificationView, Summary};
+pub use ande_contracts::vocab::{NotificationKind, NotificationState, SubscriptionStatus};
+
+/// One entry of the delivery log: a decision about a notification or an attempt to send it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogEntry<'a> {
+    pub notification_id: Option<Uuid>,
+    pub action_id: Option<Uuid>,
+    pub advisor_id: &'a str,
+    /// What happened (`queued`, `sent`, `retry`, …): the journey shows it as is.
+    pub event: &'a str,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<&'a str>,
+    pub msgid: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+impl<'a> LogEntry<'a> {
+    /// An entry about a notification.
+    pub fn about(
+        notification_id: Uuid,
+        action_id: Uuid,
+        advisor_id: &'a str,
+        event: &'a str,
+    ) -> Self {
+        Self {
+            notification_id: Some(notification_id),
+            action_id: Some(action_id),
+            advisor_id,
+            event,
+            ..Self::default()
+        }
+    }
+
+    pub fn detail(mut self, detail: &'a str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Append it to the log.
+    pub async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, errcode, errmsg, msgid, detail)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        )
+        .bind(self.notification_id)
+        .bind(self.action_id)
+        .bind(self.advisor_id)
+        .bind(self.event)
+        .bind(self.errcode)
+        .bind(self.errmsg)
+        .bind(self.msgid)
+        .bind(self.detail)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 pub struct NewNotification<'a> {
@@ -44,11 +74,11 @@ pub struct NewNotification<'a> {
     pub id: Uuid,
     pub action_id: Uuid,
     pub advisor_id: &'a str,
-    pub kind: &'a str,
+    pub kind: NotificationKind,
     pub template_id: &'a str,
     pub data: &'a BTreeMap<String, String>,
     pub page: &'a str,
-    pub summary: serde_json::Value,
+    pub summary: Summary,
 }
 
 /// Queue a notification unless one exists for (action, advisor). Returns its id when queued now.
@@ -66,67 +96,49 @@ pub async fn enqueue(
     .bind(n.advisor_id)
     .bind(n.kind)
     .bind(n.template_id)
-    .bind(serde_json::to_value(n.data).unwrap_or_default())
+    .bind(sqlx::types::Json(n.data))
     .bind(n.page)
-    .bind(&n.summary)
+    .bind(sqlx::types::Json(&n.summary))
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| r.get("id")))
 }
 
+/// A user's decision on a template for an advisor, from a subscription-changed event.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    pub event_id: Uuid,
+    pub account: credits::Account<'a>,
+    pub status: SubscriptionStatus,
+    pub source: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub long_term: bool,
+}
+
 /// Apply one subscription decision once (by event id). Returns false for a duplicate.
-#[allow(clippy::too_many_arguments)]
 pub async fn apply_subscription(
     conn: &mut PgConnection,
-    event_id: Uuid,
-    advisor_id: &str,
-    openid: &str,
-    template_id: &str,
-    status: &str,
-    source: &str,
-    occurred_at: DateTime<Utc>,
-    long_term: bool,
+    d: &Decision<'_>,
 ) -> Result<bool, sqlx::Error> {
+    let a = d.account;
     let fresh = sqlx::query(
         "INSERT INTO subscription_events (event_id, advisor_id, openid, template_id, status, source, occurred_at)
          VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
     )
-    .bind(event_id)
-    .bind(advisor_id)
-    .bind(openid)
-    .bind(template_id)
-    .bind(status)
-    .bind(source)
-    .bind(occurred_at)
+    .bind(d.event_id)
+    .bind(a.advisor_id)
+    .bind(a.openid)
+    .bind(a.template_id)
+    .bind(d.status)
+    .bind(d.source)
+    .bind(d.occurred_at)
     .fetch_optional(&mut *conn)
     .await?
     .is_some();
-    if !fresh {
-        return Ok(false);
+    if fresh {
+        credits::decide(conn, a, d.status, d.long_term).await?;
     }
-    // accept: one more credit. ban: the platform banned the template, nothing can be sent.
-    // reject / filter: recorded; credits from earlier accepts stay usable (WeChat keeps them).
-    let accept = status == "accept";
-    sqlx::query(
-        "INSERT INTO subscriptions (advisor_id, openid, template_id, credits, long_term, last_status, accepts, rejects)
-         VALUES ($1,$2,$3, CASE WHEN $4 THEN 1 ELSE 0 END, $5, $6, CASE WHEN $4 THEN 1 ELSE 0 END, CASE WHEN $4 THEN 0 ELSE 1 END)
-         ON CONFLICT (advisor_id, openid, template_id) DO UPDATE SET
-            credits = CASE WHEN $6 = 'ban' THEN 0 ELSE subscriptions.credits + CASE WHEN $4 THEN 1 ELSE 0 END END,
-            long_term = subscriptions.long_term OR $5,
-            last_status = $6,
-            accepts = subscriptions.accepts + CASE WHEN $4 THEN 1 ELSE 0 END,
-            rejects = subscriptions.rejects + CASE WHEN $4 THEN 0 ELSE 1 END,
-            updated_at = now()",
-    )
-    .bind(advisor_id)
-    .bind(openid)
-    .bind(template_id)
-    .bind(accept)
-    .bind(long_term)
-    .bind(status)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
+    Ok(fresh)
 }
 
 /// A claimed notification, ready to send.
@@ -156,6 +168,27 @@ pub enum Claim {
     Parked,
 }
 
+impl Claimed {
+    /// The ledger account its credit was reserved from.
+    pub fn account(&self) -> credits::Account<'_> {
+        credits::Account {
+            advisor_id: &self.advisor_id,
+            openid: &self.openid,
+            template_id: &self.template_id,
+        }
+    }
+}
+
+/// A due notification, locked for this transaction.
+struct Due {
+    id: Uuid,
+    action_id: Uuid,
+    advisor_id: String,
+    template_id: String,
+    data: sqlx::types::Json<BTreeMap<String, String>>,
+    page: Option<String>,
+}
+
 /// Claim one due notification and reserve a credit for it, in one transaction.
 pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -168,7 +201,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
         return Ok(Claim::Paused);
     }
     let Some(row) = sqlx::query(
-        "SELECT id, action_id, advisor_id, template_id, data, page, attempts FROM notifications
+        "SELECT id, action_id, advisor_id, template_id, data, page FROM notifications
          WHERE state = 'queued' AND next_attempt_at <= now()
          ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
@@ -177,147 +210,95 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     else {
         return Ok(Claim::Nothing);
     };
-    let id: Uuid = row.get("id");
-    let action_id: Uuid = row.get("action_id");
-    let advisor_id: String = row.get("advisor_id");
-    let template_id: String = row.get("template_id");
+    let due = Due {
+        id: row.get("id"),
+        action_id: row.get("action_id"),
+        advisor_id: row.get("advisor_id"),
+        template_id: row.get("template_id"),
+        data: row.get("data"),
+        page: row.get("page"),
+    };
     let sub = sqlx::query(
         "SELECT openid, long_term, accepts FROM subscriptions
          WHERE advisor_id = $1 AND template_id = $2 AND (credits > 0 OR long_term) AND last_status <> 'ban'
-         ORDER BY long_term DESC, updated_at DESC LIMIT 1 FOR UPDATE",
+         ORDER BY long_term DESC, updated_at DESC, openid LIMIT 1 FOR UPDATE",
     )
-    .bind(&advisor_id)
-    .bind(&template_id)
+    .bind(&due.advisor_id)
+    .bind(&due.template_id)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(sub) = sub else {
-        // Parking is serialised per advisor (the lock `take_waiting` also takes), or concurrent
-        // workers would all see room below `max_waiting` and overshoot it.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(&advisor_id)
-            .execute(&mut *tx)
-            .await?;
-        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE advisor_id = $1 AND template_id = $2)")
-            .bind(&advisor_id)
-            .bind(&template_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'",
-        )
-        .bind(&advisor_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (state, event) = if waiting >= max_waiting {
-            ("dropped", "dropped_too_many_waiting")
-        } else if known {
-            ("waiting_credit", "waiting_for_credit")
-        } else {
-            ("waiting_credit", "no_subscription")
-        };
-        sqlx::query("UPDATE notifications SET state = $2, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .bind(state)
-            .execute(&mut *tx)
-            .await?;
-        log(
-            &mut tx,
-            Some(id),
-            Some(action_id),
-            &advisor_id,
-            event,
-            None,
-            None,
-            None,
-            None,
-        )
-        .await?;
+        park(&mut tx, &due, max_waiting).await?;
         tx.commit().await?;
         return Ok(Claim::Parked);
     };
-    let openid: String = sub.get("openid");
-    let long_term: bool = sub.get("long_term");
-    let accepts_at_claim: i32 = sub.get("accepts");
-    if !long_term {
-        sqlx::query("UPDATE subscriptions SET credits = credits - 1, updated_at = now() WHERE advisor_id = $1 AND openid = $2 AND template_id = $3")
-            .bind(&advisor_id)
-            .bind(&openid)
-            .bind(&template_id)
-            .execute(&mut *tx)
-            .await?;
+    let claimed = Claimed {
+        id: due.id,
+        action_id: due.action_id,
+        advisor_id: due.advisor_id,
+        template_id: due.template_id,
+        data: due.data.0,
+        page: due.page,
+        openid: sub.get("openid"),
+        long_term: sub.get("long_term"),
+        attempts: 0,
+        accepts_at_claim: sub.get("accepts"),
+    };
+    if !claimed.long_term {
+        credits::reserve(&mut tx, claimed.account()).await?;
     }
     let attempts: i32 = sqlx::query_scalar(
         "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = clock_timestamp(), attempts = attempts + 1, updated_at = now()
          WHERE id = $1 RETURNING attempts",
     )
-    .bind(id)
-    .bind(&openid)
+    .bind(claimed.id)
+    .bind(&claimed.openid)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    let data: serde_json::Value = row.get("data");
     Ok(Claim::Send(Claimed {
-        id,
-        action_id,
-        advisor_id,
-        template_id,
-        data: serde_json::from_value(data).unwrap_or_default(),
-        page: row.get("page"),
-        openid,
-        long_term,
         attempts,
-        accepts_at_claim,
+        ..claimed
     }))
 }
 
-/// WeChat said 43101 (no credit left) to the send `c`: our count was wrong, so set it to zero,
-/// but keep the credits of accepts that arrived after the claim (WeChat has those).
-pub async fn no_credit_at_wechat(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE subscriptions SET credits = LEAST(credits, GREATEST(accepts - $4, 0)), updated_at = now()
-         WHERE advisor_id = $1 AND openid = $2 AND template_id = $3",
+/// No credit for a due notification: it waits for one, or is dropped when too many already wait
+/// for this advisor.
+async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<(), sqlx::Error> {
+    // Parking is serialised per advisor (the lock `take_waiting` also takes), or concurrent
+    // workers would all see room below `max_waiting` and overshoot it.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(&due.advisor_id)
+        .execute(&mut *conn)
+        .await?;
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE advisor_id = $1 AND template_id = $2)",
     )
-    .bind(&c.advisor_id)
-    .bind(&c.openid)
-    .bind(&c.template_id)
-    .bind(c.accepts_at_claim)
-    .execute(conn)
+    .bind(&due.advisor_id)
+    .bind(&due.template_id)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
-}
-
-/// Give back a reserved credit (the send was not accepted by WeChat). Long-term subscriptions
-/// reserve nothing, so nothing is given back to them (also when `c.long_term` is not known, as
-/// for a re-queued abandoned send).
-pub async fn refund(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-    adjust_credits(conn, c, 1).await
-}
-
-/// Take a credit for a send WeChat accepted after its reservation had been given back (the send
-/// was presumed abandoned and re-queued). Never below zero: WeChat will say 43101 if we are wrong.
-pub async fn charge(conn: &mut PgConnection, c: &Claimed) -> Result<(), sqlx::Error> {
-    adjust_credits(conn, c, -1).await
-}
-
-async fn adjust_credits(
-    conn: &mut PgConnection,
-    c: &Claimed,
-    delta: i32,
-) -> Result<(), sqlx::Error> {
-    if c.long_term {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE subscriptions SET credits = GREATEST(credits + $4, 0), updated_at = now()
-         WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND NOT long_term",
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'",
     )
-    .bind(&c.advisor_id)
-    .bind(&c.openid)
-    .bind(&c.template_id)
-    .bind(delta)
-    .execute(conn)
+    .bind(&due.advisor_id)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    let (state, event) = if waiting >= max_waiting {
+        (NotificationState::Dropped, "dropped_too_many_waiting")
+    } else if known {
+        (NotificationState::WaitingCredit, "waiting_for_credit")
+    } else {
+        (NotificationState::WaitingCredit, "no_subscription")
+    };
+    sqlx::query("UPDATE notifications SET state = $2, updated_at = now() WHERE id = $1")
+        .bind(due.id)
+        .bind(state)
+        .execute(&mut *conn)
+        .await?;
+    LogEntry::about(due.id, due.action_id, &due.advisor_id, event)
+        .write(conn)
+        .await
 }
 
 /// Lock a notification and tell whether the attempt numbered `attempts` still owns it (still
@@ -326,13 +307,16 @@ pub async fn ownership(
     conn: &mut PgConnection,
     id: Uuid,
     attempts: i32,
-) -> Result<(bool, String), sqlx::Error> {
-    let row = sqlx::query("SELECT state, attempts FROM notifications WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    let (state, now): (String, i32) = (row.get("state"), row.get("attempts"));
-    Ok((state == "sending" && now == attempts, state))
+) -> Result<(bool, NotificationState), sqlx::Error> {
+    let (state, now): (NotificationState, i32) =
+        sqlx::query_as("SELECT state, attempts FROM notifications WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(conn)
+            .await?;
+    Ok((
+        state == NotificationState::Sending && now == attempts,
+        state,
+    ))
 }
 
 /// Keep the msgid of a delivery without changing the notification's state.
@@ -353,23 +337,10 @@ pub async fn msgid(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, 
         .await
 }
 
-pub async fn zero_credits(
-    conn: &mut PgConnection,
-    openid: &str,
-    template_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE subscriptions SET credits = 0, updated_at = now() WHERE openid = $1 AND template_id = $2")
-        .bind(openid)
-        .bind(template_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 pub async fn set_state(
     conn: &mut PgConnection,
     id: Uuid,
-    state: &str,
+    state: NotificationState,
     next_attempt_at: Option<DateTime<Utc>>,
     msgid: Option<&str>,
     errcode: Option<i64>,
@@ -431,36 +402,26 @@ pub async fn requeue_stale(
     .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
-        let c = Claimed {
-            id: r.get("id"),
-            action_id: r.get("action_id"),
-            advisor_id: r.get("advisor_id"),
-            template_id: r.get("template_id"),
-            data: BTreeMap::new(),
-            page: None,
-            openid: r.get::<Option<String>, _>("openid").unwrap_or_default(),
-            long_term: false,
-            attempts: 0,
-            accepts_at_claim: 0,
+        let (id, action_id): (Uuid, Uuid) = (r.get("id"), r.get("action_id"));
+        let advisor_id: String = r.get("advisor_id");
+        let openid: Option<String> = r.get("openid");
+        let template_id: String = r.get("template_id");
+        let account = credits::Account {
+            advisor_id: &advisor_id,
+            openid: openid.as_deref().unwrap_or_default(),
+            template_id: &template_id,
         };
-        refund(conn, &c).await?;
-        let failed = r.get::<String, _>("state") == "failed";
-        log(
-            conn,
-            Some(c.id),
-            Some(c.action_id),
-            &c.advisor_id,
-            if failed {
-                "failed_after_crashes"
-            } else {
-                "requeued_after_crash"
-            },
-            None,
-            None,
-            None,
-            Some("outcome of the last attempt unknown"),
-        )
-        .await?;
+        credits::adjust(conn, account, 1).await?;
+        let failed = r.get::<NotificationState, _>("state") == NotificationState::Failed;
+        let event = if failed {
+            "failed_after_crashes"
+        } else {
+            "requeued_after_crash"
+        };
+        LogEntry::about(id, action_id, &advisor_id, event)
+            .detail("outcome of the last attempt unknown")
+            .write(conn)
+            .await?;
     }
     Ok(rows.len() as u64)
 }
@@ -483,26 +444,35 @@ pub async fn advisors_to_release(
 }
 
 /// A notification waiting for credit.
+#[derive(sqlx::FromRow)]
 pub struct Waiting {
     pub id: Uuid,
     pub action_id: Uuid,
-    /// `action`, or `digest` for a digest that found no credit either.
-    pub kind: String,
-    pub summary: serde_json::Value,
+    /// An action, or a digest that found no credit either.
+    pub kind: NotificationKind,
+    #[sqlx(json)]
+    pub summary: Summary,
 }
 
-impl Waiting {
-    /// How many customer actions it stands for.
-    pub fn actions(&self) -> usize {
-        match self.kind.as_str() {
-            "digest" => self
-                .summary
-                .get("count")
-                .and_then(|c| c.as_u64())
-                .unwrap_or(1) as usize,
-            _ => 1,
-        }
-    }
+/// Mark the waiting notifications `ids` digested into `digest_id`, and move the members of any
+/// digest among them there too. Returns the moved members (id, action id).
+pub async fn fold_into_digest(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    digest_id: Uuid,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query("UPDATE notifications SET state = 'digested', digest_id = $2, updated_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(digest_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(
+        "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
+    )
+    .bind(ids)
+    .bind(digest_id)
+    .fetch_all(conn)
+    .await
 }
 
 /// The waiting notifications of an advisor, oldest first, locked (serialised per advisor).
@@ -515,57 +485,14 @@ pub async fn take_waiting(
         .bind(advisor_id)
         .execute(&mut *conn)
         .await?;
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, action_id, kind, summary FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
          ORDER BY created_at, id FOR UPDATE",
     )
     .bind(advisor_id)
     .bind(template_id)
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Waiting {
-            id: r.get("id"),
-            action_id: r.get("action_id"),
-            kind: r.get("kind"),
-            summary: r.get("summary"),
-        })
-        .collect())
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct NotificationView {
-    pub id: Uuid,
-    pub action_id: Uuid,
-    pub advisor_id: String,
-    pub kind: String,
-    pub state: String,
-    pub template_id: String,
-    pub openid: Option<String>,
-    pub attempts: i32,
-    pub msgid: Option<String>,
-    pub errcode: Option<i64>,
-    pub errmsg: Option<String>,
-    pub digest_id: Option<Uuid>,
-    pub data: serde_json::Value,
-    pub page: Option<String>,
-    /// What the notification is about (action type, customer, lead), for the digest's page.
-    pub summary: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
-    pub event: String,
-    pub errcode: Option<i64>,
-    pub errmsg: Option<String>,
-    pub msgid: Option<String>,
-    pub detail: Option<String>,
-    pub at: DateTime<Utc>,
+    .await
 }
 
 const VIEW_COLUMNS: &str = "id, action_id, advisor_id, kind, state, template_id, openid, attempts, msgid, errcode, errmsg, digest_id, data, page, summary, created_at, updated_at";
@@ -593,8 +520,6 @@ pub async fn journey(
     Ok((notes, log))
 }
 
-/// The customer actions a digest stands for (the page a digest opens lists them), including
-/// those of an earlier digest it folded in.
 /// The digest notification itself.
 pub async fn digest_row(
     conn: &mut PgConnection,
@@ -608,6 +533,8 @@ pub async fn digest_row(
     .await
 }
 
+/// The customer actions a digest stands for (the page a digest opens lists them), including
+/// those of an earlier digest it folded in.
 pub async fn digest_members(
     conn: &mut PgConnection,
     digest_id: Uuid,

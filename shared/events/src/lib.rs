@@ -23,8 +23,52 @@ pub use v1::{
     SubscriptionStatus,
 };
 
+use ande_contracts::vocab;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+/// The shared vocabulary's word for an event's subscription status (`None` for unspecified or
+/// a number this build does not know).
+pub fn subscription_status(status: i32) -> Option<vocab::SubscriptionStatus> {
+    match SubscriptionStatus::try_from(status).ok()? {
+        SubscriptionStatus::Accept => Some(vocab::SubscriptionStatus::Accept),
+        SubscriptionStatus::Reject => Some(vocab::SubscriptionStatus::Reject),
+        SubscriptionStatus::Ban => Some(vocab::SubscriptionStatus::Ban),
+        SubscriptionStatus::Filter => Some(vocab::SubscriptionStatus::Filter),
+        SubscriptionStatus::Unspecified => None,
+    }
+}
+
+impl From<vocab::SubscriptionStatus> for SubscriptionStatus {
+    fn from(s: vocab::SubscriptionStatus) -> Self {
+        match s {
+            vocab::SubscriptionStatus::Accept => SubscriptionStatus::Accept,
+            vocab::SubscriptionStatus::Reject => SubscriptionStatus::Reject,
+            vocab::SubscriptionStatus::Ban => SubscriptionStatus::Ban,
+            vocab::SubscriptionStatus::Filter => SubscriptionStatus::Filter,
+        }
+    }
+}
+
+/// The shared vocabulary's word for an event's lead outcome kind.
+pub fn outcome_kind(kind: i32) -> Option<vocab::OutcomeKind> {
+    match LeadOutcomeKind::try_from(kind).ok()? {
+        LeadOutcomeKind::Created => Some(vocab::OutcomeKind::Created),
+        LeadOutcomeKind::Matched => Some(vocab::OutcomeKind::Matched),
+        LeadOutcomeKind::None => Some(vocab::OutcomeKind::None),
+        LeadOutcomeKind::Unspecified => None,
+    }
+}
+
+impl From<vocab::OutcomeKind> for LeadOutcomeKind {
+    fn from(k: vocab::OutcomeKind) -> Self {
+        match k {
+            vocab::OutcomeKind::Created => LeadOutcomeKind::Created,
+            vocab::OutcomeKind::Matched => LeadOutcomeKind::Matched,
+            vocab::OutcomeKind::None => LeadOutcomeKind::None,
+        }
+    }
+}
 
 /// Header names used on every event message besides `Nats-Msg-Id`.
 pub mod headers {

@@ -1,0 +1,205 @@
+//! The notifier's methods (`<prefix>.rpc.notifier.*`): an action's notifications, a digest's
+//! contents, a direct send and a phone number (both need the access token, which lives only in
+//! the notifier), and lifting a pause.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::leads::ActionQuery;
+use crate::method;
+use crate::vocab::{ActionType, Lang, MiniprogramState, NotificationKind, NotificationState};
+
+method! {
+    /// The notifications of an action (and the digest that carried it) and their delivery log.
+    Journey: "notifier"."journey", ActionQuery => NotifierJourney
+}
+method! {
+    /// A digest and the customer actions it stands for.
+    GetDigest: "notifier"."digest", DigestQuery => DigestContents
+}
+method! {
+    /// Send a subscribe message now (staff). WeChat's refusal is `RpcError::WechatRefused`.
+    Send: "notifier"."send", DirectSend => Sent
+}
+method! {
+    /// A user's phone number from the phone button's code.
+    Phone: "notifier"."phone", PhoneQuery => PhoneNumber
+}
+method! {
+    /// Lift a pause (after 45009, or an operator's) and make waiting retries due now.
+    Resume: "notifier"."resume", ResumeRequest => Resumed
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestQuery {
+    pub digest_id: Uuid,
+}
+
+/// What a notification is about, kept with it for the digest's page: one action's customer, or
+/// how many actions a digest stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Summary {
+    Digest { count: u32 },
+    Action(ActionSummary),
+}
+
+impl Summary {
+    /// How many customer actions the notification stands for.
+    pub fn actions(&self) -> usize {
+        match self {
+            Summary::Digest { count } => *count as usize,
+            Summary::Action(_) => 1,
+        }
+    }
+}
+
+/// The customer behind an action notification (empty strings where the outcome had none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionSummary {
+    pub action_type: ActionType,
+    #[serde(default)]
+    pub phone: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub lead_id: String,
+    #[serde(default)]
+    pub customer_code: String,
+    #[serde(default)]
+    pub new_customer: bool,
+}
+
+/// A notification row as operators and the journey see it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub id: Uuid,
+    pub action_id: Uuid,
+    pub advisor_id: String,
+    pub kind: NotificationKind,
+    pub state: NotificationState,
+    pub template_id: String,
+    pub openid: Option<String>,
+    pub attempts: i32,
+    pub msgid: Option<String>,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<String>,
+    pub digest_id: Option<Uuid>,
+    /// The message's keyword values by keyword name.
+    #[sqlx(json)]
+    pub data: BTreeMap<String, String>,
+    pub page: Option<String>,
+    #[sqlx(json)]
+    pub summary: Summary,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One entry of the delivery log: a decision or an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// What happened (`queued`, `sent`, `retry`, `waiting_for_credit`, …).
+    pub event: String,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<String>,
+    pub msgid: Option<String>,
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The reply of `notifier.journey`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifierJourney {
+    pub notifications: Vec<NotificationView>,
+    pub log: Vec<DeliveryView>,
+}
+
+/// The reply of `notifier.digest`: the digest and its member notifications, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestContents {
+    pub digest: NotificationView,
+    pub notifications: Vec<NotificationView>,
+}
+
+/// A subscribe message to send now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectSend {
+    pub touser: String,
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
+    /// Keyword name to value.
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miniprogram_state: Option<MiniprogramState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<Lang>,
+}
+
+/// WeChat accepted a direct send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sent {
+    pub msgid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneQuery {
+    pub code: String,
+    /// The session's openid, when the caller has one (WeChat may check it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneNumber {
+    /// With country code outside mainland China.
+    pub phone_number: String,
+    pub pure_phone_number: String,
+    pub country_code: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeRequest {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resumed {
+    /// Retries that were waiting for the pause and are due now.
+    pub requeued: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_read_what_the_notifier_stores() {
+        let digest: Summary = serde_json::from_str(r#"{"count": 3}"#).unwrap();
+        assert_eq!(digest.actions(), 3);
+        let action: Summary = serde_json::from_str(
+            r#"{"actionType":"view_resume","phone":"13800138000","name":"王","leadId":"","customerCode":"","newCustomer":true}"#,
+        )
+        .unwrap();
+        assert_eq!(action.actions(), 1);
+        assert!(matches!(
+            action,
+            Summary::Action(ActionSummary {
+                new_customer: true,
+                ..
+            })
+        ));
+    }
+}
