@@ -4,6 +4,7 @@
 //! `requestId`). Error: `{success: false, message, error: {code, details}, timestamp, requestId}`
 //! with an honest status. Internal causes are logged once, here, and never sent to the client.
 
+use ande_platform::rpc::RpcError;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -142,25 +143,28 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ande_platform::rpc::RpcError> for ApiError {
-    fn from(e: ande_platform::rpc::RpcError) -> Self {
-        use ande_platform::rpc::codes;
-        match e.code.as_str() {
-            codes::NOT_FOUND => ApiError::not_found(e.message),
-            codes::BAD_REQUEST => {
-                ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", e.message)
-                    .details(e.details)
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::NotFound { message } => ApiError::not_found(message),
+            RpcError::Invalid { message, field } => {
+                let details = field.map_or(Value::Null, |f| json!({ "field": f }));
+                ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+                    .details(details)
             }
-            codes::UNAVAILABLE => ApiError::service_unavailable(
+            RpcError::Unavailable { .. } => ApiError::service_unavailable(
                 "service_unavailable",
                 "a back-end service did not answer; retry shortly",
             ),
-            "wechat_unavailable" => ApiError::new(
+            RpcError::WechatRefused { errcode, errmsg } => {
+                ApiError::from(ande_wechat::WechatError::Api { errcode, errmsg })
+            }
+            RpcError::WechatUnavailable { .. } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "wechat_unreachable",
                 "WeChat could not be reached",
             ),
-            _ => ApiError::internal(e),
+            RpcError::Internal { .. } => ApiError::internal(e),
         }
     }
 }

@@ -5,6 +5,8 @@
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 
+use ande_contracts::vocab::{Lang, MiniprogramState, SubscriptionStatus, Vocabulary};
+
 use crate::{routes, AppState};
 use serde_json::{json, Map, Value};
 
@@ -123,7 +125,7 @@ fn openid_req() -> Value {
 fn subscribe_req() -> Value {
     json!({ "type": "object", "required": ["advisorId"], "properties": {
         "advisorId": s(128), "openid": s(128), "templateId": s(128), "subscribed": { "type": "boolean" },
-        "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": ["accept", "reject", "ban", "filter"] }, "source": s(32) } },
+        "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": SubscriptionStatus::names() }, "source": s(32) } },
         "result": { "type": "object", "description": "wx.requestSubscribeMessage's answer: {templateId: accept|reject|ban|filter, errMsg}" } } })
 }
 fn action_req() -> Value {
@@ -135,7 +137,7 @@ fn send_req() -> Value {
     json!({ "type": "object", "required": ["touser", "template_id", "data"], "properties": {
         "touser": s(128), "template_id": s(128), "page": s(512),
         "data": { "type": "object", "additionalProperties": { "type": "object", "properties": { "value": { "type": "string" } } } },
-        "miniprogram_state": { "enum": ["developer", "trial", "formal"] }, "lang": { "enum": ["zh_CN", "en_US", "zh_HK", "zh_TW"] } } })
+        "miniprogram_state": { "enum": MiniprogramState::names() }, "lang": { "enum": Lang::names() } } })
 }
 fn login_req() -> Value {
     json!({ "type": "object", "required": ["username", "password"], "properties": { "username": s(64), "password": s(256) } })

@@ -1,6 +1,7 @@
 //! Validation of the mini-program's input: bounded, printable, never NUL (Postgres refuses it,
 //! and nothing legitimate contains it).
 
+use ande_contracts::vocab::Vocabulary;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -36,6 +37,16 @@ pub fn optional(
         Some(Value::Number(n)) => text(field, &n.to_string(), max, true).map(Some),
         Some(_) => Err(ApiError::validation(field, "must be a string")),
     }
+}
+
+/// An optional word of a shared vocabulary (`ande_contracts::vocab`); blank counts as absent.
+pub fn word<V: Vocabulary>(field: &str, value: Option<&Value>) -> Result<Option<V>, ApiError> {
+    let Some(w) = optional(field, value, 32)? else {
+        return Ok(None);
+    };
+    V::parse(&w).map(Some).ok_or_else(|| {
+        ApiError::validation(field, format!("must be one of {}", V::names().join(", ")))
+    })
 }
 
 fn text(field: &str, s: &str, max: usize, allow_empty: bool) -> Result<String, ApiError> {

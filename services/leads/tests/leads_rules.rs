@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use ande_contracts::leads;
+use ande_contracts::vocab::{ActionType, OutcomeKind, Vocabulary};
 use ande_events::{new_meta, ActionRecorded, Event, EventKind, LeadOutcome, LeadOutcomeKind};
 use ande_leads::{store, LeadsConfig};
 use ande_platform::bus::Bus;
 use ande_platform::config::CommonConfig;
+use ande_platform::rpc::{self, RpcError};
 use ande_platform::ExposeSecret;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
@@ -364,8 +367,7 @@ async fn concurrent_transactions_on_one_new_phone_create_once() {
         let (ra, commit_then_b) = tokio::join!(run(ta, a, 1), run(tb, b, 2));
         let kinds = [ra.kind, commit_then_b.kind];
         assert!(
-            kinds.contains(&store::OutcomeKind::Created)
-                && kinds.contains(&store::OutcomeKind::Matched),
+            kinds.contains(&OutcomeKind::Created) && kinds.contains(&OutcomeKind::Matched),
             "{kinds:?}"
         );
         assert_eq!(ra.lead_id, commit_then_b.lead_id);
@@ -564,53 +566,69 @@ async fn queries_answer_over_request_reply() {
     let c = &env.bus.client;
     let s = &env.bus.subjects;
     let t = Duration::from_secs(2);
-    let j: serde_json::Value = ande_platform::rpc::call(
-        c,
-        s.rpc("leads", "journey"),
-        &json!({"actionId": a.action_id}),
-        t,
+    let journey_of = |id| leads::ActionQuery { action_id: id };
+    let a_id = Uuid::parse_str(&a.action_id).unwrap();
+    let j = rpc::call::<leads::Journey>(c, s, &journey_of(a_id), t)
+        .await
+        .unwrap();
+    let outcome = j.outcome.expect("stored with its outcome");
+    assert_eq!(outcome.kind, OutcomeKind::Created);
+    assert_eq!(j.action.customer_name.as_deref(), Some("钱七"));
+    assert_eq!(j.action.action_type, ActionType::ContactAdvisor);
+    let by_phone = leads::LeadKey::Phone("136 0000 9999".into());
+    let lead = rpc::call::<leads::GetLead>(c, s, &by_phone, t)
+        .await
+        .unwrap();
+    assert_eq!(lead.name.as_deref(), Some("钱七"));
+    assert_eq!(Some(lead.id), outcome.lead_id);
+    let by_id = rpc::call::<leads::GetLead>(c, s, &leads::LeadKey::Id(lead.id), t)
+        .await
+        .unwrap();
+    assert_eq!(by_id, lead);
+    let q = leads::ListQuery {
+        advisor_id: Some("adv-q".into()),
+        ..Default::default()
+    };
+    let page = rpc::call::<leads::ListLeads>(c, s, &q, t).await.unwrap();
+    assert_eq!(page, vec![lead]);
+    let missing = rpc::call::<leads::Journey>(c, s, &journey_of(Uuid::now_v7()), t)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, RpcError::NotFound { .. }), "{missing:?}");
+    let bad = rpc::call::<leads::GetLead>(c, s, &leads::LeadKey::Phone("12345".into()), t)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad, RpcError::Invalid { field: Some(f), .. } if f == "phone"),
+        "{bad:?}"
+    );
+    // A request that is not the method's contract is refused as invalid, not misread.
+    let raw = c
+        .request(s.rpc("leads", "lead"), r#"{"id": "not-a-uuid"}"#.into())
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(reply["error"]["code"], "invalid", "{reply}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_schema_checks_the_shared_outcome_vocabulary() {
+    let env = start(1).await;
+    let def: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+         JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = 'leads' AND t.relname = 'actions' AND c.contype = 'c'
+           AND pg_get_constraintdef(c.oid) LIKE '%outcome_kind%'",
     )
+    .fetch_one(&env.db)
     .await
     .unwrap();
-    assert_eq!(j["outcome"]["kind"], "created");
-    assert_eq!(j["action"]["customerName"], "钱七");
-    let lead: serde_json::Value = ande_platform::rpc::call(
-        c,
-        s.rpc("leads", "lead"),
-        &json!({"phone": "136 0000 9999"}),
-        t,
-    )
-    .await
-    .unwrap();
-    assert_eq!(lead["name"], "钱七");
-    let by_id: serde_json::Value =
-        ande_platform::rpc::call(c, s.rpc("leads", "lead"), &json!({"id": lead["id"]}), t)
-            .await
-            .unwrap();
-    assert_eq!(by_id["phone"], "13600009999");
-    let page: Vec<serde_json::Value> =
-        ande_platform::rpc::call(c, s.rpc("leads", "list"), &json!({"advisorId": "adv-q"}), t)
-            .await
-            .unwrap();
-    assert_eq!(page.len(), 1);
-    let missing = ande_platform::rpc::call::<_, serde_json::Value>(
-        c,
-        s.rpc("leads", "journey"),
-        &json!({"actionId": Uuid::now_v7()}),
-        t,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(missing.code, "not_found");
-    let bad = ande_platform::rpc::call::<_, serde_json::Value>(
-        c,
-        s.rpc("leads", "lead"),
-        &json!({"phone": "12345"}),
-        t,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(bad.code, "bad_request");
+    assert_eq!(
+        ande_contracts::vocab::check_constraint_words(&def),
+        OutcomeKind::names(),
+        "leads.actions.outcome_kind's CHECK lists exactly the vocabulary"
+    );
     env.stop().await;
 }
 
@@ -635,9 +653,9 @@ async fn a_batch_is_stored_by_the_set_based_path() {
         .iter()
         .map(|r| r.as_ref().map(|o| (o.kind, o.is_new_customer)))
         .collect();
-    assert_eq!(o[0], Ok((store::OutcomeKind::Created, true)));
-    assert_eq!(o[1], Ok((store::OutcomeKind::Matched, false)));
-    assert_eq!(o[2], Ok((store::OutcomeKind::None, false)));
+    assert_eq!(o[0], Ok((OutcomeKind::Created, true)));
+    assert_eq!(o[1], Ok((OutcomeKind::Matched, false)));
+    assert_eq!(o[2], Ok((OutcomeKind::None, false)));
     assert_eq!(o[3], o[0], "a duplicate in the batch gets the same outcome");
     assert!(out[4].is_err(), "an invalid action is refused alone");
     assert_eq!(
@@ -655,7 +673,7 @@ async fn a_batch_is_stored_by_the_set_based_path() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(again[0].as_ref().unwrap().kind, store::OutcomeKind::Created);
+    assert_eq!(again[0].as_ref().unwrap().kind, OutcomeKind::Created);
     let touches: i32 = sqlx::query_scalar("SELECT touch_count FROM leads.leads")
         .fetch_one(&env.db)
         .await

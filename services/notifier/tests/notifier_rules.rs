@@ -11,12 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use ande_contracts::leads::ActionQuery;
+use ande_contracts::notifier::{
+    DigestQuery, DirectSend, GetDigest, Journey, Resume, ResumeRequest, Send,
+};
+use ande_contracts::vocab::{NotificationKind, NotificationState};
 use ande_events::{
     new_meta, to_timestamp, Event, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
     SubscriptionStatus,
 };
 use ande_notifier::consumers::{OUTCOMES_DURABLE, SUBSCRIPTIONS_DURABLE};
-use ande_notifier::queries::SendAnswer;
 use ande_notifier::NotifierConfig;
 use ande_platform::bus::Bus;
 use ande_platform::config::CommonConfig;
@@ -296,18 +300,8 @@ impl Harness {
         ids
     }
 
-    async fn rpc<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, RpcError> {
-        rpc::call(
-            &self.bus.client,
-            self.bus.subjects.rpc("notifier", method),
-            req,
-            RPC_TIMEOUT,
-        )
-        .await
+    async fn rpc<M: rpc::Method>(&self, req: &M::Request) -> Result<M::Reply, RpcError> {
+        rpc::call::<M>(&self.bus.client, &self.bus.subjects, req, RPC_TIMEOUT).await
     }
 
     // --- the simulator -----------------------------------------------------------------------
@@ -819,33 +813,23 @@ async fn several_waiting_notifications_become_one_digest_that_counts_them() {
         );
     }
     // The page the digest opens lists the three.
-    let d: Value = h
-        .rpc("digest", &json!({"digestId": digest_id}))
-        .await
-        .unwrap();
-    let listed: BTreeSet<Uuid> = d["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["actionId"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let q = DigestQuery {
+        digest_id: digest_id.parse().unwrap(),
+    };
+    let d = h.rpc::<GetDigest>(&q).await.unwrap();
+    let listed: BTreeSet<Uuid> = d.notifications.iter().map(|n| n.action_id).collect();
     assert_eq!(listed, actions.iter().copied().collect());
     // Each action's journey leads to the digest and WeChat's msgid.
-    let j: Value = h
-        .rpc("journey", &json!({"actionId": actions[1].to_string()}))
-        .await
-        .unwrap();
-    let notes = j["notifications"].as_array().unwrap();
-    assert_eq!(notes.len(), 2, "{j:#}");
-    let digest = notes.iter().find(|n| n["kind"] == "digest").unwrap();
-    assert_eq!(digest["state"], "sent");
-    assert_eq!(digest["msgid"], m[0]["msgid"].to_string());
-    let events: Vec<&str> = j["log"]
-        .as_array()
-        .unwrap()
+    let j = h.rpc::<Journey>(&about(actions[1])).await.unwrap();
+    assert_eq!(j.notifications.len(), 2, "{j:#?}");
+    let digest = j
+        .notifications
         .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+        .find(|n| n.kind == NotificationKind::Digest)
+        .unwrap();
+    assert_eq!(digest.state, NotificationState::Sent);
+    assert_eq!(digest.msgid, Some(m[0]["msgid"].to_string()));
+    let events: Vec<&str> = j.log.iter().map(|e| e.event.as_str()).collect();
     assert!(
         events.contains(&"folded_into_digest") && events.contains(&"sent"),
         "{events:?}"
@@ -892,21 +876,20 @@ async fn a_digest_that_waits_again_is_counted_by_its_actions() {
         .next()
         .unwrap()
         .to_string();
-    let d: Value = h
-        .rpc("digest", &json!({"digestId": digest_id}))
-        .await
-        .unwrap();
-    let listed: BTreeSet<Uuid> = d["notifications"]
-        .as_array()
-        .unwrap()
+    let q = DigestQuery {
+        digest_id: digest_id.parse().unwrap(),
+    };
+    let d = h.rpc::<GetDigest>(&q).await.unwrap();
+    let listed: BTreeSet<Uuid> = d
+        .notifications
         .iter()
-        .filter(|n| n["kind"] == "action")
-        .map(|n| n["actionId"].as_str().unwrap().parse().unwrap())
+        .filter(|n| n.kind == NotificationKind::Action)
+        .map(|n| n.action_id)
         .collect();
     assert_eq!(
         listed,
         actions.iter().copied().collect(),
-        "the digest's page lists every action: {d:#}"
+        "the digest's page lists every action: {d:#?}"
     );
 }
 
@@ -1522,8 +1505,7 @@ async fn the_daily_quota_pauses_sending_and_keeps_the_backlog_until_resumed() {
 
     // The operator resumes (the quota was raised).
     h.clear_faults().await;
-    let answer: Value = h.rpc("resume", &json!({})).await.unwrap();
-    assert_eq!(answer["resumed"], true);
+    h.rpc::<Resume>(&ResumeRequest::default()).await.unwrap();
     h.wait_state(second, "sent").await;
     h.wait_state(third, "sent").await;
     assert_eq!(h.messages(openid).await.len(), 3);
@@ -1689,46 +1671,46 @@ async fn the_journey_of_an_action_shows_every_decision_and_attempt() {
     h.wait_state(action, "sent").await;
     let m = h.wait_messages(openid, 1).await;
 
-    let j: Value = h
-        .rpc("journey", &json!({"actionId": action.to_string()}))
-        .await
-        .unwrap();
-    let notes = j["notifications"].as_array().unwrap();
+    let j = h.rpc::<Journey>(&about(action)).await.unwrap();
+    let notes = &j.notifications;
     assert_eq!(notes.len(), 1);
-    assert_eq!(notes[0]["state"], "sent");
-    assert_eq!(notes[0]["attempts"], 2);
-    assert_eq!(notes[0]["openid"], openid);
-    assert_eq!(notes[0]["msgid"], m[0]["msgid"].to_string());
-    let log: Vec<(&str, Option<i64>)> = j["log"]
-        .as_array()
-        .unwrap()
+    assert_eq!(notes[0].state, NotificationState::Sent);
+    assert_eq!(notes[0].attempts, 2);
+    assert_eq!(notes[0].openid.as_deref(), Some(openid));
+    assert_eq!(notes[0].msgid, Some(m[0]["msgid"].to_string()));
+    let log: Vec<(&str, Option<i64>)> = j
+        .log
         .iter()
-        .map(|e| (e["event"].as_str().unwrap(), e["errcode"].as_i64()))
+        .map(|e| (e.event.as_str(), e.errcode))
         .collect();
     assert_eq!(
         log,
         [("queued", None), ("retry", Some(-1)), ("sent", Some(0))]
     );
     assert!(
-        j["log"][1]["errmsg"]
-            .as_str()
+        j.log[1]
+            .errmsg
+            .as_deref()
             .unwrap()
             .starts_with("WeChat API error -1"),
-        "{j:#}"
+        "{j:#?}"
     );
-    assert_eq!(j["log"][2]["msgid"], m[0]["msgid"].to_string());
+    assert_eq!(j.log[2].msgid, Some(m[0]["msgid"].to_string()));
 
     // Unknown actions have an empty journey; a malformed id is refused.
-    let empty: Value = h
-        .rpc("journey", &json!({"actionId": Uuid::now_v7().to_string()}))
+    let empty = h.rpc::<Journey>(&about(Uuid::now_v7())).await.unwrap();
+    assert!(empty.notifications.is_empty() && empty.log.is_empty());
+    let raw = h
+        .bus
+        .client
+        .request(
+            h.bus.subjects.rpc("notifier", "journey"),
+            r#"{"actionId": "nope"}"#.into(),
+        )
         .await
         .unwrap();
-    assert_eq!(empty, json!({"notifications": [], "log": []}));
-    let err = h
-        .rpc::<_, Value>("journey", &json!({"actionId": "nope"}))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, rpc::codes::BAD_REQUEST);
+    let reply: Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(reply["error"]["code"], "invalid", "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1738,20 +1720,25 @@ async fn the_direct_send_goes_through_the_notifiers_token_and_credits() {
     h.accept_ours(adv, openid, 2).await;
     h.grant(openid, T, 1).await;
     h.wait_credits(adv, openid, 2).await;
-    let msg = SubscribeMessage::new(openid, T)
+    let wx = SubscribeMessage::new(openid, T)
         .page("pages/customer/detail?id=staff-1")
         .fitted_field("thing1", "请尽快联系客户")
         .field("time2", keywords::format_time(Utc::now()))
         .fitted_field("thing3", "13800138000")
         .fitted_field("thing7", "王五");
+    let direct = |m: &SubscribeMessage| DirectSend {
+        touser: m.touser.clone(),
+        template_id: m.template_id.clone(),
+        page: m.page.clone(),
+        data: m.data.clone(),
+        miniprogram_state: None,
+        lang: None,
+    };
+    let msg = direct(&wx);
 
-    let ok: SendAnswer = h.rpc("send", &msg).await.unwrap();
-    assert_eq!((ok.errcode, ok.errmsg.as_str()), (0, "ok"));
+    let ok = h.rpc::<Send>(&msg).await.unwrap();
     let m = h.wait_messages(openid, 1).await;
-    assert_eq!(
-        ok.msgid.as_deref(),
-        Some(m[0]["msgid"].to_string().as_str())
-    );
+    assert_eq!(ok.msgid, m[0]["msgid"].to_string());
     assert_eq!(m[0]["page"], "pages/customer/detail?id=staff-1");
     assert_eq!(
         h.credits(adv, openid).await,
@@ -1760,25 +1747,30 @@ async fn the_direct_send_goes_through_the_notifiers_token_and_credits() {
     );
 
     // WeChat's refusal comes back as WeChat gave it, and 43101 corrects our count.
-    let refused: SendAnswer = h.rpc("send", &msg).await.unwrap();
-    assert_eq!(refused.errcode, 43101);
-    assert!(refused.errmsg.contains("rid:"), "{}", refused.errmsg);
+    let refused = h.rpc::<Send>(&msg).await.unwrap_err();
+    let RpcError::WechatRefused { errcode, errmsg } = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(errcode, 43101);
+    assert!(errmsg.contains("rid:"), "{errmsg}");
     assert_eq!(h.credits(adv, openid).await, 0);
 
     // Values that break WeChat's limits are refused before WeChat is called.
     let calls = h.calls("subscribe_send").await.0;
-    let too_long = msg.clone().field(
+    let too_long = direct(&wx.clone().field(
         "thing1",
         "这是一段超过二十个字符的文字内容用于测试校验是否生效",
+    ));
+    let err = h.rpc::<Send>(&too_long).await.unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Invalid { field: Some(f), .. } if f == "data.thing1.value"),
+        "{err:?}"
     );
-    let err = h.rpc::<_, SendAnswer>("send", &too_long).await.unwrap_err();
-    assert_eq!(err.code, rpc::codes::BAD_REQUEST);
-    assert_eq!(err.details["keyword"], "thing1");
     let err = h
-        .rpc::<_, SendAnswer>("send", &SubscribeMessage::new("", T))
+        .rpc::<Send>(&direct(&SubscribeMessage::new("", T)))
         .await
         .unwrap_err();
-    assert_eq!(err.code, rpc::codes::BAD_REQUEST);
+    assert!(matches!(err, RpcError::Invalid { .. }), "{err:?}");
     assert_eq!(h.calls("subscribe_send").await.0, calls);
 
     let logged: Vec<Option<i64>> = sqlx::query_scalar(
@@ -1792,12 +1784,44 @@ async fn the_direct_send_goes_through_the_notifiers_token_and_credits() {
     // The daily quota is the app's: a direct send that meets it pauses the queue too.
     h.fault(json!({"endpoint": "subscribe_send", "errcode": 45009, "count": 1}))
         .await;
-    let quota: SendAnswer = h.rpc("send", &msg).await.unwrap();
-    assert_eq!(quota.errcode, 45009);
+    let quota = h.rpc::<Send>(&msg).await.unwrap_err();
+    assert!(
+        matches!(quota, RpcError::WechatRefused { errcode: 45009, .. }),
+        "{quota:?}"
+    );
     let paused: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT paused_until FROM notifier.control WHERE key = 'sending'")
             .fetch_one(&h.db)
             .await
             .unwrap();
     assert!(paused.is_some_and(|p| p > Utc::now()), "{paused:?}");
+}
+
+/// The query of a `journey` method.
+fn about(action_id: Uuid) -> ActionQuery {
+    ActionQuery { action_id }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_checks_the_shared_vocabularies() {
+    use ande_contracts::vocab::{check_constraint_words, Vocabulary};
+    let h = Harness::start().await;
+    let check = |column: &'static str| {
+        let db = h.db.clone();
+        async move {
+            let def: String = sqlx::query_scalar(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+                 JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+                 WHERE n.nspname = 'notifier' AND t.relname = 'notifications' AND c.contype = 'c'
+                   AND pg_get_constraintdef(c.oid) LIKE '%(' || $1 || ' %'",
+            )
+            .bind(column)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            check_constraint_words(&def)
+        }
+    };
+    assert_eq!(check("state").await, NotificationState::names());
+    assert_eq!(check("kind").await, NotificationKind::names());
 }

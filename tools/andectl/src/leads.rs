@@ -4,21 +4,17 @@
 use std::io::Write;
 use std::time::Duration;
 
+use ande_contracts::leads::{ActionQuery, GetLead, Journey, LeadKey, ListLeads, ListQuery};
 use ande_platform::bus::Bus;
-use serde_json::{json, Value};
+use ande_platform::rpc::{self, Method};
 
 /// The leads service answers from its database; this is plenty.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn ask(bus: &Bus, method: &str, query: Value) -> anyhow::Result<Value> {
-    ande_platform::rpc::call(
-        &bus.client,
-        bus.subjects.rpc("leads", method),
-        &query,
-        QUERY_TIMEOUT,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("leads service: {e}"))
+async fn ask<M: Method>(bus: &Bus, query: &M::Request) -> anyhow::Result<M::Reply> {
+    rpc::call::<M>(&bus.client, &bus.subjects, query, QUERY_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("leads service: {e}"))
 }
 
 /// One lead, by its id or its phone number.
@@ -28,7 +24,12 @@ pub async fn show(
     phone: Option<&str>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let lead = ask(bus, "lead", json!({ "id": id, "phone": phone })).await?;
+    let key = match (id, phone) {
+        (Some(id), _) => LeadKey::Id(parse_id(id)?),
+        (None, Some(p)) => LeadKey::Phone(p.to_string()),
+        (None, None) => anyhow::bail!("give a lead id or --phone"),
+    };
+    let lead = ask::<GetLead>(bus, &key).await?;
     writeln!(out, "{}", serde_json::to_string_pretty(&lead)?)?;
     Ok(())
 }
@@ -39,24 +40,31 @@ pub async fn list(
     advisor: Option<&str>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
-    limit: i64,
+    limit: u32,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let page = ask(
-        bus,
-        "list",
-        json!({ "advisorId": advisor, "since": since, "until": until, "limit": limit }),
-    )
-    .await?;
-    for lead in page.as_array().into_iter().flatten() {
-        writeln!(out, "{lead}")?;
+    let q = ListQuery {
+        advisor_id: advisor.map(String::from),
+        since,
+        until,
+        limit: Some(limit),
+    };
+    for lead in ask::<ListLeads>(bus, &q).await? {
+        writeln!(out, "{}", serde_json::to_string(&lead)?)?;
     }
     Ok(())
 }
 
 /// The action as leads stored it, and its lead outcome.
 pub async fn journey(bus: &Bus, action_id: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    let j = ask(bus, "journey", json!({ "actionId": action_id })).await?;
+    let q = ActionQuery {
+        action_id: parse_id(action_id)?,
+    };
+    let j = ask::<Journey>(bus, &q).await?;
     writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
     Ok(())
+}
+
+fn parse_id(s: &str) -> anyhow::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(s.trim()).map_err(|_| anyhow::anyhow!("{s:?} is not a valid id"))
 }

@@ -77,7 +77,7 @@ enum LeadsCmd {
         #[arg(long, value_parser = time_arg)]
         until: Option<DateTime<Utc>>,
         #[arg(long, default_value_t = 50)]
-        limit: i64,
+        limit: u32,
     },
     /// The action as leads stored it, and its outcome.
     Journey { action_id: String },

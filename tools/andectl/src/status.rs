@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use ande_contracts::leads::ActionQuery;
 use ande_platform::bus::Bus;
 use ande_platform::config::Env;
-use ande_platform::rpc::{self, codes};
+use ande_platform::rpc::{self, Method, RpcError, Unavailable};
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -30,7 +31,7 @@ use crate::replay::CONSUMER_NAMES;
 /// How long each health probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An action id nobody has: asking for its journey exercises a service and its database.
-const PROBE_ACTION: &str = "00000000-0000-7000-8000-000000000000";
+const PROBE_ACTION: uuid::Uuid = uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000);
 
 /// The status report, as JSON (`--json`) and for the text view.
 pub struct Report {
@@ -106,8 +107,8 @@ pub async fn report(bus: &Bus, env: &Env) -> anyhow::Result<Report> {
         }
     };
     let gateway = gateway_health(env).await;
-    let leads = rpc_health(bus, "leads").await;
-    let notifier = rpc_health(bus, "notifier").await;
+    let leads = rpc_health::<ande_contracts::leads::Journey>(bus).await;
+    let notifier = rpc_health::<ande_contracts::notifier::Journey>(bus).await;
     for s in [&gateway, &leads, &notifier] {
         healthy &= s["status"] == "ok";
     }
@@ -156,29 +157,31 @@ async fn gateway_health(env: &Env) -> Value {
     }
 }
 
-async fn rpc_health(bus: &Bus, service: &str) -> Value {
+/// Ask a service's `journey` method about an action that does not exist: "not found" means it
+/// answers from its database.
+async fn rpc_health<M>(bus: &Bus) -> Value
+where
+    M: Method<Request = ActionQuery>,
+{
     let started = Instant::now();
-    let q = json!({ "actionId": PROBE_ACTION });
-    let answer = rpc::call::<_, Value>(
-        &bus.client,
-        bus.subjects.rpc(service, "journey"),
-        &q,
-        PROBE_TIMEOUT,
-    )
-    .await;
+    let q = ActionQuery {
+        action_id: PROBE_ACTION,
+    };
+    let answer = rpc::call::<M>(&bus.client, &bus.subjects, &q, PROBE_TIMEOUT).await;
     let millis = started.elapsed().as_millis() as u64;
     match answer {
-        Ok(_) => json!({ "status": "ok", "millis": millis }),
-        Err(e) if e.code == codes::NOT_FOUND => json!({ "status": "ok", "millis": millis }),
-        Err(e) if e.code == codes::UNAVAILABLE && e.message.contains("database") => {
-            json!({ "status": "degraded", "reason": "its database is unavailable" })
-        }
-        Err(e) if e.code == codes::UNAVAILABLE && e.message.contains("no responders") => {
-            json!({ "status": "down", "reason": "not running (nobody answers its requests on NATS)" })
-        }
-        Err(e) if e.code == codes::UNAVAILABLE => {
-            json!({ "status": "down", "reason": format!("no answer over NATS: {}", e.message) })
-        }
+        Ok(_) | Err(RpcError::NotFound { .. }) => json!({ "status": "ok", "millis": millis }),
+        Err(RpcError::Unavailable { cause, message }) => match cause {
+            Unavailable::Database => {
+                json!({ "status": "degraded", "reason": "its database is unavailable" })
+            }
+            Unavailable::NoResponders => {
+                json!({ "status": "down", "reason": "not running (nobody answers its requests on NATS)" })
+            }
+            Unavailable::Timeout | Unavailable::Transport => {
+                json!({ "status": "down", "reason": format!("no answer over NATS: {message}") })
+            }
+        },
         Err(e) => json!({ "status": "degraded", "reason": e.to_string() }),
     }
 }

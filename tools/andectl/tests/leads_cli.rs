@@ -58,6 +58,9 @@ async fn leads_show_ls_and_journey_answer_from_the_running_service() {
     let err = andectl::leads::show(&bus, None, Some("12345"), &mut Vec::new())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("bad_request"), "{err}");
+    assert!(
+        err.to_string().contains("invalid request: invalid_phone"),
+        "{err}"
+    );
     t.stack.stop().await.unwrap();
 }

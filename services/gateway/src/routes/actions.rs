@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use ande_contracts::leads::{self, ActionQuery};
+use ande_contracts::notifier::{self, NotifierJourney};
+use ande_contracts::vocab::{NotificationKind, NotificationState};
 use ande_events::{meta_with_id, ActionRecorded};
+use ande_platform::rpc::{self, RpcError};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -162,35 +166,22 @@ pub async fn journey(
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::validation("id", "must be an action id (UUID)"))?;
     state.require_bus()?;
-    let q = json!({ "actionId": id });
-    let client = &state.bus.client;
-    let subjects = &state.bus.subjects;
+    let q = ActionQuery { action_id: id };
+    let (client, subjects) = (&state.bus.client, &state.bus.subjects);
     let (leads, notes) = tokio::join!(
-        ande_platform::rpc::call::<_, Value>(
-            client,
-            subjects.rpc("leads", "journey"),
-            &q,
-            QUERY_TIMEOUT
-        ),
-        ande_platform::rpc::call::<_, Value>(
-            client,
-            subjects.rpc("notifier", "journey"),
-            &q,
-            QUERY_TIMEOUT
-        ),
+        rpc::call::<leads::Journey>(client, subjects, &q, QUERY_TIMEOUT),
+        rpc::call::<notifier::Journey>(client, subjects, &q, QUERY_TIMEOUT),
     );
     let leads = match leads {
-        Ok(v) => v,
-        Err(e) if e.code == ande_platform::rpc::codes::NOT_FOUND => {
+        Ok(j) => j,
+        Err(RpcError::NotFound { .. }) => {
             return Err(ApiError::not_found("no such action (or not processed yet)"))
         }
         Err(e) => return Err(e.into()),
     };
+    let customer = matches!(caller, Caller::Customer(_));
     if let Caller::Customer(c) = &caller {
-        let owner = leads
-            .pointer("/action/openid")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let owner = leads.action.openid.as_deref().unwrap_or("");
         if owner.is_empty() || owner != c.sub {
             return Err(ApiError::forbidden(
                 "this action belongs to another customer",
@@ -198,20 +189,20 @@ pub async fn journey(
         }
     }
     let notification = match notes {
-        Ok(v) => summarize_notification(&v),
-        Err(e) => json!({ "status": "unknown", "reason": e.message }),
+        Ok(j) => summarize_notification(&j),
+        Err(e) => json!({ "status": "unknown", "reason": e.to_string() }),
     };
-    let outcome = leads.get("outcome").cloned().unwrap_or(Value::Null);
+    let o = leads.outcome.as_ref();
     let lead = json!({
-        "status": outcome.get("kind").cloned().unwrap_or(Value::Null),
-        "reason": outcome.get("no_lead_reason").cloned().unwrap_or(Value::Null),
-        "leadId": outcome.get("lead_id").cloned().unwrap_or(Value::Null),
-        "customerCode": outcome.get("customer_code").cloned().unwrap_or(Value::Null),
-        "newCustomer": outcome.get("is_new_customer").cloned().unwrap_or(Value::Null),
-        "published": outcome.get("published").cloned().unwrap_or(Value::Null),
+        "status": o.map(|o| o.kind),
+        "reason": o.and_then(|o| o.no_lead_reason.as_deref()),
+        "leadId": o.and_then(|o| o.lead_id),
+        "customerCode": o.and_then(|o| o.customer_code.as_deref()),
+        "newCustomer": o.map(|o| o.is_new_customer),
+        "published": o.map(|o| o.published),
     });
-    let mut action = leads.get("action").cloned().unwrap_or(Value::Null);
-    if let (Caller::Customer(_), Some(obj)) = (&caller, action.as_object_mut()) {
+    let mut action = serde_json::to_value(&leads.action).map_err(ApiError::internal)?;
+    if let (true, Some(obj)) = (customer, action.as_object_mut()) {
         // A customer sees their action, not our bookkeeping about their connection.
         obj.remove("clientIp");
         obj.remove("userAgent");
@@ -224,44 +215,41 @@ pub async fn journey(
 
 /// Reduce the notifier's rows to one status: sent (msgid), pending (waiting for credit),
 /// failed (errcode), queued, or none.
-fn summarize_notification(v: &Value) -> Value {
-    let notes = v
-        .get("notifications")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let log = v.get("log").cloned().unwrap_or(Value::Array(vec![]));
+fn summarize_notification(j: &NotifierJourney) -> Value {
     // A digest that carried this action is its delivery.
-    let main = notes
+    let main = j
+        .notifications
         .iter()
         .rev()
-        .find(|n| n.get("kind").and_then(Value::as_str) == Some("digest"))
-        .or_else(|| notes.first());
+        .find(|n| n.kind == NotificationKind::Digest)
+        .or_else(|| j.notifications.first());
     let Some(n) = main else {
-        return json!({ "status": "none", "log": log });
+        return json!({ "status": "none", "log": j.log });
     };
-    let state = n.get("state").and_then(Value::as_str).unwrap_or("");
-    let status = match state {
-        "sent" => "sent",
-        "waiting_credit" => "pending_credit",
-        "failed" | "dropped" => "failed",
-        _ => "queued",
+    let status = match n.state {
+        NotificationState::Sent => "sent",
+        NotificationState::WaitingCredit => "pending_credit",
+        NotificationState::Failed | NotificationState::Dropped => "failed",
+        NotificationState::Queued | NotificationState::Sending | NotificationState::Digested => {
+            "queued"
+        }
     };
     json!({
         "status": status,
-        "state": state,
-        "kind": n.get("kind"),
-        "msgid": n.get("msgid"),
-        "errcode": n.get("errcode"),
-        "errmsg": n.get("errmsg"),
-        "attempts": n.get("attempts"),
-        "log": log,
+        "state": n.state,
+        "kind": n.kind,
+        "msgid": n.msgid,
+        "errcode": n.errcode,
+        "errmsg": n.errmsg,
+        "attempts": n.attempts,
+        "log": j.log,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ande_contracts::notifier::NotificationView;
     use proptest::prelude::*;
 
     proptest! {
@@ -283,24 +271,46 @@ mod tests {
 
     }
 
+    fn view(kind: NotificationKind, state: NotificationState) -> NotificationView {
+        let now = chrono::Utc::now();
+        NotificationView {
+            id: Uuid::now_v7(),
+            action_id: Uuid::now_v7(),
+            advisor_id: "adv".into(),
+            kind,
+            state,
+            template_id: "T".into(),
+            openid: None,
+            attempts: 1,
+            msgid: (state == NotificationState::Sent).then(|| "9".to_string()),
+            errcode: None,
+            errmsg: None,
+            digest_id: None,
+            data: Default::default(),
+            page: None,
+            summary: ande_contracts::notifier::Summary::Digest { count: 2 },
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     #[test]
     fn notification_summary_prefers_the_digest_and_maps_states() {
-        let v = json!({"notifications": [{"kind": "single", "state": "waiting_credit"}, {"kind": "digest", "state": "sent", "msgid": "9"}], "log": []});
-        let s = summarize_notification(&v);
+        use NotificationKind::{Action, Digest};
+        let journey = |notifications| NotifierJourney {
+            notifications,
+            log: vec![],
+        };
+        let s = summarize_notification(&journey(vec![
+            view(Action, NotificationState::Digested),
+            view(Digest, NotificationState::Sent),
+        ]));
         assert_eq!(s["status"], "sent");
         assert_eq!(s["msgid"], "9");
-        assert_eq!(
-            summarize_notification(
-                &json!({"notifications": [{"kind": "single", "state": "waiting_credit"}]})
-            )["status"],
-            "pending_credit"
-        );
-        assert_eq!(
-            summarize_notification(
-                &json!({"notifications": [{"kind": "single", "state": "dropped", "errcode": 43101}]})
-            )["status"],
-            "failed"
-        );
-        assert_eq!(summarize_notification(&json!({}))["status"], "none");
+        let pending = journey(vec![view(Action, NotificationState::WaitingCredit)]);
+        assert_eq!(summarize_notification(&pending)["status"], "pending_credit");
+        let dropped = journey(vec![view(Action, NotificationState::Dropped)]);
+        assert_eq!(summarize_notification(&dropped)["status"], "failed");
+        assert_eq!(summarize_notification(&journey(vec![]))["status"], "none");
     }
 }

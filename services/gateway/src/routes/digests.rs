@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use ande_contracts::notifier::{DigestQuery, GetDigest, Summary};
+use ande_platform::rpc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -25,44 +27,38 @@ pub async fn digest(
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::validation("id", "must be a digest id (UUID)"))?;
     state.require_bus()?;
-    let answer: Value = ande_platform::rpc::call(
-        &state.bus.client,
-        state.bus.subjects.rpc("notifier", "digest"),
-        &json!({ "digestId": id }),
-        QUERY_TIMEOUT,
-    )
-    .await?;
+    let q = DigestQuery { digest_id: id };
+    let answer =
+        rpc::call::<GetDigest>(&state.bus.client, &state.bus.subjects, &q, QUERY_TIMEOUT).await?;
+    let d = &answer.digest;
     if let Caller::Customer(c) = &caller {
         // The digest was sent to one openid: only that WeChat user (the advisor) may read it.
-        let to = answer
-            .pointer("/digest/openid")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if to.is_empty() || to != c.sub {
+        if d.openid.as_deref().unwrap_or("").is_empty() || d.openid.as_deref() != Some(&c.sub) {
             return Err(ApiError::forbidden("this digest was sent to someone else"));
         }
     }
-    let actions: Vec<Value> = answer["notifications"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let actions: Vec<Value> = answer
+        .notifications
+        .iter()
         .map(|n| {
-            let s = &n["summary"];
+            let s = match &n.summary {
+                Summary::Action(s) => Some(s),
+                Summary::Digest { .. } => None,
+            };
             json!({
-                "actionId": n["actionId"],
-                "actionType": s["actionType"],
-                "customerName": s["name"],
-                "customerPhone": s["phone"],
-                "leadId": s["leadId"],
-                "customerCode": s["customerCode"],
-                "newCustomer": s["newCustomer"],
-                "at": n["createdAt"],
+                "actionId": n.action_id,
+                "actionType": s.map(|s| &s.action_type),
+                "customerName": s.map(|s| &s.name),
+                "customerPhone": s.map(|s| &s.phone),
+                "leadId": s.map(|s| &s.lead_id),
+                "customerCode": s.map(|s| &s.customer_code),
+                "newCustomer": s.map(|s| s.new_customer),
+                "at": n.created_at,
             })
         })
         .collect();
-    let d = &answer["digest"];
     Ok(ok(
-        json!({ "digestId": id, "advisorId": d["advisorId"], "state": d["state"], "msgid": d["msgid"], "count": actions.len(), "actions": actions }),
+        json!({ "digestId": id, "advisorId": d.advisor_id, "state": d.state, "msgid": d.msgid, "count": actions.len(), "actions": actions }),
         "ok",
     ))
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use ande_contracts::notifier::{DirectSend, Send};
+use ande_contracts::vocab::{Lang, MiniprogramState};
+use ande_platform::rpc::{self, RpcError};
 use ande_wechat::SubscribeMessage;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,25 +32,9 @@ pub async fn send(
     let touser = validate::required("touser", body.get("touser"), MAX_ID)?;
     let template_id = validate::required("template_id", body.get("template_id"), MAX_ID)?;
     let page = validate::optional("page", body.get("page"), 512)?;
-    let miniprogram_state =
-        validate::optional("miniprogram_state", body.get("miniprogram_state"), 16)?;
-    if let Some(s) = &miniprogram_state {
-        if !["developer", "trial", "formal"].contains(&s.as_str()) {
-            return Err(ApiError::validation(
-                "miniprogram_state",
-                "must be developer, trial or formal",
-            ));
-        }
-    }
-    let lang = validate::optional("lang", body.get("lang"), 8)?;
-    if let Some(l) = &lang {
-        if !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&l.as_str()) {
-            return Err(ApiError::validation(
-                "lang",
-                "must be zh_CN, en_US, zh_HK or zh_TW",
-            ));
-        }
-    }
+    let miniprogram_state: Option<MiniprogramState> =
+        validate::word("miniprogram_state", body.get("miniprogram_state"))?;
+    let lang: Option<Lang> = validate::word("lang", body.get("lang"))?;
     let data = body
         .get("data")
         .and_then(Value::as_object)
@@ -60,8 +47,8 @@ pub async fn send(
     }
     let mut msg = SubscribeMessage::new(touser, template_id);
     msg.page = page;
-    msg.miniprogram_state = miniprogram_state;
-    msg.lang = lang;
+    msg.miniprogram_state = miniprogram_state.map(|s| s.as_str().to_string());
+    msg.lang = lang.map(|l| l.as_str().to_string());
     for (k, v) in data {
         let value = v.get("value").and_then(Value::as_str).ok_or_else(|| {
             ApiError::validation(&format!("data.{k}"), "must be {\"value\": \"…\"}")
@@ -72,40 +59,30 @@ pub async fn send(
     msg.validate()
         .map_err(|e| ApiError::validation(&format!("data.{}.value", e.keyword), e.to_string()))?;
     state.require_bus()?;
-    let answer: Value = ande_platform::rpc::call(
+    let direct = DirectSend {
+        touser: msg.touser,
+        template_id: msg.template_id,
+        page: msg.page,
+        data: msg.data,
+        miniprogram_state,
+        lang,
+    };
+    let sent = rpc::call::<Send>(
         &state.bus.client,
-        state.bus.subjects.rpc("notifier", "send"),
-        &msg,
+        &state.bus.subjects,
+        &direct,
         SEND_TIMEOUT,
     )
-    .await?;
-    let errcode = answer.get("errcode").and_then(Value::as_i64).unwrap_or(-1);
-    if errcode == 0 {
-        Ok(ok(answer, "发送成功"))
-    } else {
-        let errmsg = answer
-            .get("errmsg")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "wechat_refused",
-            format!("WeChat refused the message ({errcode})"),
-        )
-        .details(answer)
-        .tap_log(&errmsg))
-    }
-}
-
-trait TapLog {
-    fn tap_log(self, errmsg: &str) -> Self;
-}
-impl TapLog for ApiError {
-    fn tap_log(self, errmsg: &str) -> Self {
-        tracing::info!(code = self.code, errmsg, "direct send refused by WeChat");
-        self
-    }
+    .await
+    .inspect_err(|e| {
+        if let RpcError::WechatRefused { errcode, errmsg } = e {
+            tracing::info!(errcode, errmsg, "direct send refused by WeChat");
+        }
+    })?;
+    Ok(ok(
+        json!({ "errcode": 0, "errmsg": "ok", "msgid": sent.msgid }),
+        "发送成功",
+    ))
 }
 
 /// Staff login: username and password for a staff token.

@@ -5,7 +5,8 @@
 //! several templates at once (`{advisorId, openid, result: {"<templateId>": "accept", errMsg}}`).
 //! Each template's decision is one `subscription.changed` event; each accept is one send credit.
 
-use ande_events::{new_meta, SubscriptionChanged, SubscriptionStatus};
+use ande_contracts::vocab::{SubscriptionStatus, Vocabulary};
+use ande_events::{new_meta, SubscriptionChanged};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -21,26 +22,12 @@ use crate::AppState;
 const MAX_TEMPLATES: usize = 5;
 
 fn parse_status(field: &str, s: &str) -> Result<SubscriptionStatus, ApiError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "accept" => Ok(SubscriptionStatus::Accept),
-        "reject" => Ok(SubscriptionStatus::Reject),
-        "ban" => Ok(SubscriptionStatus::Ban),
-        "filter" => Ok(SubscriptionStatus::Filter),
-        _ => Err(ApiError::validation(
+    SubscriptionStatus::parse(&s.trim().to_ascii_lowercase()).ok_or_else(|| {
+        ApiError::validation(
             field,
-            "must be accept, reject, ban or filter",
-        )),
-    }
-}
-
-fn status_name(s: SubscriptionStatus) -> &'static str {
-    match s {
-        SubscriptionStatus::Accept => "accept",
-        SubscriptionStatus::Reject => "reject",
-        SubscriptionStatus::Ban => "ban",
-        SubscriptionStatus::Filter => "filter",
-        SubscriptionStatus::Unspecified => "unspecified",
-    }
+            format!("must be one of {}", SubscriptionStatus::names().join(", ")),
+        )
+    })
 }
 
 /// The (template, status) decisions in a body, in either accepted shape.
@@ -129,7 +116,7 @@ pub async fn subscribe(
     for (template_id, status) in decisions {
         let mut meta = new_meta("", "gateway", now);
         if let Some(key) = &key {
-            let request = json!([advisor_id, template_id, status_name(status)]);
+            let request = json!([advisor_id, template_id, status.as_str()]);
             let scope = format!("subscribe:{openid}");
             let c = idempotency::claim(
                 &state,
@@ -149,14 +136,16 @@ pub async fn subscribe(
             advisor_id: advisor_id.clone(),
             openid: openid.clone(),
             template_id: template_id.clone(),
-            status: status as i32,
+            status: ande_events::SubscriptionStatus::from(status) as i32,
             source: source.clone(),
         };
         state.bus.publish(&event).await.map_err(|e| {
             tracing::warn!(error = %e, "publish failed");
             ApiError::bus_unavailable()
         })?;
-        recorded.push(json!({ "templateId": template_id, "status": status_name(status), "eventId": event_id }));
+        recorded.push(
+            json!({ "templateId": template_id, "status": status.as_str(), "eventId": event_id }),
+        );
     }
     Ok(ok_with(
         StatusCode::CREATED,

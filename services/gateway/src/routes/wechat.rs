@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ande_contracts::notifier::{Phone, PhoneQuery};
+use ande_platform::rpc;
 use axum::extract::State;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
@@ -56,36 +58,13 @@ pub async fn phone(
     let code = validate::required("code", body.get("code"), MAX_CODE)?;
     let openid = session.as_ref().map(|s| s.sub.clone());
     state.require_bus()?;
-    let q = json!({ "code": code, "openid": openid });
-    let info: Value = ande_platform::rpc::call(
-        &state.bus.client,
-        state.bus.subjects.rpc("notifier", "phone"),
-        &q,
-        PHONE_TIMEOUT,
-    )
-    .await
-    .map_err(|e| {
-        if e.code == "wechat" {
-            let errcode = e
-                .details
-                .get("errcode")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let errmsg = e
-                .details
-                .get("errmsg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            ApiError::from(ande_wechat::WechatError::Api { errcode, errmsg })
-        } else {
-            ApiError::from(e)
-        }
-    })?;
+    let q = PhoneQuery { code, openid };
+    let info =
+        rpc::call::<Phone>(&state.bus.client, &state.bus.subjects, &q, PHONE_TIMEOUT).await?;
     let mut data = json!({
-        "phoneNumber": info.get("phone_number").or_else(|| info.get("phoneNumber")),
-        "purePhoneNumber": info.get("pure_phone_number").or_else(|| info.get("purePhoneNumber")),
-        "countryCode": info.get("country_code").or_else(|| info.get("countryCode")),
+        "phoneNumber": info.phone_number,
+        "purePhoneNumber": info.pure_phone_number,
+        "countryCode": info.country_code,
     });
     if let Some(s) = session {
         let phone = data["purePhoneNumber"].as_str().map(String::from);
