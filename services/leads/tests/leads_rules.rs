@@ -63,6 +63,54 @@ async fn start(processes: usize) -> Env {
 }
 
 impl Env {
+    /// Block until the leads consumer has been delivered every message of the stream and holds
+    /// some unacked (it is trying them); fail the test after 20 s.
+    async fn wait_delivered_and_held(&self) {
+        let mut stream = self
+            .bus
+            .js
+            .get_stream(self.bus.subjects.stream())
+            .await
+            .unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        for _ in 0..400 {
+            let mut c = stream
+                .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
+                .await
+                .unwrap();
+            let i = c.info().await.unwrap();
+            if i.delivered.stream_sequence >= last && i.num_ack_pending > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the leads consumer was not delivered up to {last} in 20 s");
+    }
+
+    /// Block until the leads consumer's ack floor reaches the stream's last sequence; fail the
+    /// test after 20 s.
+    async fn wait_all_acked(&self) {
+        let mut stream = self
+            .bus
+            .js
+            .get_stream(self.bus.subjects.stream())
+            .await
+            .unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        for _ in 0..400 {
+            let mut c = stream
+                .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
+                .await
+                .unwrap();
+            let i = c.info().await.unwrap();
+            if i.ack_floor.stream_sequence >= last {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the leads consumer did not ack up to stream sequence {last} in 20 s");
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         for t in self.tasks {
@@ -404,24 +452,9 @@ async fn redelivery_and_replay_change_nothing_twice() {
         let ack = env.bus.publish(a).await.unwrap();
         assert!(ack.duplicate);
     }
-    // Wait until the consumer has no pending messages.
-    let stream = env
-        .bus
-        .js
-        .get_stream(env.bus.subjects.stream())
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        let mut c = stream
-            .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
-            .await
-            .unwrap();
-        let i = c.info().await.unwrap();
-        if i.num_pending == 0 && i.num_ack_pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait until the consumer has acked every message the stream holds (a positive signal:
+    // the replay was consumed, not merely not yet delivered).
+    env.wait_all_acked().await;
     let after: Vec<(String, i32)> =
         sqlx::query_as("SELECT phone, touch_count FROM leads.leads ORDER BY phone")
             .fetch_all(&env.db)
@@ -525,7 +558,9 @@ async fn postgres_going_away_loses_nothing() {
         ))
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The consumer has taken every message during the outage (and holds them, ack pending)
+    // before we check that none was dead-lettered.
+    env.wait_delivered_and_held().await;
     assert_eq!(
         env.dead_letters().await,
         0,

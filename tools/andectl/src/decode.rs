@@ -10,7 +10,7 @@
 
 use ande_events::{
     from_timestamp, headers, ActionRecorded, Event, EventKind, EventMeta, LeadOutcome,
-    LeadOutcomeKind, SubscriptionChanged, SubscriptionStatus,
+    SubscriptionChanged,
 };
 use ande_platform::bus::dlq_headers;
 use async_nats::HeaderMap;
@@ -252,14 +252,7 @@ fn action_json(e: &ActionRecorded) -> Value {
 }
 
 fn subscription_json(e: &SubscriptionChanged) -> Value {
-    let status = match SubscriptionStatus::try_from(e.status) {
-        Ok(SubscriptionStatus::Accept) => "accept",
-        Ok(SubscriptionStatus::Reject) => "reject",
-        Ok(SubscriptionStatus::Ban) => "ban",
-        Ok(SubscriptionStatus::Filter) => "filter",
-        Ok(SubscriptionStatus::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    };
+    let status = ande_events::subscription_status(e.status).map_or("unspecified", |s| s.as_str());
     json!({
         "meta": meta_json(e.meta.as_ref()),
         "advisorId": e.advisor_id,
@@ -271,13 +264,7 @@ fn subscription_json(e: &SubscriptionChanged) -> Value {
 }
 
 fn outcome_json(e: &LeadOutcome) -> Value {
-    let kind = match LeadOutcomeKind::try_from(e.kind) {
-        Ok(LeadOutcomeKind::Created) => "created",
-        Ok(LeadOutcomeKind::Matched) => "matched",
-        Ok(LeadOutcomeKind::None) => "none",
-        Ok(LeadOutcomeKind::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    };
+    let kind = ande_events::outcome_kind(e.kind).map_or("unspecified", |k| k.as_str());
     json!({
         "meta": meta_json(e.meta.as_ref()),
         "actionId": e.action_id,
@@ -361,7 +348,7 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ande_events::{new_meta, Message};
+    use ande_events::{new_meta, LeadOutcomeKind, Message};
 
     #[test]
     fn times_parse_in_every_form_operators_type() {
