@@ -300,6 +300,28 @@ impl Harness {
         ids
     }
 
+    /// Block until the `control` table (the pause switch every claim reads) has been scanned `n`
+    /// more times than when this is called; statistics reach the view within about a second.
+    async fn wait_control_reads(&self, n: i64) {
+        let reads = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0) FROM pg_stat_user_tables
+                 WHERE schemaname = 'notifier' AND relname = 'control'",
+            )
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+        };
+        let start = reads().await;
+        for _ in 0..200 {
+            if reads().await >= start + n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the workers did not read the pause switch {n} times in 10 s");
+    }
+
     async fn rpc<M: rpc::Method>(&self, req: &M::Request) -> Result<M::Reply, RpcError> {
         rpc::call::<M>(&self.bus.client, &self.bus.subjects, req, RPC_TIMEOUT).await
     }
@@ -1491,7 +1513,9 @@ async fn the_daily_quota_pauses_sending_and_keeps_the_backlog_until_resumed() {
     h.drained().await;
     h.wait_state(third, "queued").await;
     let calls = h.calls("subscribe_send").await.0;
-    tokio::time::sleep(Duration::from_millis(400)).await; // eight polls of every worker
+    // Positive signal that workers looked while paused: the pause switch was read again and
+    // again (Postgres counts each scan of the `control` table).
+    h.wait_control_reads(8).await;
     assert_eq!(
         h.calls("subscribe_send").await.0,
         calls,

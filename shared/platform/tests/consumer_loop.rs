@@ -25,9 +25,11 @@ impl Handler for Recorder {
 }
 
 async fn bus() -> Bus {
-    let mut common =
-        ande_platform::config::CommonConfig::from_env(&ande_platform::config::Env::default())
-            .unwrap();
+    use ande_platform::config::{CommonConfig, Env, NATS_URL};
+    // Only NATS is used here: the machine's, or the one NATS_URL names.
+    let process = Env::from_process();
+    let nats = process.get(NATS_URL).map(|v| (NATS_URL, v.to_string()));
+    let mut common = CommonConfig::from_env(&Env::from_pairs(nats)).unwrap();
     common.prefix = format!("t_{}", uuid::Uuid::now_v7().simple());
     let bus = Bus::connect(&common, "test").await.unwrap();
     bus.ensure_streams(Duration::from_secs(600)).await.unwrap();
