@@ -6,7 +6,7 @@
 //! `errcode`/`errmsg` on error), enforces WeChat's rules (single-use codes, classic tokens that
 //! invalidate each other, stable tokens that renew early, one-time subscription credits, keyword
 //! limits), and adds a control API under `/sim/` for what happens inside WeChat (a user accepting
-//! a template) and for faults. The rules come from `shared/docs/WECHAT.md`.
+//! a template) and for faults. The rules come from `docs/wechat.md`.
 //!
 //! Map of the crate:
 //! - [`api`]: the WeChat endpoints, and the order of fault → work → counter → latency;

@@ -1,6 +1,6 @@
 //! The HTTP client for the WeChat server API, with its access-token cache.
 //!
-//! Why the token handling looks the way it does (see `docs/WECHAT.md`):
+//! Why the token handling looks the way it does (see `docs/wechat.md`):
 //! - Stable tokens (`/cgi-bin/stable_token`) by default, because every call of the classic
 //!   `/cgi-bin/token` invalidates the token other processes hold.
 //! - One cached token per client, in a [`moka`] cache whose `try_get_with` lets concurrent

@@ -7,7 +7,7 @@
 //! WeChat does. Both sides share this one module so that what we send and what the simulator
 //! accepts can never drift apart.
 //!
-//! The limits are the table in `docs/WECHAT.md`. Two details it leaves open are decided here:
+//! The limits are the table in `docs/wechat.md` in the repository. Two details it leaves open are decided here:
 //! a blank value (empty or whitespace only) and control characters (line breaks, tabs) are
 //! invalid for every type, since WeChat answers `47003` for an empty value and none of the types
 //! lists such characters among what it accepts.

@@ -14,7 +14,7 @@
 //! keys are [`secrecy::SecretString`]s with redacting `Debug`, and errors never hold a URL
 //! (the query of which carries `secret=` or `access_token=`).
 //!
-//! Facts about the WeChat API are in `docs/WECHAT.md`.
+//! Facts about the WeChat API are in `docs/wechat.md` in the repository.
 
 pub mod client;
 pub mod config;

@@ -1,5 +1,6 @@
-//! andectl: the operator's tool. Each subcommand group is a module here; `main.rs` only parses
-//! the command line and maps errors to exit codes ([`exit`]).
+//! andectl: the operator's tool. Each subcommand group is a module here; `main.rs` parses the
+//! command line, calls the module of each subcommand with what it parsed, prints the `up`
+//! walkthrough, and maps errors to exit codes ([`exit`]).
 //!
 //! - [`stack`]: the whole system in one process (`andectl up`, and the end-to-end tests);
 //! - [`infra`]: finding, or starting, NATS and Postgres for `up`;
