@@ -10,16 +10,16 @@
 //!
 //! Under a backlog a whole batch is stored in one transaction (one commit for many events). If
 //! that transaction fails for a reason other than Postgres being unavailable, the batch is redone
-//! one action per transaction so that only the bad action is dead-lettered.
+//! one action per transaction so that only the bad action is dead-lettered (`store_batch`, the
+//! fallback every consumer shares).
 
 use std::sync::Arc;
 
 use ande_events::{meta_with_id, to_timestamp, ActionRecorded, LeadOutcome};
 use ande_platform::bus::Bus;
-use ande_platform::consumer::{Delivery, Disposition, Handler};
-use ande_platform::db::is_unavailable;
+use ande_platform::consumer::{store_batch, Delivery, Disposition, Handler, StoreInTx};
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -40,14 +40,7 @@ impl Handler for ActionHandler {
 
     async fn handle(&self, batch: &[Delivery<ActionRecorded>]) -> anyhow::Result<Vec<Disposition>> {
         let started = std::time::Instant::now();
-        let results = match self.store_batch(batch).await {
-            Ok(outcomes) => outcomes,
-            Err(e) if is_unavailable(&e) => return Err(e).context("storing actions"),
-            Err(e) => {
-                tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one");
-                self.store_one_by_one(batch).await?
-            }
-        };
+        let results = store_batch(&self.pool, batch, self).await?;
         let mut dispositions = Vec::with_capacity(batch.len());
         let mut to_publish = Vec::new();
         for (d, result) in batch.iter().zip(results) {
@@ -74,39 +67,21 @@ impl Handler for ActionHandler {
     }
 }
 
-impl ActionHandler {
-    async fn store_batch(
+impl StoreInTx<ActionRecorded> for ActionHandler {
+    type Stored = StoredOutcome;
+
+    async fn store(
         &self,
+        tx: &mut PgConnection,
         batch: &[Delivery<ActionRecorded>],
     ) -> Result<Vec<Result<StoredOutcome, String>>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
         let events: Vec<(&ActionRecorded, u64)> =
             batch.iter().map(|d| (&d.event, d.stream_seq)).collect();
-        let out = store::record_batch(&mut tx, &events, &self.config).await?;
-        tx.commit().await?;
-        Ok(out)
+        store::record_batch(tx, &events, &self.config).await
     }
+}
 
-    /// One transaction per action; `Err(reason)` marks an action that can never be stored.
-    async fn store_one_by_one(
-        &self,
-        batch: &[Delivery<ActionRecorded>],
-    ) -> anyhow::Result<Vec<Result<StoredOutcome, String>>> {
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
-            let mut tx = self.pool.begin().await.context("begin")?;
-            match store::record_batch(&mut tx, &[(&d.event, d.stream_seq)], &self.config).await {
-                Ok(mut one) => {
-                    tx.commit().await.context("commit")?;
-                    out.push(one.pop().unwrap_or_else(|| Err("not processed".into())));
-                }
-                Err(e) if is_unavailable(&e) => return Err(e).context("storing action"),
-                Err(e) => out.push(Err(e.to_string())),
-            }
-        }
-        Ok(out)
-    }
-
+impl ActionHandler {
     /// Publish outcomes together (all in flight at once), wait for every ack, then mark them.
     async fn publish(&self, outcomes: Vec<(StoredOutcome, tracing::Span)>) -> anyhow::Result<()> {
         if outcomes.is_empty() {

@@ -337,6 +337,57 @@ pub fn backoff_for(delivered: i64) -> Duration {
     Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
 }
 
+/// What a handler that writes to Postgres stores for a batch, inside a transaction the caller
+/// owns: per message, what was stored, or why it never can be (to dead-letter). Used through
+/// [`store_batch`], which provides the one-by-one fallback.
+pub trait StoreInTx<E>: Sync {
+    type Stored: Send;
+    fn store<'a>(
+        &'a self,
+        tx: &'a mut sqlx::PgConnection,
+        batch: &'a [Delivery<E>],
+    ) -> impl Future<Output = Result<Vec<Result<Self::Stored, String>>, sqlx::Error>> + Send + 'a;
+}
+
+/// Store a batch in one transaction (one commit for many messages). If that transaction fails
+/// for a reason other than Postgres being unavailable (bad data in one message), redo the batch
+/// one message per transaction, so only the offending message fails and the queue never blocks
+/// on it. Postgres unavailable is an `Err`: the loop retries the batch later.
+pub async fn store_batch<E: Sync, S: StoreInTx<E>>(
+    pool: &sqlx::PgPool,
+    batch: &[Delivery<E>],
+    store: &S,
+) -> anyhow::Result<Vec<Result<S::Stored, String>>> {
+    use crate::db::is_unavailable;
+    use anyhow::Context;
+    let whole = async {
+        let mut tx = pool.begin().await?;
+        let out = store.store(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(out)
+    };
+    match whole.await {
+        Ok(out) => return Ok(out),
+        Err(e) if is_unavailable(&e) => return Err(e).context("storing a batch"),
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one")
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for one in batch.chunks(1) {
+        let mut tx = pool.begin().await.context("begin")?;
+        match store.store(&mut tx, one).await {
+            Ok(mut stored) => {
+                tx.commit().await.context("commit")?;
+                out.push(stored.pop().unwrap_or_else(|| Err("not processed".into())));
+            }
+            Err(e) if is_unavailable(&e) => return Err(e).context("storing a message"),
+            Err(e) => out.push(Err(format!("cannot be stored: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
 /// Per-message work of a handler that writes to Postgres: see [`apply_batch`].
 pub trait ApplyInTx<E>: Sync {
     fn apply<'a>(
@@ -346,44 +397,34 @@ pub trait ApplyInTx<E>: Sync {
     ) -> impl Future<Output = Result<Disposition, sqlx::Error>> + Send + 'a;
 }
 
-/// Apply a batch in one transaction (one commit for many messages). If that transaction fails
-/// for a reason other than Postgres being unavailable (bad data in one message), redo the batch
-/// one message per transaction, so only the offending message is dead-lettered and the queue
-/// never blocks on it. Postgres unavailable is an `Err`: the loop retries the batch later.
+/// An [`ApplyInTx`] handler seen as storing a batch message by message.
+struct PerMessage<'h, A>(&'h A);
+
+impl<E: Sync, A: ApplyInTx<E>> StoreInTx<E> for PerMessage<'_, A> {
+    type Stored = Disposition;
+    async fn store(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[Delivery<E>],
+    ) -> Result<Vec<Result<Disposition, String>>, sqlx::Error> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            out.push(Ok(self.0.apply(tx, d).await?));
+        }
+        Ok(out)
+    }
+}
+
+/// Apply a batch with a per-message handler, in one transaction with [`store_batch`]'s fallback;
+/// a message that can never be stored is dead-lettered.
 pub async fn apply_batch<E: Sync, A: ApplyInTx<E>>(
     pool: &sqlx::PgPool,
     batch: &[Delivery<E>],
     handler: &A,
 ) -> anyhow::Result<Vec<Disposition>> {
-    use crate::db::is_unavailable;
-    use anyhow::Context;
-    let whole = async {
-        let mut tx = pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
-            out.push(handler.apply(&mut tx, d).await?);
-        }
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(out)
-    };
-    match whole.await {
-        Ok(out) => return Ok(out),
-        Err(e) if is_unavailable(&e) => return Err(e).context("applying a batch"),
-        Err(e) => {
-            tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one")
-        }
-    }
-    let mut out = Vec::with_capacity(batch.len());
-    for d in batch {
-        let mut tx = pool.begin().await.context("begin")?;
-        match handler.apply(&mut tx, d).await {
-            Ok(disposition) => {
-                tx.commit().await.context("commit")?;
-                out.push(disposition);
-            }
-            Err(e) if is_unavailable(&e) => return Err(e).context("applying a message"),
-            Err(e) => out.push(Disposition::DeadLetter(format!("cannot be stored: {e}"))),
-        }
-    }
-    Ok(out)
+    let stored = store_batch(pool, batch, &PerMessage(handler)).await?;
+    Ok(stored
+        .into_iter()
+        .map(|r| r.unwrap_or_else(Disposition::DeadLetter))
+        .collect())
 }

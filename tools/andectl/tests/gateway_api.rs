@@ -2160,7 +2160,10 @@ async fn malformed_bodies_never_get_a_5xx_and_always_the_error_envelope() {
     let marker = send(post(&t, "/api/customer/action", action_body("c", "a"))).await;
     assert_ok(&marker, 201);
     let db = t.db().await;
-    let marker_id = marker.body["data"]["actionId"].as_str().unwrap().to_string();
+    let marker_id = marker.body["data"]["actionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let stored = wait_row(
         &db,
         "SELECT 1 FROM leads.actions WHERE action_id = $1::uuid",
