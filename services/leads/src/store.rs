@@ -201,6 +201,38 @@ pub async fn record_batch(
             .filter(|p| s.insert(p.action_id))
             .collect()
     };
+    let new = insert_actions(conn, &unique).await?;
+    let groups = group_by_phone(&unique, &new);
+    if !groups.is_empty() {
+        upsert_leads(conn, groups, config).await?;
+    }
+    let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
+    let rows: Vec<StoredOutcome> =
+        sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
+            .bind(&all)
+            .fetch_all(&mut *conn)
+            .await?;
+    let outcomes: std::collections::HashMap<Uuid, StoredOutcome> =
+        rows.into_iter().map(|o| (o.action_id, o)).collect();
+    for (i, p) in &prepared {
+        results[*i] = Some(
+            outcomes
+                .get(&p.action_id)
+                .cloned()
+                .ok_or_else(|| "action vanished".to_string()),
+        );
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
+        .collect())
+}
+
+/// Insert the actions (outcome `none` for now); returns the ids that were not stored before.
+async fn insert_actions(
+    conn: &mut PgConnection,
+    unique: &[&Prepared],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
     macro_rules! col {
         ($f:expr) => {
             unique.iter().map($f).collect::<Vec<_>>()
@@ -237,17 +269,23 @@ pub async fn record_batch(
     .bind(col!(|p| p.phone.as_ref().err().map(|r| r.as_str().to_string())))
     .fetch_all(&mut *conn)
     .await?;
-    let new: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(inserted.into_iter().collect())
+}
 
-    // Leads: one upsert row per distinct phone among the new actions, in batch order.
-    struct Group<'a> {
-        first: &'a Prepared,
-        name: Option<String>,
-        openid: Option<String>,
-        touches: i32,
-        last: DateTime<Utc>,
-        actions: Vec<Uuid>,
-    }
+/// The new actions that carry a valid phone, one group per distinct phone, in batch order.
+struct Group<'a> {
+    first: &'a Prepared,
+    name: Option<String>,
+    openid: Option<String>,
+    touches: i32,
+    last: DateTime<Utc>,
+    actions: Vec<Uuid>,
+}
+
+fn group_by_phone<'a>(
+    unique: &[&'a Prepared],
+    new: &std::collections::HashSet<Uuid>,
+) -> Vec<(String, Group<'a>)> {
     let mut groups: Vec<(String, Group)> = Vec::new();
     for p in unique.iter().filter(|p| new.contains(&p.action_id)) {
         let Ok(phone) = &p.phone else { continue };
@@ -272,88 +310,76 @@ pub async fn record_batch(
             )),
         }
     }
-    if !groups.is_empty() {
-        // Sorted by phone so that concurrent batches lock lead rows in the same order.
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
-        let rows = sqlx::query(
-            "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
-             SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
-                    u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
-                  AS u(id, phone, name, openid, adv, remark, touches, last)
-             ORDER BY u.phone
-             ON CONFLICT (phone) DO UPDATE SET
-                 name = COALESCE(leads.name, EXCLUDED.name),
-                 openid = COALESCE(leads.openid, EXCLUDED.openid),
-                 touch_count = leads.touch_count + EXCLUDED.touch_count,
-                 last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
-                 updated_at = now()
-             RETURNING phone, id, (xmax = 0) AS inserted",
-        )
-        .bind(groups.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>())
-        .bind(groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>())
-        .bind(&config.source)
-        .bind(&config.default_status)
-        .bind(&config.default_level)
-        .fetch_all(&mut *conn)
-        .await?;
-        let (mut ids, mut kinds, mut leads, mut fresh) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in &rows {
-            let phone: String = r.get("phone");
-            let lead_id: Uuid = r.get("id");
-            let created: bool = r.get("inserted");
-            let Some((_, g)) = groups.iter().find(|(ph, _)| *ph == phone) else {
-                continue;
-            };
-            for (k, a) in g.actions.iter().enumerate() {
-                let is_new = created && k == 0;
-                ids.push(*a);
-                kinds.push(if is_new {
-                    OutcomeKind::Created.as_str()
-                } else {
-                    OutcomeKind::Matched.as_str()
-                });
-                leads.push(lead_id);
-                fresh.push(is_new);
-            }
-        }
-        sqlx::query(
-            "UPDATE actions a SET outcome_kind = u.kind, lead_id = u.lead, is_new_customer = u.fresh
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[]) AS u(id, kind, lead, fresh) WHERE a.action_id = u.id",
-        )
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&leads)
-        .bind(&fresh)
-        .execute(&mut *conn)
-        .await?;
-    }
+    groups
+}
 
-    let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
-    let rows: Vec<StoredOutcome> =
-        sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
-            .bind(&all)
-            .fetch_all(&mut *conn)
-            .await?;
-    let outcomes: std::collections::HashMap<Uuid, StoredOutcome> =
-        rows.into_iter().map(|o| (o.action_id, o)).collect();
-    for (i, p) in &prepared {
-        results[*i] = Some(
-            outcomes
-                .get(&p.action_id)
-                .cloned()
-                .ok_or_else(|| "action vanished".to_string()),
-        );
+/// One upsert row per phone: creates the lead or touches the existing one, then records on each
+/// action whether it created or matched its lead.
+async fn upsert_leads(
+    conn: &mut PgConnection,
+    mut groups: Vec<(String, Group<'_>)>,
+    config: &LeadsConfig,
+) -> Result<(), sqlx::Error> {
+    // Sorted by phone so that concurrent batches lock lead rows in the same order.
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let rows = sqlx::query(
+            "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
+         SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
+                u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
+              AS u(id, phone, name, openid, adv, remark, touches, last)
+         ORDER BY u.phone
+         ON CONFLICT (phone) DO UPDATE SET
+             name = COALESCE(leads.name, EXCLUDED.name),
+             openid = COALESCE(leads.openid, EXCLUDED.openid),
+             touch_count = leads.touch_count + EXCLUDED.touch_count,
+             last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
+             updated_at = now()
+         RETURNING phone, id, (xmax = 0) AS inserted",
+    )
+    .bind(groups.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>())
+    .bind(groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>())
+    .bind(&config.source)
+    .bind(&config.default_status)
+    .bind(&config.default_level)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut ids, mut kinds, mut leads, mut fresh) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        let phone: String = r.get("phone");
+        let lead_id: Uuid = r.get("id");
+        let created: bool = r.get("inserted");
+        let Some((_, g)) = groups.iter().find(|(ph, _)| *ph == phone) else {
+            continue;
+        };
+        for (k, a) in g.actions.iter().enumerate() {
+            let is_new = created && k == 0;
+            ids.push(*a);
+            kinds.push(if is_new {
+                OutcomeKind::Created
+            } else {
+                OutcomeKind::Matched
+            });
+            leads.push(lead_id);
+            fresh.push(is_new);
+        }
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
-        .collect())
+    sqlx::query(
+        "UPDATE actions a SET outcome_kind = u.kind, lead_id = u.lead, is_new_customer = u.fresh
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[]) AS u(id, kind, lead, fresh) WHERE a.action_id = u.id",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&leads)
+    .bind(&fresh)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -49,18 +49,20 @@ pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
     )
 }
 
-/// Run the notifier until `shutdown` is cancelled.
-pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // A send still waiting for WeChat must never be presumed abandoned: it would be sent twice.
-    // One send can take a token fetch, the send, a re-fetch after a token error and the resend
-    // (four WeChat calls), then recording the answer.
+/// A send still waiting for WeChat must never be presumed abandoned: it would be sent twice.
+/// One send can take a token fetch, the send, a re-fetch after a token error and the resend
+/// (four WeChat calls), then recording the answer: `stale_after` is at least five timeouts.
+fn raise_stale_after(config: &mut NotifierConfig) {
     let floor = config.wechat.timeout * 5;
     if config.stale_after < floor {
         tracing::warn!(stale_after = ?config.stale_after, wechat_timeout = ?config.wechat.timeout, "stale_after raised to five WeChat timeouts");
         config.stale_after = floor;
     }
-    // Every worker may hold a connection while recording; the consumers, queries and the sweep
-    // need theirs too.
+}
+
+/// The pool: every worker may hold a connection while recording; the consumers, queries and the
+/// sweep need theirs too.
+async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
     let connections = u32::try_from(config.workers)
         .unwrap_or(64)
         .saturating_add(4)
@@ -72,6 +74,13 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         &MIGRATIONS,
     )
     .await?;
+    Ok(pool)
+}
+
+/// Run the notifier until `shutdown` is cancelled.
+pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    raise_stale_after(&mut config);
+    let pool = pool(&config).await?;
     let bus = Bus::connect(&config.common, "notifier").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let wechat = WechatClient::new(config.wechat.clone()).context("WeChat client")?;

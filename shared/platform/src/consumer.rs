@@ -198,6 +198,20 @@ async fn process<H: Handler>(
     batch: Vec<Message>,
     shutdown: &CancellationToken,
 ) {
+    let deliveries = decode::<H::Event>(bus, spec, batch).await;
+    if deliveries.is_empty() {
+        return;
+    }
+    let Some(dispositions) = handle_until_done(spec, handler, &deliveries, shutdown).await else {
+        return;
+    };
+    debug_assert_eq!(dispositions.len(), deliveries.len());
+    settle(bus, spec, &deliveries, dispositions).await;
+}
+
+/// The batch's messages as deliveries of `E`; one that came back too often unsettled, or cannot
+/// be decoded, is dead-lettered here and left out.
+async fn decode<E: Event>(bus: &Bus, spec: &ConsumerSpec, batch: Vec<Message>) -> Vec<Delivery<E>> {
     let mut deliveries = Vec::with_capacity(batch.len());
     for msg in batch {
         let (stream_seq, delivered) = msg
@@ -210,7 +224,7 @@ async fn process<H: Handler>(
             settle_dead_letter(bus, spec, &msg, &why).await;
             continue;
         }
-        match H::Event::decode_checked(&msg.payload) {
+        match E::decode_checked(&msg.payload) {
             Ok(event) => {
                 let event_id = event.meta().map(|m| m.event_id.clone()).unwrap_or_default();
                 let correlation_id = event
@@ -233,32 +247,49 @@ async fn process<H: Handler>(
             }
         }
     }
-    if deliveries.is_empty() {
-        return;
-    }
+    deliveries
+}
+
+/// Hand the batch to the handler until it answers, retrying with backoff (and keeping the
+/// messages from being redelivered meanwhile). `None` when shutdown came first: the messages
+/// were handed back.
+async fn handle_until_done<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &H,
+    deliveries: &[Delivery<H::Event>],
+    shutdown: &CancellationToken,
+) -> Option<Vec<Disposition>> {
     let mut backoff = FIRST_BACKOFF;
-    let dispositions = loop {
+    loop {
         let work = handler
-            .handle(&deliveries)
+            .handle(deliveries)
             .instrument(tracing::info_span!("batch", size = deliveries.len()));
-        match keep_alive(work, &deliveries, spec.ack_wait).await {
-            Ok(d) => break d,
+        match keep_alive(work, deliveries, spec.ack_wait).await {
+            Ok(d) => return Some(d),
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, error = format!("{e:#}"), retry_in = ?backoff, "batch failed; will retry");
-                for d in &deliveries {
+                for d in deliveries {
                     let _ = d.msg.ack_with(AckKind::Progress).await;
                 }
                 if sleep_or_shutdown(backoff, shutdown).await {
-                    for d in &deliveries {
+                    for d in deliveries {
                         let _ = d.msg.ack_with(AckKind::Nak(None)).await;
                     }
-                    return;
+                    return None;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-    };
-    debug_assert_eq!(dispositions.len(), deliveries.len());
+    }
+}
+
+/// Ack, retry or dead-letter each message as the handler decided.
+async fn settle<E>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    deliveries: &[Delivery<E>],
+    dispositions: Vec<Disposition>,
+) {
     for (i, d) in deliveries.iter().enumerate() {
         let disposition = dispositions.get(i).cloned().unwrap_or(Disposition::Retry {
             after: FIRST_BACKOFF,

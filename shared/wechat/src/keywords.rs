@@ -172,105 +172,85 @@ pub fn validate(keyword: &str, value: &str) -> Result<(), KeywordError> {
         return err("value contains a control character".into());
     }
     let len = value.chars().count();
-    let too_long = |max: usize| format!("{len} characters, at most {max} allowed for {kind}");
-
-    match kind {
-        KeywordType::Thing => {
-            if len > THING_MAX {
-                return err(too_long(THING_MAX));
-            }
-        }
-        KeywordType::Number => {
-            if len > NUMBER_MAX {
-                return err(too_long(NUMBER_MAX));
-            }
-            if !is_decimal(value) {
-                return err("not a number (digits with at most one decimal point)".into());
-            }
-        }
-        KeywordType::Letter => {
-            if len > LETTER_MAX {
-                return err(too_long(LETTER_MAX));
-            }
-            if !value.chars().all(|c| c.is_ascii_alphabetic()) {
-                return err("only letters allowed".into());
-            }
-        }
-        KeywordType::Symbol => {
-            if len > SYMBOL_MAX {
-                return err(too_long(SYMBOL_MAX));
-            }
-            if !value.chars().all(is_symbol) {
-                return err("only symbols allowed".into());
-            }
-        }
-        KeywordType::CharacterString => {
-            if len > CHARACTER_STRING_MAX {
-                return err(too_long(CHARACTER_STRING_MAX));
-            }
-            if !value.chars().all(|c| c.is_ascii_graphic()) {
-                return err("only digits, letters and symbols allowed".into());
-            }
-        }
-        KeywordType::Time => {
-            if !is_range_of(value, |p| parse_point(p).is_some_and(|(_, clock)| clock)) {
-                return err("not a 24-hour time such as 15:01 or 2019年10月1日 15:01".into());
-            }
-        }
-        KeywordType::Date => {
-            if !is_range_of(value, |p| parse_point(p).is_some_and(|(date, _)| date)) {
-                return err("not a date such as 2019年10月1日 or 2019年10月1日 15:01".into());
-            }
-        }
-        KeywordType::Amount => {
-            if let Some(reason) = amount_problem(value) {
-                return err(reason);
-            }
-        }
-        KeywordType::PhoneNumber => {
-            if len > PHONE_NUMBER_MAX {
-                return err(too_long(PHONE_NUMBER_MAX));
-            }
-            if !value
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' ')
-            {
-                return err("only digits and symbols allowed".into());
-            }
-        }
-        KeywordType::CarNumber => {
-            if len > CAR_NUMBER_MAX {
-                return err(too_long(CAR_NUMBER_MAX));
-            }
-            let last = len - 1;
-            let ok = value.chars().enumerate().all(|(i, c)| {
-                c.is_ascii_alphanumeric() || ((i == 0 || i == last) && is_chinese(c))
-            });
-            if !ok {
-                return err("only letters and digits, Chinese only first or last".into());
-            }
-        }
-        KeywordType::Name => {
-            let max = name_limit(value);
-            if len > max {
-                return err(too_long(max));
-            }
-        }
-        KeywordType::Phrase => {
-            if len > PHRASE_MAX {
-                return err(too_long(PHRASE_MAX));
-            }
-            if !value.chars().all(is_chinese) {
-                return err("only Chinese characters allowed".into());
-            }
-        }
-        KeywordType::Enum => {
-            if len > ENUM_MAX {
-                return err(too_long(ENUM_MAX));
-            }
-        }
+    if let Some(max) = max_len(kind, value).filter(|&max| len > max) {
+        return err(format!(
+            "{len} characters, at most {max} allowed for {kind}"
+        ));
     }
-    Ok(())
+    match content_problem(kind, value) {
+        Some(reason) => err(reason),
+        None => Ok(()),
+    }
+}
+
+/// The character limit of `kind`, checked before the content; `None` for `time`, `date`, `amount`.
+fn max_len(kind: KeywordType, value: &str) -> Option<usize> {
+    match kind {
+        KeywordType::Thing => Some(THING_MAX),
+        KeywordType::Number => Some(NUMBER_MAX),
+        KeywordType::Letter => Some(LETTER_MAX),
+        KeywordType::Symbol => Some(SYMBOL_MAX),
+        KeywordType::CharacterString => Some(CHARACTER_STRING_MAX),
+        KeywordType::PhoneNumber => Some(PHONE_NUMBER_MAX),
+        KeywordType::CarNumber => Some(CAR_NUMBER_MAX),
+        KeywordType::Name => Some(name_limit(value)),
+        KeywordType::Phrase => Some(PHRASE_MAX),
+        KeywordType::Enum => Some(ENUM_MAX),
+        KeywordType::Time | KeywordType::Date | KeywordType::Amount => None,
+    }
+}
+
+/// Why the characters or the format of a non-blank `value` break `kind`'s rule, if they do.
+fn content_problem(kind: KeywordType, value: &str) -> Option<String> {
+    let (ok, reason) = match kind {
+        KeywordType::Thing | KeywordType::Name | KeywordType::Enum => return None,
+        KeywordType::Amount => return amount_problem(value),
+        KeywordType::Number => (
+            is_decimal(value),
+            "not a number (digits with at most one decimal point)",
+        ),
+        KeywordType::Letter => (
+            value.chars().all(|c| c.is_ascii_alphabetic()),
+            "only letters allowed",
+        ),
+        KeywordType::Symbol => (value.chars().all(is_symbol), "only symbols allowed"),
+        KeywordType::CharacterString => (
+            value.chars().all(|c| c.is_ascii_graphic()),
+            "only digits, letters and symbols allowed",
+        ),
+        KeywordType::Time => (
+            is_range_of(value, |p| parse_point(p).is_some_and(|(_, clock)| clock)),
+            "not a 24-hour time such as 15:01 or 2019年10月1日 15:01",
+        ),
+        KeywordType::Date => (
+            is_range_of(value, |p| parse_point(p).is_some_and(|(date, _)| date)),
+            "not a date such as 2019年10月1日 or 2019年10月1日 15:01",
+        ),
+        KeywordType::PhoneNumber => (
+            value
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' '),
+            "only digits and symbols allowed",
+        ),
+        KeywordType::CarNumber => (
+            is_car_number(value),
+            "only letters and digits, Chinese only first or last",
+        ),
+        KeywordType::Phrase => (
+            value.chars().all(is_chinese),
+            "only Chinese characters allowed",
+        ),
+    };
+    (!ok).then(|| reason.to_owned())
+}
+
+/// Letters and digits only, with a Chinese character allowed first or last.
+fn is_car_number(value: &str) -> bool {
+    let last = value.chars().count().saturating_sub(1);
+    value
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c.is_ascii_alphanumeric() || ((i == 0 || i == last) && is_chinese(c)))
 }
 
 /// Validates every keyword of a message's data, returning the first failure in key order.

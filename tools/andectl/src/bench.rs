@@ -71,7 +71,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let lat_n = (n / 4).max(50);
     println!("andectl bench: {n} events for throughput, {lat_n} requests for latency\n");
 
-    // 1. Gateway vs raw JetStream.
+    // Parts 1 and 3 share one stack; part 2 runs leads alone, each time on a fresh database.
     let common = ande_platform::testing::isolated_config().await;
     let mut opts = StackOptions::for_test(common.clone());
     // The benchmark is one client sending many requests: not what the per-IP limit is for.
@@ -79,6 +79,21 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     opts.gateway.rate_per_openid = u32::MAX;
     let stack = Stack::start(opts).await?;
     let bus = Bus::connect(&common, "bench").await?;
+    let http = reqwest::Client::new();
+    let raw = record_latency(&common, &stack, &bus, &http, lat_n).await?;
+    end_to_end_latency(&stack, &http, lat_n, &raw).await?;
+    stack.stop().await?;
+    leads_throughput(&common, n).await
+}
+
+/// Part 1: gateway action latency vs a raw JetStream publish+ack (returned, for part 3).
+async fn record_latency(
+    common: &ande_platform::config::CommonConfig,
+    stack: &Stack,
+    bus: &Bus,
+    http: &reqwest::Client,
+    lat_n: usize,
+) -> anyhow::Result<Latency> {
     let raw_subject = format!("{}.events.bench.raw", common.prefix);
     let payload = bytes::Bytes::from(action("13800000000").encode_to_vec());
     let mut raw = Vec::with_capacity(lat_n);
@@ -91,7 +106,6 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         raw.push(t.elapsed());
     }
     let raw = summarize(raw);
-    let http = reqwest::Client::new();
     let url = format!("{}/api/customer/action", stack.gateway_url);
     let mut gw = Vec::with_capacity(lat_n);
     for i in 0..lat_n {
@@ -118,13 +132,22 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         ms(gw.p99),
         ms(gw.p50) / ms(raw.p50).max(1e-9)
     );
+    Ok(raw)
+}
 
-    // 3. End to end, on the same stack: the advisor has plenty of credit.
+/// Part 3: end to end on the same stack, an action until its message reaches the simulator.
+async fn end_to_end_latency(
+    stack: &Stack,
+    http: &reqwest::Client,
+    lat_n: usize,
+    raw: &Latency,
+) -> anyhow::Result<()> {
     let tpl = ande_wechat::DEV_TEMPLATE_ID;
     let openid = "o_bench_advisor";
     let sub =
         json!({"advisorId": "bench-e2e", "openid": openid, "templateId": tpl, "subscribed": true});
     let sim = stack.sim_url.clone().context("simulator")?;
+    // The advisor has plenty of credit.
     http.post(format!("{sim}/sim/credits"))
         .json(&json!({"openid": openid, "template_id": tpl, "count": lat_n + 10}))
         .send()
@@ -137,6 +160,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     }
     let e2e_n = lat_n.min(200);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("{}/api/customer/action", stack.gateway_url);
     let mut e2e = Vec::with_capacity(e2e_n);
     for i in 0..e2e_n {
         let body = json!({"customerId": format!("e{i}"), "advisorId": "bench-e2e", "actionType": "book_service", "customerPhone": format!("139{:08}", i)});
@@ -170,10 +194,15 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         ms(e2e.p99),
         ms(e2e.p50) / ms(raw.p50).max(1e-9)
     );
-    stack.stop().await?;
+    Ok(())
+}
 
-    // 2. Leads on a backlog vs one commit per event.
-    let raw_rate = raw_commit_rate(&common, n).await?;
+/// Part 2: leads on a backlog, batched and with batches of one, vs one raw commit per event.
+async fn leads_throughput(
+    common: &ande_platform::config::CommonConfig,
+    n: usize,
+) -> anyhow::Result<()> {
+    let raw_rate = raw_commit_rate(common, n).await?;
     let batched = leads_backlog_rate(n, None).await?;
     let single = leads_backlog_rate(n, Some(1)).await?;
     println!("\n2. leads throughput on a backlog of {n} actions (each with a new lead)");

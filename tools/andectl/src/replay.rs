@@ -174,6 +174,34 @@ pub async fn replay<W: Write>(
         )?;
         return Ok(Outcome::Copied(plan, summary));
     }
+    refuse_skips(&stream, &plan, args)?;
+    let summary = reset_and_wait(bus, &stream, spec, &plan, args).await?;
+    if summary.completed {
+        writeln!(
+            out,
+            "replayed {} events through {} in {:.1}s: {} deliveries, {} redelivered, {} new dead letter(s){}",
+            summary.count,
+            summary.consumer,
+            summary.elapsed.as_secs_f64(),
+            summary.delivered,
+            summary.redelivered,
+            summary.new_dead_letters,
+            if summary.new_dead_letters > 0 { " (see `andectl dlq ls`)" } else { "" }
+        )?;
+    } else {
+        writeln!(
+            out,
+            "consumer {} reset to {}; the service replays {} events as it pulls.",
+            summary.consumer,
+            describe_start(plan.from),
+            plan.count
+        )?;
+    }
+    Ok(Outcome::Replayed(plan, summary))
+}
+
+/// Refuse, unless `--allow-skip`, a start that would make the consumer skip events unseen.
+fn refuse_skips(stream: &Stream, plan: &Plan, args: &ReplayArgs) -> anyhow::Result<()> {
     // A start past the end of the stream would make the consumer skip every event stored from
     // now until then, unnoticed (a local time typed as UTC does this).
     let last_seq = stream.cached_info().state.last_sequence;
@@ -198,29 +226,7 @@ pub async fn replay<W: Write>(
             plan.would_skip
         );
     }
-    let summary = reset_and_wait(bus, &stream, spec, &plan, args).await?;
-    if summary.completed {
-        writeln!(
-            out,
-            "replayed {} events through {} in {:.1}s: {} deliveries, {} redelivered, {} new dead letter(s){}",
-            summary.count,
-            summary.consumer,
-            summary.elapsed.as_secs_f64(),
-            summary.delivered,
-            summary.redelivered,
-            summary.new_dead_letters,
-            if summary.new_dead_letters > 0 { " (see `andectl dlq ls`)" } else { "" }
-        )?;
-    } else {
-        writeln!(
-            out,
-            "consumer {} reset to {}; the service replays {} events as it pulls.",
-            summary.consumer,
-            describe_start(plan.from),
-            plan.count
-        )?;
-    }
-    Ok(Outcome::Replayed(plan, summary))
+    Ok(())
 }
 
 /// Work out the range without changing anything.
@@ -377,19 +383,7 @@ async fn reset_and_wait(
     let config = reset_config(stream, spec, plan.from).await?;
     let dlq_before = dead_letters(bus, &spec.durable).await;
     let started = Instant::now();
-    // From here until the create, the service's pulls fail and it retries: keep the gap short.
-    if stream.consumer_info(&spec.durable).await.is_ok() {
-        stream
-            .delete_consumer(&spec.durable)
-            .await
-            .with_context(|| format!("deleting consumer {}", spec.durable))?;
-    }
-    stream.create_consumer(config).await.with_context(|| {
-        format!(
-            "re-creating consumer {} (it is deleted now: restart its service to re-create it)",
-            spec.durable
-        )
-    })?;
+    recreate(stream, &spec.durable, config).await?;
 
     let mut summary = Summary {
         consumer: spec.durable.clone(),
@@ -403,15 +397,50 @@ async fn reset_and_wait(
     if !args.wait {
         return Ok(summary);
     }
+    wait_until_acked(stream, &spec.durable, plan, args, started, &mut summary).await?;
+    summary.elapsed = started.elapsed();
+    summary.new_dead_letters = dead_letters(bus, &spec.durable)
+        .await
+        .saturating_sub(dlq_before);
+    summary.completed = true;
+    Ok(summary)
+}
+
+/// Delete the durable `name` if it exists and create it again with `config`.
+async fn recreate(stream: &Stream, name: &str, config: consumer::Config) -> anyhow::Result<()> {
+    // From here until the create, the service's pulls fail and it retries: keep the gap short.
+    if stream.consumer_info(name).await.is_ok() {
+        stream
+            .delete_consumer(name)
+            .await
+            .with_context(|| format!("deleting consumer {name}"))?;
+    }
+    stream.create_consumer(config).await.with_context(|| {
+        format!(
+            "re-creating consumer {name} (it is deleted now: restart its service to re-create it)"
+        )
+    })?;
+    Ok(())
+}
+
+/// Poll the reset consumer until it acks the plan's last event; gives up when stalled or late.
+async fn wait_until_acked(
+    stream: &Stream,
+    name: &str,
+    plan: &Plan,
+    args: &ReplayArgs,
+    started: Instant,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     let target = plan.last.map_or(0, |(seq, _)| seq);
     let mut bar = Progress::new(plan.count);
     let mut last_change = Instant::now();
     let mut last_seen = (0, 0);
     loop {
         let info = stream
-            .consumer_info(&spec.durable)
+            .consumer_info(name)
             .await
-            .with_context(|| format!("consumer {}", spec.durable))?;
+            .with_context(|| format!("consumer {name}"))?;
         let done = info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0;
         let acked = if done {
             plan.count
@@ -435,8 +464,7 @@ async fn reset_and_wait(
         if last_change.elapsed() > STALL && info.num_waiting == 0 {
             bar.finish();
             bail!(
-                "no process is pulling from consumer {} (is the service running?). The consumer is reset: it replays from {} when the service starts.",
-                spec.durable,
+                "no process is pulling from consumer {name} (is the service running?). The consumer is reset: it replays from {} when the service starts.",
                 describe_start(plan.from)
             );
         }
@@ -452,12 +480,7 @@ async fn reset_and_wait(
         tokio::time::sleep(POLL).await;
     }
     bar.finish();
-    summary.elapsed = started.elapsed();
-    summary.new_dead_letters = dead_letters(bus, &spec.durable)
-        .await
-        .saturating_sub(dlq_before);
-    summary.completed = true;
-    Ok(summary)
+    Ok(())
 }
 
 async fn copy_into(

@@ -40,54 +40,79 @@ pub struct Report {
 }
 
 pub async fn report(bus: &Bus, env: &Env) -> anyhow::Result<Report> {
-    let mut healthy = true;
-    let events = match bus.js.get_stream(bus.subjects.stream()).await {
-        Ok(mut s) => {
-            let info = s.info().await?.clone();
-            let st = &info.state;
-            let mut consumers = BTreeMap::new();
-            let mut list = s.consumers();
-            while let Some(c) = list.next().await {
-                let c = c?;
-                consumers.insert(
-                    c.name.clone(),
-                    json!({
-                        "filter": c.config.filter_subject,
-                        "durable": c.config.durable_name.is_some(),
-                        "pending": c.num_pending,
-                        "ackPending": c.num_ack_pending,
-                        "redelivered": c.num_redelivered,
-                        "waiting": c.num_waiting,
-                        "ackFloor": c.ack_floor.stream_sequence,
-                        "lastActive": c.delivered.last_active.map(|t| rfc3339(to_chrono(t))),
-                    }),
-                );
-            }
-            for name in CONSUMER_NAMES {
-                if !consumers.contains_key(name) {
-                    healthy = false;
-                    consumers.insert(name.to_string(), json!({ "missing": true }));
-                }
-            }
-            let (first, last) = (to_chrono(st.first_timestamp), to_chrono(st.last_timestamp));
-            json!({
-                "name": info.config.name,
-                "messages": st.messages,
-                "bytes": st.bytes,
-                "firstSeq": st.first_sequence,
-                "lastSeq": st.last_sequence,
-                "firstTime": (st.messages > 0).then(|| rfc3339(first)),
-                "lastTime": (st.messages > 0).then(|| rfc3339(last)),
-                "ageSeconds": (st.messages > 0).then(|| (Utc::now() - first).num_seconds()),
-                "maxAgeSeconds": info.config.max_age.as_secs(),
-                "consumers": consumers,
-            })
-        }
+    let (events, mut healthy) = stream_status(bus).await?;
+    let dlq = dead_letter_status(bus).await?;
+    let gateway = gateway_health(env).await;
+    let leads = rpc_health::<ande_contracts::leads::Journey>(bus).await;
+    let notifier = rpc_health::<ande_contracts::notifier::Journey>(bus).await;
+    for s in [&gateway, &leads, &notifier] {
+        healthy &= s["status"] == "ok";
+    }
+    let json = json!({
+        "prefix": bus.subjects.prefix(),
+        "stream": events,
+        "deadLetters": dlq,
+        "services": { "gateway": gateway, "leads": leads, "notifier": notifier },
+        "healthy": healthy,
+    });
+    Ok(Report { json, healthy })
+}
+
+/// The event stream and its consumers; unhealthy when the stream or a service's durable is missing.
+async fn stream_status(bus: &Bus) -> anyhow::Result<(Value, bool)> {
+    let mut s = match bus.js.get_stream(bus.subjects.stream()).await {
+        Ok(s) => s,
         Err(e) => {
-            healthy = false;
-            json!({ "name": bus.subjects.stream(), "missing": true, "reason": e.to_string() })
+            let missing =
+                json!({ "name": bus.subjects.stream(), "missing": true, "reason": e.to_string() });
+            return Ok((missing, false));
         }
     };
+    let mut healthy = true;
+    let info = s.info().await?.clone();
+    let st = &info.state;
+    let mut consumers = BTreeMap::new();
+    let mut list = s.consumers();
+    while let Some(c) = list.next().await {
+        let c = c?;
+        consumers.insert(
+            c.name.clone(),
+            json!({
+                "filter": c.config.filter_subject,
+                "durable": c.config.durable_name.is_some(),
+                "pending": c.num_pending,
+                "ackPending": c.num_ack_pending,
+                "redelivered": c.num_redelivered,
+                "waiting": c.num_waiting,
+                "ackFloor": c.ack_floor.stream_sequence,
+                "lastActive": c.delivered.last_active.map(|t| rfc3339(to_chrono(t))),
+            }),
+        );
+    }
+    for name in CONSUMER_NAMES {
+        if !consumers.contains_key(name) {
+            healthy = false;
+            consumers.insert(name.to_string(), json!({ "missing": true }));
+        }
+    }
+    let (first, last) = (to_chrono(st.first_timestamp), to_chrono(st.last_timestamp));
+    let json = json!({
+        "name": info.config.name,
+        "messages": st.messages,
+        "bytes": st.bytes,
+        "firstSeq": st.first_sequence,
+        "lastSeq": st.last_sequence,
+        "firstTime": (st.messages > 0).then(|| rfc3339(first)),
+        "lastTime": (st.messages > 0).then(|| rfc3339(last)),
+        "ageSeconds": (st.messages > 0).then(|| (Utc::now() - first).num_seconds()),
+        "maxAgeSeconds": info.config.max_age.as_secs(),
+        "consumers": consumers,
+    });
+    Ok((json, healthy))
+}
+
+/// The dead-letter stream: its size and how many dead letters each known consumer has.
+async fn dead_letter_status(bus: &Bus) -> anyhow::Result<Value> {
     let dlq = match bus.js.get_stream(bus.subjects.dlq_stream()).await {
         Ok(mut s) => {
             let total = s.info().await?.state.messages;
@@ -106,20 +131,7 @@ pub async fn report(bus: &Bus, env: &Env) -> anyhow::Result<Report> {
             json!({ "name": bus.subjects.dlq_stream(), "missing": true, "reason": e.to_string() })
         }
     };
-    let gateway = gateway_health(env).await;
-    let leads = rpc_health::<ande_contracts::leads::Journey>(bus).await;
-    let notifier = rpc_health::<ande_contracts::notifier::Journey>(bus).await;
-    for s in [&gateway, &leads, &notifier] {
-        healthy &= s["status"] == "ok";
-    }
-    let json = json!({
-        "prefix": bus.subjects.prefix(),
-        "stream": events,
-        "deadLetters": dlq,
-        "services": { "gateway": gateway, "leads": leads, "notifier": notifier },
-        "healthy": healthy,
-    });
-    Ok(Report { json, healthy })
+    Ok(dlq)
 }
 
 async fn gateway_health(env: &Env) -> Value {
@@ -213,82 +225,111 @@ fn age(secs: i64) -> String {
 /// The report for a person.
 pub fn print_text<W: Write>(r: &Report, out: &mut W) -> std::io::Result<()> {
     let j = &r.json;
-    let s = &j["stream"];
     writeln!(out, "prefix {}", j["prefix"].as_str().unwrap_or("?"))?;
+    print_stream(&j["stream"], out)?;
+    print_dead_letters(&j["deadLetters"], out)?;
+    print_services(&j["services"], out)?;
+    writeln!(
+        out,
+        "\n{}",
+        if r.healthy { "healthy" } else { "NOT healthy" }
+    )
+}
+
+/// The event stream's line, then its consumers' table.
+fn print_stream<W: Write>(s: &Value, out: &mut W) -> std::io::Result<()> {
     if s["missing"] == true {
-        writeln!(
+        return writeln!(
             out,
             "stream {}: MISSING ({})",
             s["name"].as_str().unwrap_or("?"),
             s["reason"].as_str().unwrap_or("")
-        )?;
-    } else {
-        writeln!(
-            out,
-            "stream {}: {} messages, {}, seq {}..{}, oldest {} ago (kept {}), newest {}",
-            s["name"].as_str().unwrap_or("?"),
-            s["messages"],
-            bytes(s["bytes"].as_u64().unwrap_or(0)),
-            s["firstSeq"],
-            s["lastSeq"],
-            s["ageSeconds"].as_i64().map_or("-".into(), age),
-            age(s["maxAgeSeconds"].as_i64().unwrap_or(0)),
-            s["lastTime"].as_str().unwrap_or("-"),
-        )?;
-        writeln!(
-            out,
-            "\n{:<26} {:>9} {:>11} {:>11} {:>8} {:>10}  FILTER",
-            "CONSUMER", "PENDING", "ACK-PENDING", "REDELIVERED", "WAITING", "ACK-FLOOR"
-        )?;
-        if let Some(cs) = s["consumers"].as_object() {
-            let mut readers = 0;
-            for (name, c) in cs {
-                if c["missing"] == true {
-                    writeln!(out, "{name:<26} MISSING (its service has never run with this prefix, or was reset and not re-created)")?;
-                    continue;
-                }
-                if c["durable"] == false {
-                    readers += 1;
-                    continue;
-                }
-                writeln!(
-                    out,
-                    "{name:<26} {:>9} {:>11} {:>11} {:>8} {:>10}  {}",
-                    c["pending"].to_string(),
-                    c["ackPending"].to_string(),
-                    c["redelivered"].to_string(),
-                    c["waiting"].to_string(),
-                    c["ackFloor"].to_string(),
-                    c["filter"].as_str().unwrap_or("")
-                )?;
-            }
-            if readers > 0 {
-                writeln!(out, "(and {readers} ephemeral reader(s): `events tail` and other reads, removed when idle)")?;
-            }
-        }
+        );
     }
-    let d = &j["deadLetters"];
-    if d["missing"] == true {
+    writeln!(
+        out,
+        "stream {}: {} messages, {}, seq {}..{}, oldest {} ago (kept {}), newest {}",
+        s["name"].as_str().unwrap_or("?"),
+        s["messages"],
+        bytes(s["bytes"].as_u64().unwrap_or(0)),
+        s["firstSeq"],
+        s["lastSeq"],
+        s["ageSeconds"].as_i64().map_or("-".into(), age),
+        age(s["maxAgeSeconds"].as_i64().unwrap_or(0)),
+        s["lastTime"].as_str().unwrap_or("-"),
+    )?;
+    writeln!(
+        out,
+        "\n{:<26} {:>9} {:>11} {:>11} {:>8} {:>10}  FILTER",
+        "CONSUMER", "PENDING", "ACK-PENDING", "REDELIVERED", "WAITING", "ACK-FLOOR"
+    )?;
+    match s["consumers"].as_object() {
+        Some(cs) => print_consumers(cs, out),
+        None => Ok(()),
+    }
+}
+
+/// A row per durable consumer (or MISSING); ephemeral readers only counted.
+fn print_consumers<W: Write>(
+    cs: &serde_json::Map<String, Value>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    let mut readers = 0;
+    for (name, c) in cs {
+        if c["missing"] == true {
+            writeln!(out, "{name:<26} MISSING (its service has never run with this prefix, or was reset and not re-created)")?;
+            continue;
+        }
+        if c["durable"] == false {
+            readers += 1;
+            continue;
+        }
         writeln!(
+            out,
+            "{name:<26} {:>9} {:>11} {:>11} {:>8} {:>10}  {}",
+            c["pending"].to_string(),
+            c["ackPending"].to_string(),
+            c["redelivered"].to_string(),
+            c["waiting"].to_string(),
+            c["ackFloor"].to_string(),
+            c["filter"].as_str().unwrap_or("")
+        )?;
+    }
+    if readers > 0 {
+        writeln!(
+            out,
+            "(and {readers} ephemeral reader(s): `events tail` and other reads, removed when idle)"
+        )?;
+    }
+    Ok(())
+}
+
+/// The dead letters' line: the total and the count per consumer.
+fn print_dead_letters<W: Write>(d: &Value, out: &mut W) -> std::io::Result<()> {
+    if d["missing"] == true {
+        return writeln!(
             out,
             "\ndead letters: stream {} missing",
             d["name"].as_str().unwrap_or("?")
-        )?;
-    } else {
-        let per: Vec<String> = d["byConsumer"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "\ndead letters: {} ({})",
-            d["messages"],
-            per.join(", ")
-        )?;
+        );
     }
+    let per: Vec<String> = d["byConsumer"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "\ndead letters: {} ({})",
+        d["messages"],
+        per.join(", ")
+    )
+}
+
+/// A line per service: its status, and its latency or why it is not ok.
+fn print_services<W: Write>(services: &Value, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "\nservices:")?;
     for name in ["gateway", "leads", "notifier"] {
-        let v = &j["services"][name];
+        let v = &services[name];
         let detail = match v["status"].as_str() {
             Some("ok") => format!("{} ms", v["millis"]),
             _ => v["reason"].as_str().map(String::from).unwrap_or_else(|| {
@@ -308,9 +349,5 @@ pub fn print_text<W: Write>(r: &Report, out: &mut W) -> std::io::Result<()> {
             v["status"].as_str().unwrap_or("?")
         )?;
     }
-    writeln!(
-        out,
-        "\n{}",
-        if r.healthy { "healthy" } else { "NOT healthy" }
-    )
+    Ok(())
 }

@@ -33,6 +33,52 @@ const KNOWN: [&str; 6] = [
     "customerPhone",
 ];
 
+/// The fields of an action as the mini-program sent them, checked.
+struct ActionBody {
+    customer_id: String,
+    advisor_id: String,
+    action_type: String,
+    action_data: Value,
+    customer_name: Option<String>,
+    customer_phone: Option<String>,
+    /// Fields this endpoint does not model, kept as sent.
+    extra: Value,
+}
+
+impl ActionBody {
+    fn parse(body: &Map<String, Value>) -> Result<Self, ApiError> {
+        let customer_id = validate::required("customerId", body.get("customerId"), MAX_ID)?;
+        let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
+        let action_type =
+            validate::required("actionType", body.get("actionType"), MAX_ACTION_TYPE)?;
+        let action_data = validate::action_data(body.get("actionData"))?;
+        let customer_name = validate::optional("customerName", body.get("customerName"), MAX_NAME)?;
+        let customer_phone =
+            validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
+        let extra: Map<String, Value> = body
+            .iter()
+            .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let extra = Value::Object(extra);
+        if extra.to_string().len() > validate::MAX_ACTION_DATA_BYTES {
+            return Err(ApiError::validation(
+                "body",
+                "too many or too large extra fields",
+            ));
+        }
+        Ok(Self {
+            customer_id,
+            advisor_id,
+            action_type,
+            action_data,
+            customer_name,
+            customer_phone,
+            extra,
+        })
+    }
+}
+
 #[tracing::instrument(skip_all, fields(action_id))]
 pub async fn record(
     State(state): State<AppState>,
@@ -41,30 +87,11 @@ pub async fn record(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let customer_id = validate::required("customerId", body.get("customerId"), MAX_ID)?;
-    let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
-    let action_type = validate::required("actionType", body.get("actionType"), MAX_ACTION_TYPE)?;
-    let action_data = validate::action_data(body.get("actionData"))?;
-    let customer_name = validate::optional("customerName", body.get("customerName"), MAX_NAME)?;
-    let mut customer_phone =
-        validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
-    let extra: Map<String, Value> = body
-        .iter()
-        .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let extra = Value::Object(extra);
-    if extra.to_string().len() > validate::MAX_ACTION_DATA_BYTES {
-        return Err(ApiError::validation(
-            "body",
-            "too many or too large extra fields",
-        ));
-    }
-
+    let mut a = ActionBody::parse(&body)?;
     // The openid comes from the session, never from the body.
     let openid = session.as_ref().map(|s| s.sub.clone()).unwrap_or_default();
-    if customer_phone.is_none() {
-        customer_phone = session.as_ref().and_then(|s| s.phone.clone());
+    if a.customer_phone.is_none() {
+        a.customer_phone = session.as_ref().and_then(|s| s.phone.clone());
     }
     if !openid.is_empty() {
         state.openid_limiter.check(&openid).map_err(|wait| {
@@ -83,24 +110,7 @@ pub async fn record(
         .chars()
         .take(512)
         .collect::<String>();
-
-    let (action_id, event_id, replayed) = match idempotency::key(&headers)? {
-        None => (Uuid::now_v7(), Uuid::now_v7(), false),
-        Some(key) => {
-            let request = json!([
-                customer_id,
-                advisor_id,
-                action_type,
-                action_data,
-                customer_name,
-                customer_phone
-            ]);
-            let scope = idempotency_scope(&openid, &customer_id);
-            let c = idempotency::claim(&state, &scope, &key, &idempotency::fingerprint(&request))
-                .await?;
-            (c.action_id, c.event_id, c.replayed)
-        }
-    };
+    let (action_id, event_id, replayed) = ids(&state, &headers, &a, &openid).await?;
     tracing::Span::current().record("action_id", tracing::field::display(action_id));
 
     let now = chrono::Utc::now();
@@ -112,16 +122,16 @@ pub async fn record(
             now,
         )),
         action_id: action_id.to_string(),
-        customer_id,
-        advisor_id,
-        action_type,
-        action_data_json: action_data.to_string(),
-        customer_name: customer_name.unwrap_or_default(),
-        customer_phone: customer_phone.unwrap_or_default(),
+        action_data_json: a.action_data.to_string(),
+        customer_name: a.customer_name.unwrap_or_default(),
+        customer_phone: a.customer_phone.unwrap_or_default(),
+        customer_id: a.customer_id,
+        advisor_id: a.advisor_id,
+        action_type: a.action_type,
         openid,
         client_ip: ip.to_string(),
         user_agent,
-        extra_json: extra.to_string(),
+        extra_json: a.extra.to_string(),
     };
     state.require_bus()?;
     let ack = state.bus.publish(&event).await.map_err(|e| {
@@ -134,15 +144,36 @@ pub async fn record(
         "sequence": ack.sequence,
         "duplicate": replayed || ack.duplicate,
     });
-    Ok(ok_with(
-        if replayed {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        },
-        data,
-        "行为记录成功",
-    ))
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(ok_with(status, data, "行为记录成功"))
+}
+
+/// The action's and its event's ids: fresh, or those of the first request with the same
+/// `Idempotency-Key` (`replayed`).
+async fn ids(
+    state: &AppState,
+    headers: &HeaderMap,
+    a: &ActionBody,
+    openid: &str,
+) -> Result<(Uuid, Uuid, bool), ApiError> {
+    let Some(key) = idempotency::key(headers)? else {
+        return Ok((Uuid::now_v7(), Uuid::now_v7(), false));
+    };
+    let request = json!([
+        a.customer_id,
+        a.advisor_id,
+        a.action_type,
+        a.action_data,
+        a.customer_name,
+        a.customer_phone
+    ]);
+    let scope = idempotency_scope(openid, &a.customer_id);
+    let c = idempotency::claim(state, &scope, &key, &idempotency::fingerprint(&request)).await?;
+    Ok((c.action_id, c.event_id, c.replayed))
 }
 
 /// Whose keys a key is looked up among: the session's customer when there is one (so another
