@@ -45,10 +45,12 @@ pub async fn load_outcome(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<Option<StoredOutcome>, sqlx::Error> {
-    sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = $1"))
-        .bind(action_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{OUTCOME_SELECT} WHERE a.action_id = $1"
+    )))
+    .bind(action_id)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn mark_published(
@@ -65,19 +67,21 @@ pub async fn mark_published(
 const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, created_at";
 
 pub async fn lead_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn lead_by_phone(
     conn: &mut PgConnection,
     phone: &str,
 ) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {LEAD_COLUMNS} FROM leads WHERE phone = $1"
-    ))
+    )))
     .bind(phone)
     .fetch_optional(conn)
     .await
@@ -92,13 +96,13 @@ pub async fn list_leads(
     until: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<Lead>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {LEAD_COLUMNS} FROM leads
          WHERE ($1::text IS NULL OR owner_advisor_id = $1)
            AND ($2::timestamptz IS NULL OR created_at >= $2)
            AND ($3::timestamptz IS NULL OR created_at < $3)
          ORDER BY created_at DESC, id DESC LIMIT $4"
-    ))
+    )))
     .bind(advisor_id)
     .bind(since)
     .bind(until)
@@ -207,11 +211,12 @@ pub async fn record_batch(
         upsert_leads(conn, groups, config).await?;
     }
     let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
-    let rows: Vec<StoredOutcome> =
-        sqlx::query_as(&format!("{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"))
-            .bind(&all)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<StoredOutcome> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"
+    )))
+    .bind(&all)
+    .fetch_all(&mut *conn)
+    .await?;
     let outcomes: std::collections::HashMap<Uuid, StoredOutcome> =
         rows.into_iter().map(|o| (o.action_id, o)).collect();
     for (i, p) in &prepared {

@@ -135,12 +135,12 @@ impl Env {
         self.bus.publish(e).await.unwrap();
     }
 
-    async fn count(&self, sql: &str) -> i64 {
+    async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
     /// Poll until `sql` counts `n` (or the deadline passes), returning the last count.
-    async fn wait_count(&self, sql: &str, n: i64) -> i64 {
+    async fn wait_count(&self, sql: &'static str, n: i64) -> i64 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let c = sqlx::query_scalar::<_, i64>(sql)
@@ -536,9 +536,9 @@ async fn postgres_going_away_loses_nothing() {
     .await
     .unwrap();
     let dbname = env.common.prefix.clone();
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE \"{dbname}\" ALLOW_CONNECTIONS false"
-    ))
+    )))
     .execute(&admin)
     .await
     .unwrap();
@@ -567,9 +567,9 @@ async fn postgres_going_away_loses_nothing() {
         "an outage is not a reason to dead-letter"
     );
 
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE \"{dbname}\" ALLOW_CONNECTIONS true"
-    ))
+    )))
     .execute(&admin)
     .await
     .unwrap();

@@ -502,10 +502,10 @@ pub async fn journey(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<(Vec<NotificationView>, Vec<DeliveryView>), sqlx::Error> {
-    let notes: Vec<NotificationView> = sqlx::query_as(&format!(
+    let notes: Vec<NotificationView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VIEW_COLUMNS} FROM notifications WHERE action_id = $1
          OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL) ORDER BY created_at, id"
-    ))
+    )))
     .bind(action_id)
     .fetch_all(&mut *conn)
     .await?;
@@ -525,9 +525,9 @@ pub async fn digest_row(
     conn: &mut PgConnection,
     digest_id: Uuid,
 ) -> Result<Option<NotificationView>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VIEW_COLUMNS} FROM notifications WHERE id = $1 AND kind = 'digest'"
-    ))
+    )))
     .bind(digest_id)
     .fetch_optional(conn)
     .await
@@ -539,7 +539,7 @@ pub async fn digest_members(
     conn: &mut PgConnection,
     digest_id: Uuid,
 ) -> Result<Vec<NotificationView>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at, id"))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at, id")))
         .bind(digest_id)
         .fetch_all(conn)
         .await

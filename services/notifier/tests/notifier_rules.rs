@@ -105,7 +105,7 @@ impl Harness {
             common,
             bus,
             db,
-            http: reqwest::Client::new(),
+            http: ande_wechat::http::client(),
             stop: CancellationToken::new(),
             processes: Vec::new(),
             stopped: Default::default(),

@@ -29,7 +29,7 @@ impl Sim {
             .expect("simulator starts");
         Self {
             handle,
-            http: reqwest::Client::new(),
+            http: ande_wechat::http::client(),
             config,
         }
     }
@@ -818,12 +818,19 @@ async fn a_spawned_simulator_stops_when_asked() {
     let sim = wechat_sim::spawn(SimConfig::default()).await.unwrap();
     let url = sim.url("/sim/health");
     assert_eq!(
-        reqwest::get(&url).await.unwrap().text().await.unwrap(),
+        ande_wechat::http::client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
         "ok"
     );
     assert!(sim.base_url.starts_with("http://127.0.0.1:"));
     sim.stop().await.unwrap();
-    assert!(reqwest::get(&url).await.is_err());
+    assert!(ande_wechat::http::client().get(&url).send().await.is_err());
 }
 
 #[tokio::test]
@@ -831,7 +838,7 @@ async fn an_http_status_fault_answers_an_error_page_and_is_counted() {
     let sim = wechat_sim::spawn(wechat_sim::SimConfig::default())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = ande_wechat::http::client();
     let set = http
         .post(sim.url("/sim/faults"))
         .json(&serde_json::json!({"endpoint": "stable_token", "http_status": 503, "count": 1}))

@@ -31,7 +31,7 @@ impl Sim {
             .expect("simulator starts");
         Self {
             handle,
-            http: reqwest::Client::new(),
+            http: ande_wechat::http::client(),
             config,
         }
     }

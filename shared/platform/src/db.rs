@@ -44,9 +44,11 @@ pub async fn connect(
     // CREATE SCHEMA IF NOT EXISTS can race with another process doing the same; the loser's
     // duplicate error is harmless.
     let mut conn = base.clone().connect().await.map_err(DbError::Connect)?;
-    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-        .execute(&mut conn)
-        .await
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+    )))
+    .execute(&mut conn)
+    .await
     {
         let dup = e
             .as_database_error()

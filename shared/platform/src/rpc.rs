@@ -122,6 +122,10 @@ pub async fn call<M: Method>(
             let cause = match e.kind() {
                 K::NoResponders => Unavailable::NoResponders,
                 K::TimedOut => Unavailable::Timeout,
+                // A subject or payload NATS refuses is our bug, not the service's absence.
+                K::InvalidSubject | K::MaxPayloadExceeded => {
+                    return RpcError::internal(e.to_string());
+                }
                 K::Other => Unavailable::Transport,
             };
             RpcError::unavailable(cause, e.to_string())

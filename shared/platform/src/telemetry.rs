@@ -31,7 +31,7 @@ pub fn init(service: &'static str, json: bool) {
 pub fn init_with_filter(service: &'static str, json: bool, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let provider = opentelemetry_sdk::trace::TracerProvider::builder().build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     // Traces follow info-level spans whatever the log filter says: turning logs down to `warn`
     // must not break trace propagation across services.
     let otel = tracing_opentelemetry::layer()
@@ -90,7 +90,10 @@ pub fn inject(headers: &mut HeaderMap) {
 pub fn extract_into(headers: Option<&HeaderMap>, span: &tracing::Span) {
     if let Some(h) = headers {
         let cx = TraceContextPropagator::new().extract(&HeaderExtractor(h));
-        span.set_parent(cx);
+        // Fails only when the span is disabled (filtered out): nothing to attach then.
+        if let Err(e) = span.set_parent(cx) {
+            tracing::trace!(error = %e, "trace context not attached");
+        }
     }
 }
 
@@ -108,7 +111,7 @@ mod tests {
 
     #[test]
     fn trace_context_crosses_headers() {
-        let provider = opentelemetry_sdk::trace::TracerProvider::builder().build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
         tracing::subscriber::with_default(subscriber, || {

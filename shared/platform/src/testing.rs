@@ -27,7 +27,7 @@ pub async fn isolated_config() -> CommonConfig {
         .expect("Postgres must run for this test (see README)");
     drop_stale_databases(&mut conn).await;
     drop_stale_streams(&config.nats_url).await;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await
         .expect("create test database");
@@ -97,9 +97,11 @@ async fn drop_stale_databases(conn: &mut PgConnection) {
             .unwrap_or_default();
     for n in names {
         if stale(&n) {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
-                .execute(&mut *conn)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
         }
     }
 }

@@ -148,7 +148,7 @@ impl WechatClient {
         if cfg.timeout.is_zero() {
             return Err(WechatError::Config("timeout is zero".into()));
         }
-        let http = reqwest::Client::builder()
+        let http = crate::http::builder()
             .timeout(cfg.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
             // WeChat's API never redirects; following one would resend the secret elsewhere.

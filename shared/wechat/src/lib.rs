@@ -19,6 +19,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod keywords;
 pub mod types;
 

@@ -79,7 +79,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     opts.gateway.rate_per_openid = u32::MAX;
     let stack = Stack::start(opts).await?;
     let bus = Bus::connect(&common, "bench").await?;
-    let http = reqwest::Client::new();
+    let http = ande_wechat::http::client();
     let raw = record_latency(&common, &stack, &bus, &http, lat_n).await?;
     end_to_end_latency(&stack, &http, lat_n, &raw).await?;
     stack.stop().await?;

@@ -146,7 +146,7 @@ async fn gateway_health(env: &Env) -> Value {
     let port = env.string(ande_gateway::config::API_PORT, "3001");
     let url = format!("http://{host}:{port}/api/health");
     let started = Instant::now();
-    let client = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
+    let client = match ande_wechat::http::builder().timeout(PROBE_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => return json!({ "status": "error", "url": url, "reason": e.to_string() }),
     };

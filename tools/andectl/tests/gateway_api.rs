@@ -248,7 +248,8 @@ async fn wait_journey(
 async fn wait_row(db: &sqlx::PgPool, sql: &str, bind: &str) -> Option<sqlx::postgres::PgRow> {
     let deadline = Instant::now() + POLL_DEADLINE;
     loop {
-        if let Some(row) = sqlx::query(sql)
+        // Test queries, some with a template id written in by the test itself.
+        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
             .bind(bind)
             .fetch_optional(db)
             .await
@@ -1630,7 +1631,7 @@ impl LoneGateway {
         Self {
             url,
             pool,
-            http: reqwest::Client::new(),
+            http: ande_wechat::http::client(),
             stop,
             task,
         }

@@ -48,7 +48,10 @@ where
 }
 
 async fn scalar(db: &sqlx::PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(db)
+        .await
+        .unwrap()
 }
 
 fn action(i: usize) -> Value {
@@ -637,7 +640,7 @@ async fn up_serves_until_sigterm_and_status_sees_it() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = ande_wechat::http::client();
     let ready = format!("http://127.0.0.1:{api_port}/api/health/ready");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -46,7 +46,7 @@ async fn up_starts_nats_and_postgres_itself_when_they_do_not_answer() {
     let ready = format!("http://127.0.0.1:{api}/api/health/ready");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if let Ok(r) = reqwest::get(&ready).await {
+        if let Ok(r) = ande_wechat::http::client().get(&ready).send().await {
             if r.status() == 200 {
                 break;
             }
@@ -70,7 +70,7 @@ async fn up_starts_nats_and_postgres_itself_when_they_do_not_answer() {
     );
 
     // The pipeline works on them.
-    let http = reqwest::Client::new();
+    let http = ande_wechat::http::client();
     let r = http
         .post(format!("http://127.0.0.1:{api}/api/customer/action"))
         .json(&serde_json::json!({"customerId": "c", "advisorId": "a", "actionType": "view_resume", "customerPhone": "13800138000"}))

@@ -24,7 +24,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut StackOptions)) -> TestStack {
     let stack = Stack::start(opts).await.expect("stack starts");
     TestStack {
         stack,
-        http: reqwest::Client::new(),
+        http: ande_wechat::http::client(),
     }
 }
 
