@@ -7,7 +7,8 @@ use axum::Json;
 
 use ande_contracts::vocab::{Lang, MiniprogramState, SubscriptionStatus, Vocabulary};
 
-use crate::{routes, AppState};
+use crate::routes::messages;
+use crate::{routes, validate, AppState};
 use serde_json::{json, Map, Value};
 
 /// One endpoint: what the router serves (`route`) and what the document says of it.
@@ -116,31 +117,40 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
 ];
 
+/// A string of at most `max` characters (headers).
 fn s(max: u32) -> Value {
     json!({ "type": "string", "maxLength": max })
 }
+/// One of a vocabulary's words, or absent/null.
+fn word<V: Vocabulary>() -> Value {
+    json!({ "type": "string", "enum": V::names(), "nullable": true })
+}
 fn openid_req() -> Value {
-    json!({ "type": "object", "required": ["code"], "properties": { "code": s(128) } })
+    json!({ "type": "object", "required": ["code"], "properties": { "code": validate::CODE.schema(true) } })
 }
 fn subscribe_req() -> Value {
     json!({ "type": "object", "required": ["advisorId"], "properties": {
-        "advisorId": s(128), "openid": s(128), "templateId": s(128), "subscribed": { "type": "boolean" },
-        "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": SubscriptionStatus::names() }, "source": s(32) } },
+        "advisorId": validate::ID.schema(true), "openid": validate::ID.schema(false), "templateId": validate::ID.schema(false), "subscribed": { "type": "boolean" },
+        "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": SubscriptionStatus::names() }, "source": validate::SOURCE.schema(false) } },
         "result": { "type": "object", "description": "wx.requestSubscribeMessage's answer: {templateId: accept|reject|ban|filter, errMsg}" } } })
 }
 fn action_req() -> Value {
     json!({ "type": "object", "required": ["customerId", "advisorId", "actionType"], "additionalProperties": true, "properties": {
-        "customerId": s(128), "advisorId": s(128), "actionType": s(64), "actionData": { "type": "object" },
-        "customerName": s(64), "customerPhone": s(32) } })
+        "customerId": validate::ID.schema(true), "advisorId": validate::ID.schema(true), "actionType": validate::ACTION_TYPE.schema(true),
+        "actionData": { "type": "object", "nullable": true, "description": "kept as sent; at most 16 KiB as JSON and 16 levels deep" },
+        "customerName": validate::NAME.schema(false), "customerPhone": validate::PHONE.schema(false) } })
 }
 fn send_req() -> Value {
+    let keyword = json!({ "type": "object", "required": ["value"], "properties": { "value": { "type": "string" } },
+        "description": "the value must fit its keyword type's limits (see docs/wechat.md); refused with 400 naming data.<keyword>.value otherwise" });
     json!({ "type": "object", "required": ["touser", "template_id", "data"], "properties": {
-        "touser": s(128), "template_id": s(128), "page": s(512),
-        "data": { "type": "object", "additionalProperties": { "type": "object", "properties": { "value": { "type": "string" } } } },
-        "miniprogram_state": { "enum": MiniprogramState::names() }, "lang": { "enum": Lang::names() } } })
+        "touser": validate::WECHAT_ID.schema(true), "template_id": validate::WECHAT_ID.schema(true), "page": validate::PAGE.schema(false),
+        "data": { "type": "object", "minProperties": 1, "maxProperties": messages::MAX_KEYWORDS, "additionalProperties": keyword },
+        "miniprogram_state": word::<MiniprogramState>(), "lang": word::<Lang>() } })
 }
 fn login_req() -> Value {
-    json!({ "type": "object", "required": ["username", "password"], "properties": { "username": s(64), "password": s(256) } })
+    json!({ "type": "object", "required": ["username", "password"], "properties": {
+        "username": validate::USERNAME.schema(true), "password": { "type": "string", "minLength": 1, "maxLength": messages::MAX_PASSWORD } } })
 }
 
 pub fn build() -> Value {

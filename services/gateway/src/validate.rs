@@ -13,58 +13,144 @@ pub const MAX_PHONE: usize = 32;
 pub const MAX_ACTION_DATA_BYTES: usize = 16 * 1024;
 pub const MAX_ACTION_DATA_DEPTH: usize = 16;
 
-/// A required text field: present, not blank, at most `max` characters, no control characters.
-pub fn required(field: &str, value: Option<&Value>, max: usize) -> Result<String, ApiError> {
-    match value {
-        None | Some(Value::Null) => Err(ApiError::validation(field, "is required")),
-        Some(Value::String(s)) => text(field, s, max, false),
-        // Old clients send numeric ids; accept them as text.
-        Some(Value::Number(n)) => text(field, &n.to_string(), max, false),
-        Some(_) => Err(ApiError::validation(field, "must be a string")),
+/// The rule of a text field. Handlers check values with it and the OpenAPI document states it
+/// ([`Text::schema`]), so what the document promises is what the handler enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Text {
+    /// At most this many characters, counted as sent (before trimming).
+    pub max: usize,
+    /// Also take a JSON number as its text (old clients send numeric ids).
+    pub numbers: bool,
+}
+
+/// Ids the mini-program sends (customer, advisor, template, openid): numbers accepted as text.
+pub const ID: Text = Text {
+    max: MAX_ID,
+    numbers: true,
+};
+/// A one-time code from WeChat (`wx.login`, the phone button): always a string.
+pub const CODE: Text = Text {
+    max: 128,
+    numbers: false,
+};
+/// A staff user name.
+pub const USERNAME: Text = Text {
+    max: 64,
+    numbers: false,
+};
+/// A subscribe message's recipient or template id, as WeChat's own API spells them.
+pub const WECHAT_ID: Text = Text {
+    max: MAX_ID,
+    numbers: false,
+};
+/// An in-app page path with its query.
+pub const PAGE: Text = Text {
+    max: 512,
+    numbers: false,
+};
+/// What the customer did (`view_resume`, …; any word is kept).
+pub const ACTION_TYPE: Text = Text {
+    max: MAX_ACTION_TYPE,
+    numbers: true,
+};
+/// A customer's name as they typed it.
+pub const NAME: Text = Text {
+    max: MAX_NAME,
+    numbers: true,
+};
+/// A phone number as typed (normalised later by the leads service).
+pub const PHONE: Text = Text {
+    max: MAX_PHONE,
+    numbers: true,
+};
+/// Where a subscription decision came from.
+pub const SOURCE: Text = Text {
+    max: 32,
+    numbers: false,
+};
+
+/// Printable: no control character (C0, DEL, C1), as `char::is_control` says.
+const PRINTABLE: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// Printable with at least one character that is not white space (`char::is_whitespace`).
+const NOT_BLANK: &str = r"^[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$";
+
+impl Text {
+    /// Present, not blank, at most `max` characters, no control characters; returned trimmed.
+    pub fn required(self, field: &str, value: Option<&Value>) -> Result<String, ApiError> {
+        match value {
+            None | Some(Value::Null) => Err(ApiError::validation(field, "is required")),
+            Some(Value::String(s)) => text(field, s, self.max, false),
+            Some(Value::Number(n)) if self.numbers => text(field, &n.to_string(), self.max, false),
+            Some(_) => Err(ApiError::validation(field, "must be a string")),
+        }
+    }
+
+    /// Absent, null or blank is `None`; otherwise as [`Text::required`].
+    pub fn optional(self, field: &str, value: Option<&Value>) -> Result<Option<String>, ApiError> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => {
+                text(field, s, self.max, true).map(|t| (!t.is_empty()).then_some(t))
+            }
+            Some(Value::Number(n)) if self.numbers => {
+                text(field, &n.to_string(), self.max, true).map(Some)
+            }
+            Some(_) => Err(ApiError::validation(field, "must be a string")),
+        }
+    }
+
+    /// The JSON Schema (OpenAPI 3.0) of a value this rule accepts.
+    pub fn schema(self, required: bool) -> Value {
+        let mut text = serde_json::json!({
+            "type": "string",
+            "maxLength": self.max,
+            "pattern": if required { NOT_BLANK } else { PRINTABLE },
+        });
+        if required {
+            text["minLength"] = 1.into();
+        }
+        let mut schema = if self.numbers {
+            serde_json::json!({ "anyOf": [text, { "type": "number" }] })
+        } else {
+            text
+        };
+        if !required {
+            schema["nullable"] = true.into();
+        }
+        schema
     }
 }
 
-/// An optional text field; blank counts as absent.
-pub fn optional(
-    field: &str,
-    value: Option<&Value>,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
+/// An optional word of a shared vocabulary (`ande_contracts::vocab`): absent, null, or one of the
+/// words exactly.
+pub fn word<V: Vocabulary>(field: &str, value: Option<&Value>) -> Result<Option<V>, ApiError> {
+    let refused =
+        || ApiError::validation(field, format!("must be one of {}", V::names().join(", ")));
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => text(field, s, max, true).map(Some),
-        Some(Value::Number(n)) => text(field, &n.to_string(), max, true).map(Some),
-        Some(_) => Err(ApiError::validation(field, "must be a string")),
+        Some(Value::String(w)) => V::parse(w).map(Some).ok_or_else(refused),
+        Some(_) => Err(refused()),
     }
 }
 
-/// An optional word of a shared vocabulary (`ande_contracts::vocab`); blank counts as absent.
-pub fn word<V: Vocabulary>(field: &str, value: Option<&Value>) -> Result<Option<V>, ApiError> {
-    let Some(w) = optional(field, value, 32)? else {
-        return Ok(None);
-    };
-    V::parse(&w).map(Some).ok_or_else(|| {
-        ApiError::validation(field, format!("must be one of {}", V::names().join(", ")))
-    })
-}
-
+/// Length and control characters are checked on the value as sent, blankness after trimming:
+/// exactly what [`Text::schema`] states.
 fn text(field: &str, s: &str, max: usize, allow_empty: bool) -> Result<String, ApiError> {
-    let t = s.trim();
-    if t.is_empty() && !allow_empty {
-        return Err(ApiError::validation(field, "must not be empty"));
-    }
-    if t.chars().count() > max {
+    if s.chars().count() > max {
         return Err(ApiError::validation(
             field,
             format!("must be at most {max} characters"),
         ));
     }
-    if t.chars().any(char::is_control) {
+    if s.chars().any(char::is_control) {
         return Err(ApiError::validation(
             field,
             "must not contain control characters",
         ));
+    }
+    let t = s.trim();
+    if t.is_empty() && !allow_empty {
+        return Err(ApiError::validation(field, "must not be empty"));
     }
     Ok(t.to_string())
 }
@@ -114,14 +200,26 @@ mod tests {
 
     #[test]
     fn required_fields_refuse_blank_wrong_type_and_control_chars() {
-        assert_eq!(required("a", Some(&json!(" x ")), 5).unwrap(), "x");
-        assert_eq!(required("a", Some(&json!(42)), 5).unwrap(), "42");
-        assert!(required("a", None, 5).is_err());
-        assert!(required("a", Some(&json!("  ")), 5).is_err());
-        assert!(required("a", Some(&json!([1])), 5).is_err());
-        assert!(required("a", Some(&json!("a\u{0}b")), 5).is_err());
+        let rule = Text {
+            max: 5,
+            numbers: true,
+        };
+        assert_eq!(rule.required("a", Some(&json!(" x "))).unwrap(), "x");
+        assert_eq!(rule.required("a", Some(&json!(42))).unwrap(), "42");
         assert!(
-            required("a", Some(&json!("顾问顾问顾问")), 5).is_err(),
+            CODE.required("a", Some(&json!(42))).is_err(),
+            "codes are strings"
+        );
+        assert!(rule.required("a", None).is_err());
+        assert!(rule.required("a", Some(&json!("  "))).is_err());
+        assert!(rule.required("a", Some(&json!([1]))).is_err());
+        assert!(rule.required("a", Some(&json!("a\u{0}b"))).is_err());
+        assert!(
+            rule.required("a", Some(&json!("\tab"))).is_err(),
+            "as sent, not trimmed"
+        );
+        assert!(
+            rule.required("a", Some(&json!("顾问顾问顾问"))).is_err(),
             "counted in characters"
         );
     }
@@ -139,10 +237,39 @@ mod tests {
         assert!(action_data(Some(&json!({"resumeId": "r1"}))).is_ok());
     }
 
+    const R40: Text = Text {
+        max: 40,
+        numbers: true,
+    };
+
+    /// Whether `s` is valid under the schema `Text::schema` states for a string value.
+    fn schema_admits(rule: Text, required: bool, s: &str) -> bool {
+        let schema = rule.schema(required);
+        let text = if rule.numbers {
+            &schema["anyOf"][0]
+        } else {
+            &schema
+        };
+        let pattern = regex::Regex::new(text["pattern"].as_str().unwrap()).unwrap();
+        let min = text["minLength"].as_u64().unwrap_or(0) as usize;
+        let n = s.chars().count();
+        pattern.is_match(s) && n >= min && n <= rule.max
+    }
+
     proptest! {
+        /// The document and the handler agree on every string: what the schema admits is
+        /// accepted, what it refuses is refused (required and optional fields).
+        #[test]
+        fn the_schema_states_exactly_what_the_handler_accepts(
+            s in "[ a-z\\t\\n\\u{85}\\u{a0}\\u{3000}\\u{feff}\\u{2028}顾\\x00-\\x1f\\x7f]{0,45}"
+        ) {
+            prop_assert_eq!(schema_admits(R40, true, &s), R40.required("f", Some(&json!(s))).is_ok(), "{:?}", s);
+            prop_assert_eq!(schema_admits(R40, false, &s), R40.optional("f", Some(&json!(s))).is_ok(), "{:?}", s);
+        }
+
         #[test]
         fn accepted_text_is_trimmed_bounded_and_printable(s in "\\PC{0,80}|[\\x00-\\x1f]{0,5}") {
-            if let Ok(t) = required("f", Some(&json!(s)), 40) {
+            if let Ok(t) = R40.required("f", Some(&json!(s))) {
                 prop_assert!(!t.is_empty() && t.chars().count() <= 40 && !t.chars().any(char::is_control));
                 prop_assert_eq!(t.trim(), t.as_str());
             }
@@ -150,24 +277,24 @@ mod tests {
 
         #[test]
         fn optional_text_is_none_when_blank_and_bounded_otherwise(s in "\\PC{0,80}|[ \t]{0,5}") {
-            match optional("f", Some(&json!(s)), 40) {
+            match R40.optional("f", Some(&json!(s))) {
                 Ok(None) => prop_assert!(s.trim().is_empty()),
                 Ok(Some(t)) => prop_assert!(!t.is_empty() && t.chars().count() <= 40 && t == s.trim()),
-                Err(e) => prop_assert!(s.trim().chars().count() > 40 || s.chars().any(char::is_control), "{:?}", e),
+                Err(e) => prop_assert!(s.chars().count() > 40 || s.chars().any(char::is_control), "{:?}", e),
             }
         }
 
         #[test]
         fn text_over_the_bound_is_always_refused_naming_the_field(s in "[a-z顾]{41,80}") {
-            let e = required("customerId", Some(&json!(s)), 40).unwrap_err();
+            let e = R40.required("customerId", Some(&json!(s))).unwrap_err();
             prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
             prop_assert_eq!(&e.details["field"], "customerId");
         }
 
         #[test]
         fn non_text_values_are_refused(v in prop_oneof![Just(json!(true)), Just(json!([])), Just(json!({})), Just(json!([1, "a"]))]) {
-            prop_assert!(required("f", Some(&v), 40).is_err());
-            prop_assert!(optional("f", Some(&v), 40).is_err());
+            prop_assert!(R40.required("f", Some(&v)).is_err());
+            prop_assert!(R40.optional("f", Some(&v)).is_err());
             prop_assert!(action_data(Some(&v)).is_ok() == v.is_object());
         }
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::{ok, ok_with, ApiError};
 use crate::extract::{Caller, ClientIp, JsonBody, MaybeSession};
 use crate::idempotency;
-use crate::validate::{self, MAX_ACTION_TYPE, MAX_ID, MAX_NAME, MAX_PHONE};
+use crate::validate;
 use crate::AppState;
 
 const PRODUCER: &str = "gateway";
@@ -47,14 +47,13 @@ struct ActionBody {
 
 impl ActionBody {
     fn parse(body: &Map<String, Value>) -> Result<Self, ApiError> {
-        let customer_id = validate::required("customerId", body.get("customerId"), MAX_ID)?;
-        let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
-        let action_type =
-            validate::required("actionType", body.get("actionType"), MAX_ACTION_TYPE)?;
+        let customer_id = validate::ID.required("customerId", body.get("customerId"))?;
+        let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
+        let action_type = validate::ACTION_TYPE.required("actionType", body.get("actionType"))?;
         let action_data = validate::action_data(body.get("actionData"))?;
-        let customer_name = validate::optional("customerName", body.get("customerName"), MAX_NAME)?;
+        let customer_name = validate::NAME.optional("customerName", body.get("customerName"))?;
         let customer_phone =
-            validate::optional("customerPhone", body.get("customerPhone"), MAX_PHONE)?;
+            validate::PHONE.optional("customerPhone", body.get("customerPhone"))?;
         let extra: Map<String, Value> = body
             .iter()
             .filter(|(k, _)| !KNOWN.contains(&k.as_str()))

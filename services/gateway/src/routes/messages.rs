@@ -15,12 +15,15 @@ use serde_json::{json, Map, Value};
 use crate::auth;
 use crate::error::{ok, ApiError};
 use crate::extract::{JsonBody, Staff};
-use crate::validate::{self, MAX_ID};
+use crate::validate;
 use crate::AppState;
 
 /// The send goes through the notifier, which calls WeChat with its own 5 s timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(8);
-const MAX_KEYWORDS: usize = 20;
+/// WeChat templates have at most this many keywords.
+pub const MAX_KEYWORDS: usize = 20;
+/// Longer passwords are refused before hashing (argon2 is deliberately slow).
+pub const MAX_PASSWORD: usize = 256;
 
 /// Send a subscribe message now. Staff only: it can message any user of the app.
 #[tracing::instrument(skip_all, fields(staff = %staff.sub))]
@@ -29,9 +32,9 @@ pub async fn send(
     Staff(staff): Staff,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let touser = validate::required("touser", body.get("touser"), MAX_ID)?;
-    let template_id = validate::required("template_id", body.get("template_id"), MAX_ID)?;
-    let page = validate::optional("page", body.get("page"), 512)?;
+    let touser = validate::WECHAT_ID.required("touser", body.get("touser"))?;
+    let template_id = validate::WECHAT_ID.required("template_id", body.get("template_id"))?;
+    let page = validate::PAGE.optional("page", body.get("page"))?;
     let miniprogram_state: Option<MiniprogramState> =
         validate::word("miniprogram_state", body.get("miniprogram_state"))?;
     let lang: Option<Lang> = validate::word("lang", body.get("lang"))?;
@@ -91,13 +94,15 @@ pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let username = validate::required("username", body.get("username"), 64)?;
+    let username = validate::USERNAME.required("username", body.get("username"))?;
     let password = match body.get("password") {
-        Some(Value::String(p)) if !p.is_empty() && p.len() <= 256 => SecretString::from(p.clone()),
+        Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= MAX_PASSWORD => {
+            SecretString::from(p.clone())
+        }
         _ => {
             return Err(ApiError::validation(
                 "password",
-                "is required (at most 256 bytes)",
+                format!("is required (at most {MAX_PASSWORD} characters)"),
             ))
         }
     };

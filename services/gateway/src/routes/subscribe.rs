@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ok_with, ApiError};
 use crate::extract::{JsonBody, MaybeSession};
 use crate::idempotency;
-use crate::validate::{self, MAX_ID};
+use crate::validate;
 use crate::AppState;
 
 /// WeChat allows up to 5 templates per request (3 in older docs).
@@ -45,7 +45,7 @@ pub fn decisions(body: &Map<String, Value>) -> Result<Vec<(String, SubscriptionS
             if k == "errMsg" || k == "errCode" {
                 continue;
             }
-            let template = validate::required("result", Some(&Value::String(k.clone())), MAX_ID)?;
+            let template = validate::ID.required("result", Some(&Value::String(k.clone())))?;
             let status = parse_status(&format!("result.{k}"), v.as_str().unwrap_or(""))?;
             out.push((template, status));
         }
@@ -60,7 +60,7 @@ pub fn decisions(body: &Map<String, Value>) -> Result<Vec<(String, SubscriptionS
         }
         return Ok(out);
     }
-    let template = validate::required("templateId", body.get("templateId"), MAX_ID)?;
+    let template = validate::ID.required("templateId", body.get("templateId"))?;
     let explicit = body
         .get("subscribeData")
         .and_then(|d| d.get("subscriptionStatus"))
@@ -89,10 +89,10 @@ pub async fn subscribe(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let advisor_id = validate::required("advisorId", body.get("advisorId"), MAX_ID)?;
+    let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
     let openid = match &session {
         Some(s) => s.sub.clone(),
-        None => validate::required("openid", body.get("openid"), MAX_ID)?,
+        None => validate::ID.required("openid", body.get("openid"))?,
     };
     // Each accept is a credit to message this openid: bound how fast anyone can add them.
     state.openid_limiter.check(&openid).map_err(|wait| {
@@ -104,7 +104,7 @@ pub async fn subscribe(
         .retry_after(wait)
     })?;
     let source = match body.get("subscribeData").and_then(|d| d.get("source")) {
-        Some(v) => validate::optional("subscribeData.source", Some(v), 32)?,
+        Some(v) => validate::SOURCE.optional("subscribeData.source", Some(v))?,
         None => None,
     }
     .unwrap_or_else(|| "miniprogram".into());

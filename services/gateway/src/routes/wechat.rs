@@ -14,7 +14,6 @@ use crate::extract::{JsonBody, MaybeSession};
 use crate::validate;
 use crate::AppState;
 
-const MAX_CODE: usize = 128;
 /// The phone lookup goes through the notifier (which holds the access token); WeChat's own
 /// timeout is 5 s, so allow a little more.
 const PHONE_TIMEOUT: Duration = Duration::from_secs(7);
@@ -25,7 +24,7 @@ pub async fn openid(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let code = validate::required("code", body.get("code"), MAX_CODE)?;
+    let code = validate::CODE.required("code", body.get("code"))?;
     let session = state.wechat.code2session(&code).await?;
     let token = auth::issue(
         &state.config.jwt_secret,
@@ -55,7 +54,7 @@ pub async fn phone(
     MaybeSession(session): MaybeSession,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let code = validate::required("code", body.get("code"), MAX_CODE)?;
+    let code = validate::CODE.required("code", body.get("code"))?;
     let openid = session.as_ref().map(|s| s.sub.clone());
     state.require_bus()?;
     let q = PhoneQuery { code, openid };
