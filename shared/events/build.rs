@@ -5,6 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = root.join("ande/events/v1/events.proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile([file], [root])?;
+    // The descriptors themselves, for tools that decode any event generically (andectl).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())
 }

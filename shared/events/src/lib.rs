@@ -18,6 +18,10 @@ pub mod v1 {
 }
 
 pub use prost::Message;
+
+/// The encoded `FileDescriptorSet` of `proto-schemas/`: every event type with its fields, for
+/// decoding events without their generated types (`andectl events`, replay, dead letters).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 pub use v1::{
     ActionRecorded, EventMeta, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
     SubscriptionStatus,

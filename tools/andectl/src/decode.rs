@@ -1,22 +1,22 @@
 //! Stored messages as operators read them: one JSON object per message with its stream sequence,
 //! subject, time, the headers worth seeing, and the event decoded from protobuf.
 //!
-//! prost's generated types do not derive `Serialize`, so each event kind is turned into JSON by
-//! hand here, with the field names the HTTP API uses (camelCase), enums as words, timestamps as
-//! RFC 3339 and the JSON-text fields (`action_data_json`, `extra_json`) parsed back into objects.
+//! Events are decoded from the descriptors of `proto-schemas/` (prost-reflect), not by hand: a
+//! new field shows up without code. Field names are the proto JSON names (camelCase, as the HTTP
+//! API spells them), enums are words, timestamps RFC 3339, and the JSON-text fields
+//! (`action_data_json`, `extra_json`) are parsed back into objects.
 //! A message that does not decode is still shown, with the decode error and the first bytes.
 //!
 //! Also here: the times operators type (`--since 15m`, `--from-time 2026-05-01T08:00:00+08:00`).
 
-use ande_events::{
-    from_timestamp, headers, ActionRecorded, Event, EventKind, EventMeta, LeadOutcome,
-    SubscriptionChanged,
-};
+use ande_events::{headers, EventKind};
 use ande_platform::bus::dlq_headers;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, ReflectMessage, Value as ReflectValue};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -208,78 +208,104 @@ pub fn kind_from_subject(subject: &str) -> Option<EventKind> {
     })
 }
 
-/// Decode a payload of the given kind to JSON.
+/// The event descriptors of `proto-schemas/`, loaded once.
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(ande_events::FILE_DESCRIPTOR_SET)
+            .expect("the descriptors built with ande-events decode")
+    })
+}
+
+/// Decode a payload of the given kind to JSON, from the descriptors rather than the generated
+/// types, so a field added to a `.proto` shows up here without code: keys are the fields' JSON
+/// names (camelCase); enums are their value names without the enum's prefix, in lower case
+/// (`SUBSCRIPTION_STATUS_ACCEPT` → `accept`); timestamps are RFC 3339; a string field named
+/// `*_json` holds JSON text and is shown parsed, under its name without the suffix.
 pub fn decode(kind: EventKind, payload: &[u8]) -> Result<Value, String> {
-    match kind {
-        EventKind::ActionRecorded => {
-            ActionRecorded::decode_checked(payload).map(|e| action_json(&e))
+    let descriptor = pool()
+        .get_message_by_name(kind.type_name())
+        .ok_or_else(|| format!("no descriptor for {}", kind.type_name()))?;
+    let message = DynamicMessage::decode(descriptor, payload)
+        .map_err(|e| format!("undecodable event: {}: {e}", kind.type_name()))?;
+    let json = message_json(&message);
+    // The envelope check every consumer makes (`Event::decode_checked`).
+    let event_id = json["meta"]["eventId"]
+        .as_str()
+        .ok_or("undecodable event: missing envelope (meta)")?;
+    uuid::Uuid::parse_str(event_id)
+        .map_err(|_| format!("undecodable event: event_id {event_id:?} is not a UUID"))?;
+    Ok(json)
+}
+
+fn message_json(m: &DynamicMessage) -> Value {
+    let mut out = serde_json::Map::new();
+    for field in m.descriptor().fields() {
+        let name = field.json_name();
+        if field.kind().as_message().is_some() && !m.has_field(&field) {
+            out.insert(name.to_string(), Value::Null);
+            continue;
         }
-        EventKind::SubscriptionChanged => {
-            SubscriptionChanged::decode_checked(payload).map(|e| subscription_json(&e))
+        let value = m.get_field(&field);
+        match (field.name().strip_suffix("_json"), value.as_str()) {
+            (Some(_), Some(text)) => {
+                let key = name.strip_suffix("Json").unwrap_or(name);
+                out.insert(key.to_string(), json_text(text));
+            }
+            _ => {
+                out.insert(name.to_string(), value_json(&field.kind(), &value));
+            }
         }
-        EventKind::LeadOutcome => LeadOutcome::decode_checked(payload).map(|e| outcome_json(&e)),
     }
-    .map_err(|e| e.to_string())
+    Value::Object(out)
 }
 
-fn meta_json(m: Option<&EventMeta>) -> Value {
-    match m {
-        None => Value::Null,
-        Some(m) => json!({
-            "eventId": m.event_id,
-            "occurredAt": ts(from_timestamp(m.occurred_at.as_ref())),
-            "correlationId": m.correlation_id,
-            "producer": m.producer,
-        }),
+fn value_json(kind: &Kind, v: &ReflectValue) -> Value {
+    match (kind, v) {
+        (Kind::Message(d), ReflectValue::Message(m))
+            if d.full_name() == "google.protobuf.Timestamp" =>
+        {
+            let field = |n: &str| m.get_field_by_name(n);
+            let seconds = field("seconds").and_then(|v| v.as_i64()).unwrap_or(0);
+            let nanos = field("nanos").and_then(|v| v.as_i32()).unwrap_or(0);
+            let t = DateTime::from_timestamp(seconds, u32::try_from(nanos).unwrap_or(0));
+            ts(t)
+        }
+        (_, ReflectValue::Message(m)) => message_json(m),
+        (Kind::Enum(e), ReflectValue::EnumNumber(n)) => match e.get_value(*n) {
+            Some(value) => Value::String(enum_word(e.name(), value.name())),
+            None => Value::String(format!("unknown({n})")),
+        },
+        (_, ReflectValue::List(items)) => {
+            Value::Array(items.iter().map(|i| value_json(kind, i)).collect())
+        }
+        (_, ReflectValue::Bool(b)) => Value::Bool(*b),
+        (_, ReflectValue::I32(n)) => json!(n),
+        (_, ReflectValue::I64(n)) => json!(n),
+        (_, ReflectValue::U32(n)) => json!(n),
+        (_, ReflectValue::U64(n)) => json!(n),
+        (_, ReflectValue::F32(n)) => json!(n),
+        (_, ReflectValue::F64(n)) => json!(n),
+        (_, ReflectValue::String(s)) => Value::String(s.clone()),
+        (_, other) => Value::String(format!("{other:?}")),
     }
 }
 
-fn action_json(e: &ActionRecorded) -> Value {
-    json!({
-        "meta": meta_json(e.meta.as_ref()),
-        "actionId": e.action_id,
-        "customerId": e.customer_id,
-        "advisorId": e.advisor_id,
-        "actionType": e.action_type,
-        "actionData": json_text(&e.action_data_json),
-        "customerName": e.customer_name,
-        "customerPhone": e.customer_phone,
-        "openid": e.openid,
-        "clientIp": e.client_ip,
-        "userAgent": e.user_agent,
-        "extra": json_text(&e.extra_json),
-    })
-}
-
-fn subscription_json(e: &SubscriptionChanged) -> Value {
-    let status = ande_events::subscription_status(e.status).map_or("unspecified", |s| s.as_str());
-    json!({
-        "meta": meta_json(e.meta.as_ref()),
-        "advisorId": e.advisor_id,
-        "openid": e.openid,
-        "templateId": e.template_id,
-        "status": status,
-        "source": e.source,
-    })
-}
-
-fn outcome_json(e: &LeadOutcome) -> Value {
-    let kind = ande_events::outcome_kind(e.kind).map_or("unspecified", |k| k.as_str());
-    json!({
-        "meta": meta_json(e.meta.as_ref()),
-        "actionId": e.action_id,
-        "advisorId": e.advisor_id,
-        "customerId": e.customer_id,
-        "actionType": e.action_type,
-        "kind": kind,
-        "noLeadReason": e.no_lead_reason,
-        "leadId": e.lead_id,
-        "customerCode": e.customer_code,
-        "isNewCustomer": e.is_new_customer,
-        "customerName": e.customer_name,
-        "customerPhone": e.customer_phone,
-        "actionAt": ts(from_timestamp(e.action_at.as_ref())),
-    })
+/// `SUBSCRIPTION_STATUS_ACCEPT` of enum `SubscriptionStatus` → `accept` (proto3 style guide:
+/// values carry the enum's name as a prefix).
+fn enum_word(enum_name: &str, value: &str) -> String {
+    let mut prefix = String::new();
+    for (i, c) in enum_name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            prefix.push('_');
+        }
+        prefix.push(c.to_ascii_uppercase());
+    }
+    prefix.push('_');
+    value
+        .strip_prefix(&prefix)
+        .unwrap_or(value)
+        .to_ascii_lowercase()
 }
 
 /// A JSON-text field: the parsed value, the raw text if it is not JSON, null if empty.
@@ -348,7 +374,7 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ande_events::{new_meta, LeadOutcomeKind, Message};
+    use ande_events::{new_meta, ActionRecorded, LeadOutcome, LeadOutcomeKind, Message};
 
     #[test]
     fn times_parse_in_every_form_operators_type() {
@@ -390,6 +416,32 @@ mod tests {
         assert_eq!(v["isNewCustomer"], true);
         assert_eq!(v["meta"]["correlationId"], "a-1");
         assert!(decode(EventKind::ActionRecorded, b"\xff\xff").is_err());
+        let no_envelope = LeadOutcome::default().encode_to_vec();
+        assert!(decode(EventKind::LeadOutcome, &no_envelope).is_err());
+    }
+
+    #[test]
+    fn every_field_decodes_from_the_descriptors() {
+        let ev = ActionRecorded {
+            meta: Some(new_meta("a-2", "gateway", Utc::now())),
+            action_id: "a-2".into(),
+            action_data_json: r#"{"resumeId":"r-1"}"#.into(),
+            client_ip: "127.0.0.1".into(),
+            ..Default::default()
+        };
+        let v = decode(EventKind::ActionRecorded, &ev.encode_to_vec()).unwrap();
+        assert_eq!(v["actionData"]["resumeId"], "r-1", "JSON text shown parsed");
+        assert_eq!(v["extra"], Value::Null, "empty JSON text is null");
+        assert_eq!(v["clientIp"], "127.0.0.1");
+        assert!(v["meta"]["occurredAt"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            enum_word("SubscriptionStatus", "SUBSCRIPTION_STATUS_BAN"),
+            "ban"
+        );
+        assert_eq!(
+            enum_word("LeadOutcomeKind", "LEAD_OUTCOME_KIND_NONE"),
+            "none"
+        );
     }
 
     #[test]
