@@ -11,7 +11,9 @@
 //! - [`status`]: stream, consumers' lag, dead letters, services' health;
 //! - [`users`]: staff accounts; [`leads`]: the leads service's queries;
 //! - [`bench`]: the benchmarks, against the raw infrastructure in the same run;
-//! - [`conn`]: connecting to NATS and Postgres with errors that name what is unreachable.
+//! - [`conn`]: connecting to NATS and Postgres with errors that name what is unreachable;
+//! - [`testing`]: the system-test harness (a whole stack per test), for andectl's and the
+//!   services' tests.
 
 pub mod bench;
 pub mod conn;
@@ -24,4 +26,5 @@ pub mod leads;
 pub mod replay;
 pub mod stack;
 pub mod status;
+pub mod testing;
 pub mod users;

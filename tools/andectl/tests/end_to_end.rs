@@ -1,7 +1,7 @@
 //! One customer action through the whole system, over HTTP, against real NATS and Postgres:
 //! subscribe → action → lead in Postgres → outcome → subscribe message at the WeChat simulator.
 
-mod common;
+use andectl::testing as common;
 
 use serde_json::{json, Value};
 use sqlx::Row;

@@ -1,6 +1,6 @@
 //! `andectl leads`: the leads service's queries from the command line.
 
-mod common;
+use andectl::testing as common;
 
 use std::time::Duration;
 

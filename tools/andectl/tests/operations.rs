@@ -2,7 +2,7 @@
 //! twice, dead letters are listed, shown and processed once the cause is fixed, events are read
 //! back decoded; and the binary itself: `up` until SIGTERM, `status`, `user add/passwd`, exit codes.
 
-mod common;
+use andectl::testing as common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! handling that action (its consume span is a child of the gateway's span).
 //! In its own test binary because it installs the global tracing subscriber.
 
-mod common;
+use andectl::testing as common;
 
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
-//! Helpers shared by the system tests: a whole stack per test, on its own database and subject
-//! prefix, against the machine's real NATS and Postgres, with WeChat simulated.
-#![allow(dead_code)]
+//! The system-test harness, shared by andectl's tests and the gateway's
+//! (`services/gateway/tests/`): a whole stack per test, on its own database and subject prefix,
+//! against the machine's real NATS and Postgres, with WeChat simulated.
 
 use std::time::Duration;
 
-use andectl::stack::{Stack, StackOptions};
+use crate::stack::{Stack, StackOptions};
 use serde_json::{json, Value};
 
 pub struct TestStack {

@@ -6,7 +6,7 @@
 //! Each test starts its own stack (own database and subject prefix) with `common::start`; the
 //! NATS-outage tests build a lone gateway whose NATS is a closed port or a proxy they control.
 
-mod common;
+use andectl::testing as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
