@@ -84,23 +84,25 @@ pub async fn set_staff_password(
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let inserted: bool = sqlx::query_scalar(
-        "INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
+    let inserted = sqlx::query_scalar!(
+        r#"INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
          ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now()
-         RETURNING (xmax = 0)",
+         RETURNING (xmax = 0) AS "inserted!""#,
+        username,
+        hash,
     )
-    .bind(username)
-    .bind(hash)
     .fetch_one(pool)
     .await?;
     Ok(inserted)
 }
 
 pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staff_users WHERE username = $1)")
-        .bind(username)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM staff_users WHERE username = $1) AS "exists!""#,
+        username
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Check a login. A missing user costs the same hashing time as a wrong password, so timing does
@@ -110,11 +112,12 @@ pub async fn check_login(
     username: &str,
     password: SecretString,
 ) -> Result<bool, sqlx::Error> {
-    let hash: Option<String> =
-        sqlx::query_scalar("SELECT password_hash FROM staff_users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(pool)
-            .await?;
+    let hash = sqlx::query_scalar!(
+        "SELECT password_hash FROM staff_users WHERE username = $1",
+        username
+    )
+    .fetch_optional(pool)
+    .await?;
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$8mVbG6Kq7rDQ8bY0sRDo3N1bqu6P8xw2b7yH0yV0qWc";
     let found = hash.is_some();
     let hash = hash.unwrap_or_else(|| DUMMY.to_string());

@@ -55,32 +55,34 @@ pub async fn claim(
     key: &str,
     fingerprint: &str,
 ) -> Result<Claimed, ApiError> {
-    let fresh: Option<(Uuid, Uuid)> = sqlx::query_as(
+    let fresh = sqlx::query!(
         "INSERT INTO idempotency_keys (scope, key, request_hash, action_id, event_id) VALUES ($1,$2,$3,$4,$5)
          ON CONFLICT (scope, key) DO NOTHING RETURNING action_id, event_id",
+        scope,
+        key,
+        fingerprint,
+        Uuid::now_v7(),
+        Uuid::now_v7(),
     )
-    .bind(scope)
-    .bind(key)
-    .bind(fingerprint)
-    .bind(Uuid::now_v7())
-    .bind(Uuid::now_v7())
     .fetch_optional(&state.pool)
     .await
     .map_err(ApiError::db)?;
-    if let Some((action_id, event_id)) = fresh {
+    if let Some(r) = fresh {
         return Ok(Claimed {
-            action_id,
-            event_id,
+            action_id: r.action_id,
+            event_id: r.event_id,
             replayed: false,
         });
     }
-    let (action_id, event_id, stored): (Uuid, Uuid, String) =
-        sqlx::query_as("SELECT action_id, event_id, request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(ApiError::db)?;
+    let first = sqlx::query!(
+        "SELECT action_id, event_id, request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        scope,
+        key,
+    )
+    .fetch_one(&state.pool)
+    .await
+    .map_err(ApiError::db)?;
+    let (action_id, event_id, stored) = (first.action_id, first.event_id, first.request_hash);
     if stored != fingerprint {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

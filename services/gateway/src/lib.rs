@@ -147,10 +147,10 @@ impl Gateway {
 /// table does not grow forever. Every gateway process does it; the delete is idempotent.
 async fn purge_idempotency_keys(pool: sqlx::PgPool, shutdown: CancellationToken) {
     loop {
-        let purged = sqlx::query(
+        let purged = sqlx::query!(
             "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+            IDEMPOTENCY_KEY_TTL_DAYS
         )
-        .bind(IDEMPOTENCY_KEY_TTL_DAYS)
         .execute(&pool)
         .await;
         match purged {

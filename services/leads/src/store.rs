@@ -1,9 +1,11 @@
 //! Everything the leads service reads and writes in its schema. Small functions over a
 //! connection or transaction, so the consumer decides where transactions begin and end.
 
+use ande_contracts::ClientJson;
 use ande_events::{from_timestamp, ActionRecorded};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::types::Json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::config::LeadsConfig;
@@ -35,20 +37,21 @@ fn json_or_raw(text: &str) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::json!({ "_raw": text.replace('\0', "") }))
 }
 
-const OUTCOME_SELECT: &str = "SELECT a.action_id, a.advisor_id, a.customer_id, a.action_type, a.outcome_kind, a.no_lead_reason,
-        a.lead_id, l.customer_code, a.is_new_customer, COALESCE(l.name, a.customer_name) AS customer_name,
-        COALESCE(l.phone, a.phone_normalized) AS phone, a.occurred_at, a.stored_at, a.outcome_event_id,
-        a.outcome_published_at IS NOT NULL AS published
-     FROM actions a LEFT JOIN leads l ON l.id = a.lead_id";
-
 pub async fn load_outcome(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<Option<StoredOutcome>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{OUTCOME_SELECT} WHERE a.action_id = $1"
-    )))
-    .bind(action_id)
+    // The same columns as in `record_batch` (the macro needs the whole query as one literal).
+    sqlx::query_as!(
+        StoredOutcome,
+        r#"SELECT a.action_id, a.advisor_id, a.customer_id, a.action_type AS "action_type: ActionType",
+            a.outcome_kind AS "kind: OutcomeKind", a.no_lead_reason, a.lead_id, l.customer_code AS "customer_code?",
+            a.is_new_customer, COALESCE(l.name, a.customer_name) AS "customer_name?",
+            COALESCE(l.phone, a.phone_normalized) AS "phone?", a.occurred_at, a.stored_at, a.outcome_event_id,
+            a.outcome_published_at IS NOT NULL AS "published!"
+         FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = $1"#,
+        action_id
+    )
     .fetch_optional(conn)
     .await
 }
@@ -57,20 +60,23 @@ pub async fn mark_published(
     conn: &mut PgConnection,
     action_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE actions SET outcome_published_at = now() WHERE action_id = ANY($1) AND outcome_published_at IS NULL")
-        .bind(action_ids)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE actions SET outcome_published_at = now() WHERE action_id = ANY($1) AND outcome_published_at IS NULL",
+        action_ids
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, created_at";
-
 pub async fn lead_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"
-    )))
-    .bind(id)
+    sqlx::query_as!(
+        Lead,
+        "SELECT id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark,
+                touch_count, last_touch_at, created_at
+         FROM leads WHERE id = $1",
+        id
+    )
     .fetch_optional(conn)
     .await
 }
@@ -79,10 +85,13 @@ pub async fn lead_by_phone(
     conn: &mut PgConnection,
     phone: &str,
 ) -> Result<Option<Lead>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LEAD_COLUMNS} FROM leads WHERE phone = $1"
-    )))
-    .bind(phone)
+    sqlx::query_as!(
+        Lead,
+        "SELECT id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark,
+                touch_count, last_touch_at, created_at
+         FROM leads WHERE phone = $1",
+        phone
+    )
     .fetch_optional(conn)
     .await
 }
@@ -96,17 +105,20 @@ pub async fn list_leads(
     until: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<Lead>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LEAD_COLUMNS} FROM leads
+    sqlx::query_as!(
+        Lead,
+        "SELECT id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark,
+                touch_count, last_touch_at, created_at
+         FROM leads
          WHERE ($1::text IS NULL OR owner_advisor_id = $1)
            AND ($2::timestamptz IS NULL OR created_at >= $2)
            AND ($3::timestamptz IS NULL OR created_at < $3)
-         ORDER BY created_at DESC, id DESC LIMIT $4"
-    )))
-    .bind(advisor_id)
-    .bind(since)
-    .bind(until)
-    .bind(limit)
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+        advisor_id,
+        since,
+        until,
+        limit
+    )
     .fetch_all(conn)
     .await
 }
@@ -116,14 +128,33 @@ pub async fn action_detail(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<Option<StoredAction>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
+    let row = sqlx::query!(
+        r#"SELECT action_id, event_id, stream_seq, customer_id, advisor_id, action_type AS "action_type: ActionType",
+                action_data AS "action_data: Json<ClientJson>", extra AS "extra: Json<ClientJson>",
                 customer_name, customer_phone, openid, client_ip, user_agent, occurred_at, stored_at, outcome_published_at
-         FROM actions WHERE action_id = $1",
+         FROM actions WHERE action_id = $1"#,
+        action_id
     )
-    .bind(action_id)
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(|r| StoredAction {
+        action_id: r.action_id,
+        event_id: r.event_id,
+        stream_seq: r.stream_seq,
+        customer_id: r.customer_id,
+        advisor_id: r.advisor_id,
+        action_type: r.action_type,
+        action_data: r.action_data.0,
+        extra: r.extra.0,
+        customer_name: r.customer_name,
+        customer_phone: r.customer_phone,
+        openid: r.openid,
+        client_ip: r.client_ip,
+        user_agent: r.user_agent,
+        occurred_at: r.occurred_at,
+        stored_at: r.stored_at,
+        outcome_published_at: r.outcome_published_at,
+    }))
 }
 
 /// An action checked and ready to store.
@@ -211,10 +242,19 @@ pub async fn record_batch(
         upsert_leads(conn, groups, config).await?;
     }
     let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
-    let rows: Vec<StoredOutcome> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{OUTCOME_SELECT} WHERE a.action_id = ANY($1)"
-    )))
-    .bind(&all)
+    // The same columns as in `load_outcome`.
+    let rows = sqlx::query_as!(
+        StoredOutcome,
+        // Postgres' plan for `= ANY` hides the columns' NOT NULL from sqlx: stated with `!`.
+        r#"SELECT a.action_id AS "action_id!", a.advisor_id AS "advisor_id!", a.customer_id AS "customer_id!",
+            a.action_type AS "action_type!: ActionType", a.outcome_kind AS "kind!: OutcomeKind", a.no_lead_reason,
+            a.lead_id, l.customer_code AS "customer_code?", a.is_new_customer AS "is_new_customer!",
+            COALESCE(l.name, a.customer_name) AS "customer_name?", COALESCE(l.phone, a.phone_normalized) AS "phone?",
+            a.occurred_at AS "occurred_at!", a.stored_at AS "stored_at!", a.outcome_event_id AS "outcome_event_id!",
+            a.outcome_published_at IS NOT NULL AS "published!"
+         FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = ANY($1)"#,
+        &all
+    )
     .fetch_all(&mut *conn)
     .await?;
     let outcomes: std::collections::HashMap<Uuid, StoredOutcome> =
@@ -243,7 +283,8 @@ async fn insert_actions(
             unique.iter().map($f).collect::<Vec<_>>()
         };
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
+    // Arrays with NULL elements are passed `as _` (the macro cannot type-check `Vec<Option<T>>`).
+    let inserted = sqlx::query_scalar!(
         "INSERT INTO actions (action_id, event_id, stream_seq, customer_id, advisor_id, action_type, action_data, extra,
              customer_name, customer_phone, phone_normalized, openid, client_ip, user_agent, occurred_at,
              outcome_kind, is_new_customer, outcome_event_id, no_lead_reason)
@@ -254,24 +295,24 @@ async fn insert_actions(
               WITH ORDINALITY AS u(action_id, event_id, seq, customer_id, advisor_id, action_type, data, extra, name, raw_phone, phone, openid, ip, ua, at, n)
          JOIN UNNEST($16::uuid[], $17::text[]) WITH ORDINALITY AS u2(oe, reason, n) USING (n)
          ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
+        &col!(|p| p.action_id),
+        &col!(|p| p.event_id),
+        &col!(|p| p.seq),
+        &col!(|p| p.customer_id.clone()),
+        &col!(|p| p.advisor_id.clone()),
+        &col!(|p| p.action_type.clone()),
+        &col!(|p| p.data.clone()),
+        &col!(|p| p.extra.clone()),
+        col!(|p| p.name.clone()) as _,
+        col!(|p| p.raw_phone.clone()) as _,
+        col!(|p| p.phone.as_ref().ok().cloned()) as _,
+        col!(|p| p.openid.clone()) as _,
+        col!(|p| p.ip.clone()) as _,
+        col!(|p| p.ua.clone()) as _,
+        &col!(|p| p.occurred_at),
+        &col!(|_| Uuid::now_v7()),
+        col!(|p| p.phone.as_ref().err().map(|r| r.as_str().to_string())) as _,
     )
-    .bind(col!(|p| p.action_id))
-    .bind(col!(|p| p.event_id))
-    .bind(col!(|p| p.seq))
-    .bind(col!(|p| p.customer_id.clone()))
-    .bind(col!(|p| p.advisor_id.clone()))
-    .bind(col!(|p| p.action_type.clone()))
-    .bind(col!(|p| p.data.clone()))
-    .bind(col!(|p| p.extra.clone()))
-    .bind(col!(|p| p.name.clone()))
-    .bind(col!(|p| p.raw_phone.clone()))
-    .bind(col!(|p| p.phone.as_ref().ok().cloned()))
-    .bind(col!(|p| p.openid.clone()))
-    .bind(col!(|p| p.ip.clone()))
-    .bind(col!(|p| p.ua.clone()))
-    .bind(col!(|p| p.occurred_at))
-    .bind(col!(|_| Uuid::now_v7()))
-    .bind(col!(|p| p.phone.as_ref().err().map(|r| r.as_str().to_string())))
     .fetch_all(&mut *conn)
     .await?;
     Ok(inserted.into_iter().collect())
@@ -327,8 +368,8 @@ async fn upsert_leads(
 ) -> Result<(), sqlx::Error> {
     // Sorted by phone so that concurrent batches lock lead rows in the same order.
     groups.sort_by(|a, b| a.0.cmp(&b.0));
-    let rows = sqlx::query(
-            "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
+    let rows = sqlx::query!(
+        "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
          SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
                 u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
@@ -340,28 +381,26 @@ async fn upsert_leads(
              touch_count = leads.touch_count + EXCLUDED.touch_count,
              last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
              updated_at = now()
-         RETURNING phone, id, (xmax = 0) AS inserted",
+         RETURNING phone, id, (xmax = 0) AS \"inserted!\"",
+        &groups.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
+        &groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>(),
+        groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>() as _,
+        groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>() as _,
+        &groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>(),
+        &groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>(),
+        &groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>(),
+        &groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>(),
+        &config.source,
+        &config.default_status,
+        &config.default_level,
     )
-    .bind(groups.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>())
-    .bind(groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>())
-    .bind(&config.source)
-    .bind(&config.default_status)
-    .bind(&config.default_level)
     .fetch_all(&mut *conn)
     .await?;
     let (mut ids, mut kinds, mut leads, mut fresh) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
-        let phone: String = r.get("phone");
-        let lead_id: Uuid = r.get("id");
-        let created: bool = r.get("inserted");
-        let Some((_, g)) = groups.iter().find(|(ph, _)| *ph == phone) else {
+        let (phone, lead_id, created) = (&r.phone, r.id, r.inserted);
+        let Some((_, g)) = groups.iter().find(|(ph, _)| ph == phone) else {
             continue;
         };
         for (k, a) in g.actions.iter().enumerate() {
@@ -376,14 +415,14 @@ async fn upsert_leads(
             fresh.push(is_new);
         }
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE actions a SET outcome_kind = u.kind, lead_id = u.lead, is_new_customer = u.fresh
          FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[]) AS u(id, kind, lead, fresh) WHERE a.action_id = u.id",
+        &ids,
+        &kinds as _,
+        &leads,
+        &fresh,
     )
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&leads)
-    .bind(&fresh)
     .execute(&mut *conn)
     .await?;
     Ok(())
