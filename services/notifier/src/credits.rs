@@ -18,13 +18,13 @@ pub struct Account<'a> {
 
 /// Reserve one credit for a send (the claim; the caller holds the row lock and saw a credit).
 pub async fn reserve(conn: &mut PgConnection, a: Account<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE subscriptions SET credits = credits - 1, updated_at = now()
          WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND credits > 0 AND NOT long_term",
+        a.advisor_id,
+        a.openid,
+        a.template_id
     )
-    .bind(a.advisor_id)
-    .bind(a.openid)
-    .bind(a.template_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -38,14 +38,14 @@ pub async fn adjust(
     a: Account<'_>,
     delta: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE subscriptions SET credits = GREATEST(credits + $4, 0), updated_at = now()
          WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND NOT long_term",
+        a.advisor_id,
+        a.openid,
+        a.template_id,
+        delta
     )
-    .bind(a.advisor_id)
-    .bind(a.openid)
-    .bind(a.template_id)
-    .bind(delta)
     .execute(conn)
     .await?;
     Ok(())
@@ -59,14 +59,14 @@ pub async fn no_credit_at_wechat(
     a: Account<'_>,
     accepts_at_claim: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE subscriptions SET credits = LEAST(credits, GREATEST(accepts - $4, 0)), updated_at = now()
          WHERE advisor_id = $1 AND openid = $2 AND template_id = $3",
+        a.advisor_id,
+        a.openid,
+        a.template_id,
+        accepts_at_claim
     )
-    .bind(a.advisor_id)
-    .bind(a.openid)
-    .bind(a.template_id)
-    .bind(accepts_at_claim)
     .execute(conn)
     .await?;
     Ok(())
@@ -80,15 +80,15 @@ pub async fn spend_direct(
     openid: &str,
     template_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE subscriptions SET credits = credits - 1, updated_at = now()
          WHERE (advisor_id, openid, template_id) = (
              SELECT advisor_id, openid, template_id FROM subscriptions
              WHERE openid = $1 AND template_id = $2 AND credits > 0 AND NOT long_term
              ORDER BY updated_at DESC, advisor_id LIMIT 1 FOR UPDATE)",
+        openid,
+        template_id
     )
-    .bind(openid)
-    .bind(template_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -101,11 +101,11 @@ pub async fn zero_direct(
     openid: &str,
     template_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE subscriptions SET credits = 0, updated_at = now() WHERE openid = $1 AND template_id = $2",
+        openid,
+        template_id
     )
-    .bind(openid)
-    .bind(template_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -122,7 +122,7 @@ pub async fn decide(
 ) -> Result<(), sqlx::Error> {
     let accept = status == SubscriptionStatus::Accept;
     let ban = status == SubscriptionStatus::Ban;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO subscriptions (advisor_id, openid, template_id, credits, long_term, last_status, accepts, rejects)
          VALUES ($1,$2,$3, CASE WHEN $4 THEN 1 ELSE 0 END, $5, $6, CASE WHEN $4 THEN 1 ELSE 0 END, CASE WHEN $4 THEN 0 ELSE 1 END)
          ON CONFLICT (advisor_id, openid, template_id) DO UPDATE SET
@@ -132,14 +132,14 @@ pub async fn decide(
             accepts = subscriptions.accepts + CASE WHEN $4 THEN 1 ELSE 0 END,
             rejects = subscriptions.rejects + CASE WHEN $4 THEN 0 ELSE 1 END,
             updated_at = now()",
+        a.advisor_id,
+        a.openid,
+        a.template_id,
+        accept,
+        long_term,
+        status.as_str(),
+        ban
     )
-    .bind(a.advisor_id)
-    .bind(a.openid)
-    .bind(a.template_id)
-    .bind(accept)
-    .bind(long_term)
-    .bind(status)
-    .bind(ban)
     .execute(conn)
     .await?;
     Ok(())

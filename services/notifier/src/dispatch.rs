@@ -319,7 +319,7 @@ impl Dispatcher {
     ) -> Result<(), sqlx::Error> {
         let n: usize = waiting.iter().map(|w| w.summary.actions()).sum();
         let digest_id = Uuid::now_v7();
-        let latest = waiting.iter().rev().find_map(|w| match &w.summary {
+        let latest = waiting.iter().rev().find_map(|w| match &w.summary.0 {
             Summary::Action(a) if w.kind == NotificationKind::Action => Some(a),
             _ => None,
         });

@@ -145,8 +145,8 @@ async fn book_direct_send(
 pub async fn resume(pool: &PgPool) -> Result<Resumed, Failure> {
     let mut tx = pool.begin().await?;
     store::pause_until(&mut tx, None, "resumed by operator").await?;
-    let requeued = sqlx::query(
-        "UPDATE notifications SET next_attempt_at = now() WHERE state = 'queued' AND next_attempt_at > now()",
+    let requeued = sqlx::query!(
+        "UPDATE notifications SET next_attempt_at = now() WHERE state = 'queued' AND next_attempt_at > now()"
     )
     .execute(&mut *tx)
     .await?

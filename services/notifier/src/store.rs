@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::types::Json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::credits;
@@ -50,18 +51,18 @@ impl<'a> LogEntry<'a> {
 
     /// Append it to the log.
     pub async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, errcode, errmsg, msgid, detail)
+        sqlx::query!(
+        "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, errcode, errmsg, msgid, detail)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-        )
-        .bind(self.notification_id)
-        .bind(self.action_id)
-        .bind(self.advisor_id)
-        .bind(self.event)
-        .bind(self.errcode)
-        .bind(self.errmsg)
-        .bind(self.msgid)
-        .bind(self.detail)
+        self.notification_id,
+        self.action_id,
+        self.advisor_id,
+        self.event,
+        self.errcode,
+        self.errmsg,
+        self.msgid,
+        self.detail
+    )
         .execute(conn)
         .await?;
         Ok(())
@@ -86,22 +87,22 @@ pub async fn enqueue(
     conn: &mut PgConnection,
     n: &NewNotification<'_>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary)
          VALUES ($1,$2,$3,$4,'queued',$5,$6,$7,$8)
          ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
+        n.id,
+        n.action_id,
+        n.advisor_id,
+        n.kind.as_str(),
+        n.template_id,
+        sqlx::types::Json(n.data) as _,
+        n.page,
+        sqlx::types::Json(&n.summary) as _
     )
-    .bind(n.id)
-    .bind(n.action_id)
-    .bind(n.advisor_id)
-    .bind(n.kind)
-    .bind(n.template_id)
-    .bind(sqlx::types::Json(n.data))
-    .bind(n.page)
-    .bind(sqlx::types::Json(&n.summary))
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.map(|r| r.get("id")))
+    Ok(row.map(|r| r.id))
 }
 
 /// A user's decision on a template for an advisor, from a subscription-changed event.
@@ -121,17 +122,17 @@ pub async fn apply_subscription(
     d: &Decision<'_>,
 ) -> Result<bool, sqlx::Error> {
     let a = d.account;
-    let fresh = sqlx::query(
+    let fresh = sqlx::query!(
         "INSERT INTO subscription_events (event_id, advisor_id, openid, template_id, status, source, occurred_at)
          VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        d.event_id,
+        a.advisor_id,
+        a.openid,
+        a.template_id,
+        d.status.as_str(),
+        d.source,
+        d.occurred_at
     )
-    .bind(d.event_id)
-    .bind(a.advisor_id)
-    .bind(a.openid)
-    .bind(a.template_id)
-    .bind(d.status)
-    .bind(d.source)
-    .bind(d.occurred_at)
     .fetch_optional(&mut *conn)
     .await?
     .is_some();
@@ -185,7 +186,7 @@ struct Due {
     action_id: Uuid,
     advisor_id: String,
     template_id: String,
-    data: sqlx::types::Json<BTreeMap<String, String>>,
+    data: Json<BTreeMap<String, String>>,
     page: Option<String>,
 }
 
@@ -193,38 +194,32 @@ struct Due {
 pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let paused: Option<bool> =
-        sqlx::query_scalar("SELECT paused_until > now() FROM control WHERE key = 'sending'")
+        sqlx::query_scalar!("SELECT paused_until > now() FROM control WHERE key = 'sending'")
             .fetch_optional(&mut *tx)
             .await?
             .flatten();
     if paused == Some(true) {
         return Ok(Claim::Paused);
     }
-    let Some(row) = sqlx::query(
-        "SELECT id, action_id, advisor_id, template_id, data, page FROM notifications
+    let Some(due) = sqlx::query_as!(
+        Due,
+        r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page
+         FROM notifications
          WHERE state = 'queued' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"#
     )
     .fetch_optional(&mut *tx)
     .await?
     else {
         return Ok(Claim::Nothing);
     };
-    let due = Due {
-        id: row.get("id"),
-        action_id: row.get("action_id"),
-        advisor_id: row.get("advisor_id"),
-        template_id: row.get("template_id"),
-        data: row.get("data"),
-        page: row.get("page"),
-    };
-    let sub = sqlx::query(
+    let sub = sqlx::query!(
         "SELECT openid, long_term, accepts FROM subscriptions
          WHERE advisor_id = $1 AND template_id = $2 AND (credits > 0 OR long_term) AND last_status <> 'ban'
          ORDER BY long_term DESC, updated_at DESC, openid LIMIT 1 FOR UPDATE",
+        &due.advisor_id,
+        &due.template_id
     )
-    .bind(&due.advisor_id)
-    .bind(&due.template_id)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(sub) = sub else {
@@ -239,20 +234,20 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
         template_id: due.template_id,
         data: due.data.0,
         page: due.page,
-        openid: sub.get("openid"),
-        long_term: sub.get("long_term"),
+        openid: sub.openid,
+        long_term: sub.long_term,
         attempts: 0,
-        accepts_at_claim: sub.get("accepts"),
+        accepts_at_claim: sub.accepts,
     };
     if !claimed.long_term {
         credits::reserve(&mut tx, claimed.account()).await?;
     }
-    let attempts: i32 = sqlx::query_scalar(
+    let attempts: i32 = sqlx::query_scalar!(
         "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = clock_timestamp(), attempts = attempts + 1, updated_at = now()
          WHERE id = $1 RETURNING attempts",
+        claimed.id,
+        &claimed.openid
     )
-    .bind(claimed.id)
-    .bind(&claimed.openid)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -267,21 +262,23 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
 async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<(), sqlx::Error> {
     // Parking is serialised per advisor (the lock `take_waiting` also takes), or concurrent
     // workers would all see room below `max_waiting` and overshoot it.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(&due.advisor_id)
-        .execute(&mut *conn)
-        .await?;
-    let known: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE advisor_id = $1 AND template_id = $2)",
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &due.advisor_id
     )
-    .bind(&due.advisor_id)
-    .bind(&due.template_id)
+    .execute(&mut *conn)
+    .await?;
+    let known: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE advisor_id = $1 AND template_id = $2) AS "known!""#,
+        &due.advisor_id,
+        &due.template_id
+    )
     .fetch_one(&mut *conn)
     .await?;
-    let waiting: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'",
+    let waiting: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "waiting!" FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'"#,
+        &due.advisor_id
     )
-    .bind(&due.advisor_id)
     .fetch_one(&mut *conn)
     .await?;
     let (state, event) = if waiting >= max_waiting {
@@ -291,11 +288,13 @@ async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<()
     } else {
         (NotificationState::WaitingCredit, "no_subscription")
     };
-    sqlx::query("UPDATE notifications SET state = $2, updated_at = now() WHERE id = $1")
-        .bind(due.id)
-        .bind(state)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE notifications SET state = $2, updated_at = now() WHERE id = $1",
+        due.id,
+        state.as_str()
+    )
+    .execute(&mut *conn)
+    .await?;
     LogEntry::about(due.id, due.action_id, &due.advisor_id, event)
         .write(conn)
         .await
@@ -308,31 +307,31 @@ pub async fn ownership(
     id: Uuid,
     attempts: i32,
 ) -> Result<(bool, NotificationState), sqlx::Error> {
-    let (state, now): (NotificationState, i32) =
-        sqlx::query_as("SELECT state, attempts FROM notifications WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(conn)
-            .await?;
-    Ok((
-        state == NotificationState::Sending && now == attempts,
-        state,
-    ))
+    let row = sqlx::query!(
+        r#"SELECT state AS "state: NotificationState", attempts FROM notifications WHERE id = $1 FOR UPDATE"#,
+        id
+    )
+    .fetch_one(conn)
+    .await?;
+    let owned = row.state == NotificationState::Sending && row.attempts == attempts;
+    Ok((owned, row.state))
 }
 
 /// Keep the msgid of a delivery without changing the notification's state.
 pub async fn note_msgid(conn: &mut PgConnection, id: Uuid, msgid: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE notifications SET msgid = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(msgid)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE notifications SET msgid = $2, updated_at = now() WHERE id = $1",
+        id,
+        msgid
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The msgid WeChat gave a delivery of this notification, if any.
 pub async fn msgid(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT msgid FROM notifications WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar!("SELECT msgid FROM notifications WHERE id = $1", id)
         .fetch_one(conn)
         .await
 }
@@ -346,16 +345,16 @@ pub async fn set_state(
     errcode: Option<i64>,
     errmsg: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notifications SET state = $2, next_attempt_at = COALESCE($3, next_attempt_at), msgid = COALESCE($4, msgid),
             errcode = $5, errmsg = $6, updated_at = now() WHERE id = $1",
+        id,
+        state.as_str(),
+        next_attempt_at,
+        msgid,
+        errcode,
+        errmsg
     )
-    .bind(id)
-    .bind(state)
-    .bind(next_attempt_at)
-    .bind(msgid)
-    .bind(errcode)
-    .bind(errmsg)
     .execute(conn)
     .await?;
     Ok(())
@@ -366,12 +365,12 @@ pub async fn pause_until(
     until: Option<DateTime<Utc>>,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO control (key, paused_until, reason) VALUES ('sending', $1, $2)
          ON CONFLICT (key) DO UPDATE SET paused_until = $1, reason = $2, updated_at = now()",
+        until,
+        reason
     )
-    .bind(until)
-    .bind(reason)
     .execute(conn)
     .await?;
     Ok(())
@@ -389,36 +388,32 @@ pub async fn requeue_stale(
 ) -> Result<u64, sqlx::Error> {
     // One that was abandoned on each of its `max_attempts` attempts is failed rather than
     // re-queued: whatever it does to the worker sending it, it must not do it forever.
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "UPDATE notifications SET
             state = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,
             errmsg = CASE WHEN attempts >= $2 THEN 'abandoned by a crashed or hung worker on every attempt' ELSE errmsg END,
             next_attempt_at = now(), updated_at = now()
          WHERE state = 'sending' AND claimed_at < now() - make_interval(secs => $1)
-         RETURNING id, action_id, advisor_id, openid, template_id, state",
+         RETURNING id, action_id, advisor_id, openid, template_id, state AS \"state: NotificationState\"",
+        older_than.as_secs_f64(),
+        max_attempts
     )
-    .bind(older_than.as_secs_f64())
-    .bind(max_attempts)
     .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
-        let (id, action_id): (Uuid, Uuid) = (r.get("id"), r.get("action_id"));
-        let advisor_id: String = r.get("advisor_id");
-        let openid: Option<String> = r.get("openid");
-        let template_id: String = r.get("template_id");
         let account = credits::Account {
-            advisor_id: &advisor_id,
-            openid: openid.as_deref().unwrap_or_default(),
-            template_id: &template_id,
+            advisor_id: &r.advisor_id,
+            openid: r.openid.as_deref().unwrap_or_default(),
+            template_id: &r.template_id,
         };
         credits::adjust(conn, account, 1).await?;
-        let failed = r.get::<NotificationState, _>("state") == NotificationState::Failed;
+        let failed = r.state == NotificationState::Failed;
         let event = if failed {
             "failed_after_crashes"
         } else {
             "requeued_after_crash"
         };
-        LogEntry::about(id, action_id, &advisor_id, event)
+        LogEntry::about(r.id, r.action_id, &r.advisor_id, event)
             .detail("outcome of the last attempt unknown")
             .write(conn)
             .await?;
@@ -430,28 +425,26 @@ pub async fn requeue_stale(
 pub async fn advisors_to_release(
     conn: &mut PgConnection,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT DISTINCT n.advisor_id, n.template_id FROM notifications n
          JOIN subscriptions s ON s.advisor_id = n.advisor_id AND s.template_id = n.template_id
-         WHERE n.state = 'waiting_credit' AND (s.credits > 0 OR s.long_term) AND s.last_status <> 'ban'",
+         WHERE n.state = 'waiting_credit' AND (s.credits > 0 OR s.long_term) AND s.last_status <> 'ban'"
     )
     .fetch_all(conn)
     .await?;
     Ok(rows
-        .iter()
-        .map(|r| (r.get("advisor_id"), r.get("template_id")))
+        .into_iter()
+        .map(|r| (r.advisor_id, r.template_id))
         .collect())
 }
 
 /// A notification waiting for credit.
-#[derive(sqlx::FromRow)]
 pub struct Waiting {
     pub id: Uuid,
     pub action_id: Uuid,
     /// An action, or a digest that found no credit either.
     pub kind: NotificationKind,
-    #[sqlx(json)]
-    pub summary: Summary,
+    pub summary: Json<Summary>,
 }
 
 /// Mark the waiting notifications `ids` digested into `digest_id`, and move the members of any
@@ -461,18 +454,21 @@ pub async fn fold_into_digest(
     ids: &[Uuid],
     digest_id: Uuid,
 ) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    sqlx::query("UPDATE notifications SET state = 'digested', digest_id = $2, updated_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .bind(digest_id)
+    sqlx::query!(
+        "UPDATE notifications SET state = 'digested', digest_id = $2, updated_at = now() WHERE id = ANY($1)",
+        ids,
+        digest_id
+    )
         .execute(&mut *conn)
         .await?;
-    sqlx::query_as(
+    let moved = sqlx::query!(
         "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
+        ids,
+        digest_id
     )
-    .bind(ids)
-    .bind(digest_id)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(moved.into_iter().map(|r| (r.id, r.action_id)).collect())
 }
 
 /// The waiting notifications of an advisor, oldest first, locked (serialised per advisor).
@@ -481,40 +477,95 @@ pub async fn take_waiting(
     advisor_id: &str,
     template_id: &str,
 ) -> Result<Vec<Waiting>, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(advisor_id)
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext($1))", advisor_id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query_as(
-        "SELECT id, action_id, kind, summary FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
-         ORDER BY created_at, id FOR UPDATE",
+    sqlx::query_as!(
+        Waiting,
+        r#"SELECT id, action_id, kind AS "kind: NotificationKind", summary AS "summary: Json<Summary>"
+         FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
+         ORDER BY created_at, id FOR UPDATE"#,
+        advisor_id,
+        template_id
     )
-    .bind(advisor_id)
-    .bind(template_id)
     .fetch_all(conn)
     .await
 }
 
-const VIEW_COLUMNS: &str = "id, action_id, advisor_id, kind, state, template_id, openid, attempts, msgid, errcode, errmsg, digest_id, data, page, summary, created_at, updated_at";
+/// A notification row as read; its JSON columns become the contract's types in [`NotificationView`].
+struct ViewRow {
+    id: Uuid,
+    action_id: Uuid,
+    advisor_id: String,
+    kind: NotificationKind,
+    state: NotificationState,
+    template_id: String,
+    openid: Option<String>,
+    attempts: i32,
+    msgid: Option<String>,
+    errcode: Option<i64>,
+    errmsg: Option<String>,
+    digest_id: Option<Uuid>,
+    data: Json<BTreeMap<String, String>>,
+    page: Option<String>,
+    summary: Json<Summary>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<ViewRow> for NotificationView {
+    fn from(r: ViewRow) -> Self {
+        NotificationView {
+            id: r.id,
+            action_id: r.action_id,
+            advisor_id: r.advisor_id,
+            kind: r.kind,
+            state: r.state,
+            template_id: r.template_id,
+            openid: r.openid,
+            attempts: r.attempts,
+            msgid: r.msgid,
+            errcode: r.errcode,
+            errmsg: r.errmsg,
+            digest_id: r.digest_id,
+            data: r.data.0,
+            page: r.page,
+            summary: r.summary.0,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+// The three queries below select the same columns (each macro needs its query as one literal).
 
 /// Notifications of an action, with the digest that carried them if any, and the log.
 pub async fn journey(
     conn: &mut PgConnection,
     action_id: Uuid,
 ) -> Result<(Vec<NotificationView>, Vec<DeliveryView>), sqlx::Error> {
-    let notes: Vec<NotificationView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {VIEW_COLUMNS} FROM notifications WHERE action_id = $1
-         OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL) ORDER BY created_at, id"
-    )))
-    .bind(action_id)
+    let notes = sqlx::query_as!(
+        ViewRow,
+        r#"SELECT id, action_id, advisor_id, kind AS "kind: NotificationKind", state AS "state: NotificationState",
+                template_id, openid, attempts, msgid, errcode, errmsg, digest_id,
+                data AS "data: Json<BTreeMap<String, String>>", page, summary AS "summary: Json<Summary>",
+                created_at, updated_at
+         FROM notifications WHERE action_id = $1
+            OR id IN (SELECT digest_id FROM notifications WHERE action_id = $1 AND digest_id IS NOT NULL)
+         ORDER BY created_at, id"#,
+        action_id
+    )
     .fetch_all(&mut *conn)
     .await?;
+    let notes: Vec<NotificationView> = notes.into_iter().map(Into::into).collect();
     let ids: Vec<Uuid> = notes.iter().map(|n| n.id).collect();
-    let log = sqlx::query_as(
-        "SELECT event, errcode, errmsg, msgid, detail, at FROM deliveries WHERE action_id = $1 OR notification_id = ANY($2) ORDER BY id",
+    let log = sqlx::query_as!(
+        DeliveryView,
+        "SELECT event, errcode, errmsg, msgid, detail, at FROM deliveries
+         WHERE action_id = $1 OR notification_id = ANY($2) ORDER BY id",
+        action_id,
+        &ids
     )
-    .bind(action_id)
-    .bind(&ids)
     .fetch_all(conn)
     .await?;
     Ok((notes, log))
@@ -525,12 +576,18 @@ pub async fn digest_row(
     conn: &mut PgConnection,
     digest_id: Uuid,
 ) -> Result<Option<NotificationView>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {VIEW_COLUMNS} FROM notifications WHERE id = $1 AND kind = 'digest'"
-    )))
-    .bind(digest_id)
+    let row = sqlx::query_as!(
+        ViewRow,
+        r#"SELECT id, action_id, advisor_id, kind AS "kind: NotificationKind", state AS "state: NotificationState",
+                template_id, openid, attempts, msgid, errcode, errmsg, digest_id,
+                data AS "data: Json<BTreeMap<String, String>>", page, summary AS "summary: Json<Summary>",
+                created_at, updated_at
+         FROM notifications WHERE id = $1 AND kind = 'digest'"#,
+        digest_id
+    )
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(Into::into))
 }
 
 /// The customer actions a digest stands for (the page a digest opens lists them), including
@@ -539,8 +596,16 @@ pub async fn digest_members(
     conn: &mut PgConnection,
     digest_id: Uuid,
 ) -> Result<Vec<NotificationView>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at, id")))
-        .bind(digest_id)
-        .fetch_all(conn)
-        .await
+    let rows = sqlx::query_as!(
+        ViewRow,
+        r#"SELECT id, action_id, advisor_id, kind AS "kind: NotificationKind", state AS "state: NotificationState",
+                template_id, openid, attempts, msgid, errcode, errmsg, digest_id,
+                data AS "data: Json<BTreeMap<String, String>>", page, summary AS "summary: Json<Summary>",
+                created_at, updated_at
+         FROM notifications WHERE digest_id = $1 AND kind = 'action' ORDER BY created_at, id"#,
+        digest_id
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }

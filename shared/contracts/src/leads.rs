@@ -52,7 +52,7 @@ pub struct ListQuery {
 }
 
 /// A lead as the CRM sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lead {
     pub id: Uuid,
@@ -72,7 +72,7 @@ pub struct Lead {
 }
 
 /// A customer action as stored, with the connection facts the gateway recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredAction {
     pub action_id: Uuid,
@@ -81,9 +81,7 @@ pub struct StoredAction {
     pub customer_id: String,
     pub advisor_id: String,
     pub action_type: ActionType,
-    #[sqlx(json)]
     pub action_data: ClientJson,
-    #[sqlx(json)]
     pub extra: ClientJson,
     pub customer_name: Option<String>,
     pub customer_phone: Option<String>,
@@ -96,14 +94,13 @@ pub struct StoredAction {
 }
 
 /// What an action meant for the CRM, as stored with the action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredOutcome {
     pub action_id: Uuid,
     pub advisor_id: String,
     pub customer_id: String,
     pub action_type: ActionType,
-    #[sqlx(rename = "outcome_kind")]
     pub kind: OutcomeKind,
     pub no_lead_reason: Option<String>,
     pub lead_id: Option<Uuid>,

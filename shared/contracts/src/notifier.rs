@@ -76,7 +76,7 @@ pub struct ActionSummary {
 }
 
 /// A notification row as operators and the journey see it.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
     pub id: Uuid,
@@ -92,17 +92,15 @@ pub struct NotificationView {
     pub errmsg: Option<String>,
     pub digest_id: Option<Uuid>,
     /// The message's keyword values by keyword name.
-    #[sqlx(json)]
     pub data: BTreeMap<String, String>,
     pub page: Option<String>,
-    #[sqlx(json)]
     pub summary: Summary,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// One entry of the delivery log: a decision or an attempt.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     /// What happened (`queued`, `sent`, `retry`, `waiting_for_credit`, …).

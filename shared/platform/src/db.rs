@@ -44,6 +44,7 @@ pub async fn connect(
     // CREATE SCHEMA IF NOT EXISTS can race with another process doing the same; the loser's
     // duplicate error is harmless.
     let mut conn = base.clone().connect().await.map_err(DbError::Connect)?;
+    // Dynamic: the schema is the service's (a fixed name from its code, quoted), not input.
     if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
     )))

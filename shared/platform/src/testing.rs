@@ -27,6 +27,7 @@ pub async fn isolated_config() -> CommonConfig {
         .expect("Postgres must run for this test (see README)");
     drop_stale_databases(&mut conn).await;
     drop_stale_streams(&config.nats_url).await;
+    // Dynamic: a database per test, named `t_<uuid v7>` here, never from input.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await

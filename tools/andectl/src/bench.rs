@@ -224,6 +224,7 @@ async fn raw_commit_rate(
     n: usize,
 ) -> anyhow::Result<f64> {
     let pool = sqlx::PgPool::connect(common.database_url.expose_secret()).await?;
+    // Runtime-checked: the baseline's own scratch table, in no service's schema or migrations.
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (id uuid PRIMARY KEY, phone text, data jsonb, at timestamptz DEFAULT now())").execute(&pool).await?;
     let t = Instant::now();
     for i in 0..n {

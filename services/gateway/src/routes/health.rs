@@ -34,8 +34,11 @@ async fn checks(state: &AppState) -> (bool, Value) {
     } else {
         json!({ "status": "unknown" })
     };
-    let db = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
-        .await
+    let db = match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query!("SELECT 1 AS one").fetch_one(&state.pool),
+    )
+    .await
     {
         Ok(Ok(_)) => "ok",
         _ => "unavailable",
