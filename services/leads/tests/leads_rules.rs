@@ -66,30 +66,27 @@ impl Env {
     /// Block until the leads consumer has been delivered every message of the stream and holds
     /// some unacked (it is trying them); fail the test after 20 s.
     async fn wait_delivered_and_held(&self) {
-        let mut stream = self
-            .bus
-            .js
-            .get_stream(self.bus.subjects.stream())
-            .await
-            .unwrap();
-        let last = stream.info().await.unwrap().state.last_sequence;
-        for _ in 0..400 {
-            let mut c = stream
-                .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
-                .await
-                .unwrap();
-            let i = c.info().await.unwrap();
-            if i.delivered.stream_sequence >= last && i.num_ack_pending > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the leads consumer was not delivered up to {last} in 20 s");
+        self.wait_consumer("delivered everything and holding some", |i, last| {
+            i.delivered.stream_sequence >= last && i.num_ack_pending > 0
+        })
+        .await
     }
 
     /// Block until the leads consumer's ack floor reaches the stream's last sequence; fail the
     /// test after 20 s.
     async fn wait_all_acked(&self) {
+        self.wait_consumer("acked everything", |i, last| {
+            i.ack_floor.stream_sequence >= last
+        })
+        .await
+    }
+
+    /// Poll the leads consumer's info until `done(info, the stream's last sequence)`.
+    async fn wait_consumer(
+        &self,
+        what: &str,
+        done: impl Fn(&async_nats::jetstream::consumer::Info, u64) -> bool,
+    ) {
         let mut stream = self
             .bus
             .js
@@ -102,13 +99,12 @@ impl Env {
                 .get_consumer::<pull::Config>(ande_leads::consumer::DURABLE)
                 .await
                 .unwrap();
-            let i = c.info().await.unwrap();
-            if i.ack_floor.stream_sequence >= last {
+            if done(c.info().await.unwrap(), last) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the leads consumer did not ack up to stream sequence {last} in 20 s");
+        panic!("the leads consumer has not {what} (stream sequence {last}) after 20 s");
     }
 
     async fn stop(self) {
