@@ -5,7 +5,9 @@
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 
-use ande_contracts::vocab::{Lang, MiniprogramState, SubscriptionStatus, Vocabulary};
+use ande_contracts::vocab::{
+    Lang, MiniprogramState, NotificationState, SubscriptionStatus, Vocabulary,
+};
 
 use crate::routes::messages;
 use crate::{routes, validate, AppState};
@@ -22,6 +24,8 @@ pub struct Endpoint {
     /// "none", "session" (optional mini-program session), "staff", "staff-or-session".
     pub auth: &'static str,
     pub request: Option<fn() -> Value>,
+    /// The schema of the success envelope's `data` (or, for the document itself, of the body).
+    pub response: fn() -> Value,
 }
 
 pub const ENDPOINTS: &[Endpoint] = &[
@@ -32,6 +36,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Exchange a wx.login code for the openid and a session token",
         auth: "none",
         request: Some(openid_req),
+        response: openid_resp,
     },
     Endpoint {
         method: "post",
@@ -40,6 +45,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Exchange the phone button's code for the phone number",
         auth: "session",
         request: Some(openid_req),
+        response: phone_resp,
     },
     Endpoint {
         method: "post",
@@ -48,6 +54,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Record an advisor's subscribe-message decisions (each accept is one send credit)",
         auth: "session",
         request: Some(subscribe_req),
+        response: subscribe_resp,
     },
     Endpoint {
         method: "post",
@@ -57,6 +64,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "Record a customer action durably; answers after JetStream's ack with the action id",
         auth: "session",
         request: Some(action_req),
+        response: action_resp,
     },
     Endpoint {
         method: "get",
@@ -65,6 +73,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "The journey of an action: recorded, lead outcome, notification",
         auth: "staff-or-session",
         request: None,
+        response: journey_resp,
     },
     Endpoint {
         method: "get",
@@ -74,6 +83,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "The customer actions a digest message stood for (the advisor's session, or staff)",
         auth: "staff-or-session",
         request: None,
+        response: digest_resp,
     },
     Endpoint {
         method: "post",
@@ -82,6 +92,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Send a subscribe message now (staff only)",
         auth: "staff",
         request: Some(send_req),
+        response: send_resp,
     },
     Endpoint {
         method: "post",
@@ -90,6 +101,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Staff login",
         auth: "none",
         request: Some(login_req),
+        response: login_resp,
     },
     Endpoint {
         method: "get",
@@ -98,6 +110,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Liveness, with each dependency's state",
         auth: "none",
         request: None,
+        response: health_resp,
     },
     Endpoint {
         method: "get",
@@ -106,6 +119,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "Readiness: 503 until NATS, the stream and the database answer",
         auth: "none",
         request: None,
+        response: health_resp,
     },
     Endpoint {
         method: "get",
@@ -114,6 +128,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         summary: "This document",
         auth: "none",
         request: None,
+        response: document_resp,
     },
 ];
 
@@ -153,13 +168,107 @@ fn login_req() -> Value {
         "username": validate::USERNAME.schema(true), "password": { "type": "string", "minLength": 1, "maxLength": messages::MAX_PASSWORD } } })
 }
 
+fn obj(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+fn text() -> Value {
+    json!({ "type": "string" })
+}
+fn uuid() -> Value {
+    json!({ "type": "string", "format": "uuid" })
+}
+fn openid_resp() -> Value {
+    obj(
+        &["openid", "token", "expiresIn"],
+        json!({ "openid": text(), "token": text(), "expiresIn": { "type": "integer" }, "unionid": text() }),
+    )
+}
+fn phone_resp() -> Value {
+    obj(
+        &["phoneNumber", "purePhoneNumber", "countryCode"],
+        json!({ "phoneNumber": text(), "purePhoneNumber": text(), "countryCode": text(),
+                "token": { "type": "string", "description": "a renewed session token carrying the number (with a session)" } }),
+    )
+}
+fn subscribe_resp() -> Value {
+    let decision = obj(
+        &["templateId", "status", "eventId"],
+        json!({ "templateId": text(), "status": { "type": "string", "enum": SubscriptionStatus::names() }, "eventId": uuid() }),
+    );
+    obj(
+        &["advisorId", "openid", "recorded"],
+        json!({ "advisorId": text(), "openid": text(), "recorded": { "type": "array", "items": decision } }),
+    )
+}
+fn action_resp() -> Value {
+    obj(
+        &["actionId", "eventId", "sequence", "duplicate"],
+        json!({ "actionId": uuid(), "eventId": uuid(), "sequence": { "type": "integer" }, "duplicate": { "type": "boolean" } }),
+    )
+}
+fn journey_resp() -> Value {
+    let notification = obj(
+        &["status"],
+        json!({ "status": { "type": "string", "enum": ["sent", "pending_credit", "failed", "queued", "none", "unknown"] } }),
+    );
+    obj(
+        &["actionId", "recorded", "lead", "notification"],
+        json!({ "actionId": uuid(), "recorded": { "type": "object" }, "lead": { "type": "object" }, "notification": notification }),
+    )
+}
+fn digest_resp() -> Value {
+    obj(
+        &["digestId", "advisorId", "state", "count", "actions"],
+        json!({ "digestId": uuid(), "advisorId": text(), "state": { "type": "string", "enum": NotificationState::names() },
+                "msgid": { "type": "string", "nullable": true }, "count": { "type": "integer" },
+                "actions": { "type": "array", "items": { "type": "object" } } }),
+    )
+}
+fn send_resp() -> Value {
+    obj(
+        &["errcode", "errmsg", "msgid"],
+        json!({ "errcode": { "type": "integer" }, "errmsg": text(), "msgid": text() }),
+    )
+}
+fn login_resp() -> Value {
+    obj(
+        &["token", "username", "expiresIn"],
+        json!({ "token": text(), "username": text(), "expiresIn": { "type": "integer" } }),
+    )
+}
+fn health_resp() -> Value {
+    obj(
+        &["status", "service", "nats", "stream", "database"],
+        json!({ "status": { "type": "string", "enum": ["ok", "degraded"] }, "service": text(), "version": text(),
+                "nats": { "type": "string", "enum": ["connected", "disconnected"] }, "stream": { "type": "object" },
+                "database": { "type": "string", "enum": ["ok", "unavailable"] } }),
+    )
+}
+fn document_resp() -> Value {
+    obj(
+        &["openapi", "paths"],
+        json!({ "openapi": text(), "paths": { "type": "object" } }),
+    )
+}
+
+/// The success answer of `e`: the envelope around its `data`, or the document itself.
+fn success(e: &Endpoint) -> Value {
+    let data = (e.response)();
+    let schema = if e.path == "/api/openapi.json" {
+        data
+    } else {
+        json!({ "allOf": [{ "$ref": "#/components/schemas/Success" }, obj(&["data"], json!({ "data": data }))] })
+    };
+    json!({ "description": e.summary, "content": { "application/json": { "schema": schema } } })
+}
+
 pub fn build() -> Value {
     let mut paths = Map::new();
     for e in ENDPOINTS {
         let mut op = json!({
             "summary": e.summary,
             "responses": {
-                "200": { "description": "Success envelope", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Success" } } } },
+                "2XX": success(e),
                 "default": { "description": "Error envelope (400, 401, 403, 404, 409, 413, 429, 502, 503)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
             }
         });
