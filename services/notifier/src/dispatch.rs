@@ -168,9 +168,8 @@ impl Dispatcher {
             Err(e) => e,
         };
         // WeChat did not take this attempt: the credit it reserved goes back.
-        if !c.long_term {
-            credits::adjust(&mut tx, c.account(), 1).await?;
-        }
+        // (Long-term subscriptions reserve nothing: `adjust` leaves them alone.)
+        credits::adjust(&mut tx, c.account(), 1).await?;
         let (code, text) = (e.errcode(), e.to_string());
         let failed = |state, event| Outcome::new(state, event).errcode(code).errmsg(&text);
         let outcome = if store::msgid(&mut tx, c.id).await?.is_some() {
@@ -212,9 +211,7 @@ impl Dispatcher {
         match result {
             Ok(receipt) => {
                 // WeChat spent a credit: take back the one given back at re-queueing.
-                if !c.long_term {
-                    credits::adjust(tx, c.account(), -1).await?;
-                }
+                credits::adjust(tx, c.account(), -1).await?;
                 let delivered = Outcome::new(NotificationState::Sent, "sent")
                     .msgid(&receipt.msgid)
                     .errcode(Some(0));

@@ -239,9 +239,8 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
         attempts: 0,
         accepts_at_claim: sub.accepts,
     };
-    if !claimed.long_term {
-        credits::reserve(&mut tx, claimed.account()).await?;
-    }
+    // Long-term subscriptions reserve nothing: `reserve` leaves them alone.
+    credits::reserve(&mut tx, claimed.account()).await?;
     let attempts: i32 = sqlx::query_scalar!(
         "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = clock_timestamp(), attempts = attempts + 1, updated_at = now()
          WHERE id = $1 RETURNING attempts",

@@ -112,7 +112,8 @@ pub async fn call<M: Method>(
     req: &M::Request,
     timeout: Duration,
 ) -> Result<M::Reply, RpcError> {
-    let body = serde_json::to_vec(req).map_err(|e| RpcError::invalid(e.to_string()))?;
+    // A request type that cannot be encoded is our bug, not the caller's input.
+    let body = serde_json::to_vec(req).map_err(|e| RpcError::internal(e.to_string()))?;
     let subject = subjects.rpc(M::SERVICE, M::NAME);
     let answer = tokio::time::timeout(timeout, client.request(subject, body.into()))
         .await
