@@ -197,6 +197,27 @@ impl From<ande_wechat::WechatError> for ApiError {
                         "wechat_too_frequent",
                         "too many requests to WeChat; retry later",
                     ),
+                    // A send WeChat refused for what the request named: the caller's to fix.
+                    40003 => (
+                        StatusCode::NOT_FOUND,
+                        "wechat_unknown_user",
+                        "WeChat knows no such user in this app (touser)",
+                    ),
+                    40037 => (
+                        StatusCode::NOT_FOUND,
+                        "wechat_unknown_template",
+                        "WeChat knows no such template (template_id)",
+                    ),
+                    43101 => (
+                        StatusCode::CONFLICT,
+                        "wechat_no_subscription",
+                        "the user holds no subscription credit for this template",
+                    ),
+                    47003 | 41030 => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "wechat_invalid_argument",
+                        "WeChat refused a value of the message (data or page)",
+                    ),
                     -1 => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "wechat_busy",

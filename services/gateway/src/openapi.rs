@@ -9,6 +9,8 @@ use ande_contracts::vocab::{
     Lang, MiniprogramState, NotificationState, SubscriptionStatus, Vocabulary,
 };
 
+use ande_wechat::KeywordType;
+
 use crate::routes::messages;
 use crate::{routes, validate, AppState};
 use serde_json::{json, Map, Value};
@@ -138,7 +140,9 @@ fn s(max: u32) -> Value {
 }
 /// One of a vocabulary's words, or absent/null.
 fn word<V: Vocabulary>() -> Value {
-    json!({ "type": "string", "enum": V::names(), "nullable": true })
+    let mut words: Vec<Value> = V::names().into_iter().map(Value::from).collect();
+    words.push(Value::Null);
+    json!({ "type": ["string", "null"], "enum": words })
 }
 fn openid_req() -> Value {
     json!({ "type": "object", "required": ["code"], "properties": { "code": validate::CODE.schema(true) } })
@@ -152,15 +156,31 @@ fn subscribe_req() -> Value {
 fn action_req() -> Value {
     json!({ "type": "object", "required": ["customerId", "advisorId", "actionType"], "additionalProperties": true, "properties": {
         "customerId": validate::ID.schema(true), "advisorId": validate::ID.schema(true), "actionType": validate::ACTION_TYPE.schema(true),
-        "actionData": { "type": "object", "nullable": true, "description": "kept as sent; at most 16 KiB as JSON and 16 levels deep" },
+        "actionData": { "type": ["object", "null"], "description": "kept as sent; at most 16 KiB as JSON and 16 levels deep" },
         "customerName": validate::NAME.schema(false), "customerPhone": validate::PHONE.schema(false) } })
 }
+/// `data` of a subscribe message: keywords named by type (`thing1`, `time2`), each value held to
+/// its type's rule, the same patterns and limits `ande_wechat::keywords::validate` applies.
+fn keywords() -> Value {
+    let by_name: serde_json::Map<String, Value> = KeywordType::all()
+        .map(|kind| {
+            let mut value = json!({ "type": "string", "minLength": 1, "description": kind.rule(),
+                "allOf": kind.patterns().into_iter().map(|p| json!({ "pattern": p })).collect::<Vec<_>>() });
+            if let Some(max) = kind.max_chars() {
+                value["maxLength"] = max.into();
+            }
+            let keyword = json!({ "type": "object", "required": ["value"], "properties": { "value": value } });
+            (format!("^{}[0-9]*$", kind.stem()), keyword)
+        })
+        .collect();
+    json!({ "type": "object", "minProperties": 1, "maxProperties": messages::MAX_KEYWORDS,
+        "patternProperties": by_name, "additionalProperties": false,
+        "description": "keyword name → {value}; a value breaking its type's rule is refused with 400 naming data.<keyword>.value" })
+}
 fn send_req() -> Value {
-    let keyword = json!({ "type": "object", "required": ["value"], "properties": { "value": { "type": "string" } },
-        "description": "the value must fit its keyword type's limits (see docs/wechat.md); refused with 400 naming data.<keyword>.value otherwise" });
     json!({ "type": "object", "required": ["touser", "template_id", "data"], "properties": {
         "touser": validate::WECHAT_ID.schema(true), "template_id": validate::WECHAT_ID.schema(true), "page": validate::PAGE.schema(false),
-        "data": { "type": "object", "minProperties": 1, "maxProperties": messages::MAX_KEYWORDS, "additionalProperties": keyword },
+        "data": keywords(),
         "miniprogram_state": word::<MiniprogramState>(), "lang": word::<Lang>() } })
 }
 fn login_req() -> Value {
@@ -220,7 +240,7 @@ fn digest_resp() -> Value {
     obj(
         &["digestId", "advisorId", "state", "count", "actions"],
         json!({ "digestId": uuid(), "advisorId": text(), "state": { "type": "string", "enum": NotificationState::names() },
-                "msgid": { "type": "string", "nullable": true }, "count": { "type": "integer" },
+                "msgid": { "type": ["string", "null"] }, "count": { "type": "integer" },
                 "actions": { "type": "array", "items": { "type": "object" } } }),
     )
 }
@@ -294,7 +314,7 @@ pub fn build() -> Value {
         entry[e.method] = op;
     }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": { "title": "Ande gateway", "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
         "components": {

@@ -99,7 +99,7 @@ impl Text {
         }
     }
 
-    /// The JSON Schema (OpenAPI 3.0) of a value this rule accepts.
+    /// The JSON Schema (OpenAPI 3.1) of a value this rule accepts; an optional one may be null.
     pub fn schema(self, required: bool) -> Value {
         let mut text = serde_json::json!({
             "type": "string",
@@ -109,15 +109,17 @@ impl Text {
         if required {
             text["minLength"] = 1.into();
         }
-        let mut schema = if self.numbers {
-            serde_json::json!({ "anyOf": [text, { "type": "number" }] })
-        } else {
-            text
-        };
-        if !required {
-            schema["nullable"] = true.into();
+        let mut alternatives = vec![text];
+        if self.numbers {
+            alternatives.push(serde_json::json!({ "type": "number" }));
         }
-        schema
+        if !required {
+            alternatives.push(serde_json::json!({ "type": "null" }));
+        }
+        match <[Value; 1]>::try_from(alternatives) {
+            Ok([one]) => one,
+            Err(many) => serde_json::json!({ "anyOf": many }),
+        }
     }
 }
 

@@ -1044,9 +1044,9 @@ async fn message_send_answers_wechats_errcode_and_msgid() {
         "invalid messages never reach WeChat"
     );
 
-    // No credit at WeChat: 43101, a 502 carrying WeChat's errcode.
+    // No credit at WeChat: 43101, a 409 carrying WeChat's errcode.
     let a = send(post(&t, "/api/message/send", message("o_target_send")).bearer_auth(&staff)).await;
-    assert_error(&a, 502, "wechat_refused");
+    assert_error(&a, 409, "wechat_no_subscription");
     assert_eq!(a.body["error"]["details"]["errcode"], 43101);
     assert!(
         a.body["error"]["details"]["errmsg"]
@@ -1057,6 +1057,12 @@ async fn message_send_answers_wechats_errcode_and_msgid() {
         a.text
     );
     assert_eq!(sim_calls(&t, "subscribe_send").await, before + 1);
+    // A template WeChat does not know: 40037, a 404 naming it.
+    let mut unknown_template = message("o_target_send");
+    unknown_template["template_id"] = json!("no-such-template");
+    let a = send(post(&t, "/api/message/send", unknown_template).bearer_auth(&staff)).await;
+    assert_error(&a, 404, "wechat_unknown_template");
+    assert_eq!(a.body["error"]["details"]["errcode"], 40037);
 
     // With a credit: sent, errcode 0 and the msgid WeChat gave.
     sim_post(

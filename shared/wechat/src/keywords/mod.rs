@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
+
+pub mod rules;
 
 /// Type of a subscribe-message keyword, named by the prefix of the keyword's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,31 +137,17 @@ const ENUM_MAX: usize = 20;
 /// accept a symbol). WeChat has no notion of an absent keyword: every keyword must carry a value.
 pub const PLACEHOLDER: &str = "-";
 
-/// Currency symbols accepted at the start of an `amount`.
-const CURRENCY_SYMBOLS: [char; 10] = ['¥', '￥', '$', '€', '£', '₩', '₹', '₽', '₱', '฿'];
-
 /// Whether `c` is a Chinese (CJK ideograph) character, the unit WeChat's limits count in.
 pub fn is_chinese(c: char) -> bool {
-    matches!(c,
-        '\u{4E00}'..='\u{9FFF}'     // CJK Unified Ideographs
-        | '\u{3400}'..='\u{4DBF}'   // Extension A
-        | '\u{F900}'..='\u{FAFF}'   // Compatibility Ideographs
-        | '\u{20000}'..='\u{2A6DF}' // Extension B
-        | '\u{2A700}'..='\u{2EBEF}' // Extensions C to F
-        | '\u{30000}'..='\u{3134F}' // Extension G
-    )
-}
-
-/// A symbol: visible, neither a letter nor a digit (Chinese punctuation counts).
-fn is_symbol(c: char) -> bool {
-    !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control()
+    rules::in_ranges(&rules::CHINESE_RANGES, c)
 }
 
 /// Checks `value` against the limit of `keyword`'s type, counting characters, not bytes.
 ///
-/// An unknown type is an error, since WeChat would refuse the template's data. For `enum` the
-/// template's list of values is not known here, so any non-blank value of up to 20 characters is
-/// accepted.
+/// The rule of each type is its patterns in [`rules`] and its length limit; the checks before
+/// them only give the common failures plainer reasons. An unknown type is an error, since
+/// WeChat would refuse the template's data. For `enum` the template's list of values is not
+/// known here, so any non-blank value of up to 20 characters is accepted.
 pub fn validate(keyword: &str, value: &str) -> Result<(), KeywordError> {
     let kind = KeywordType::of(keyword)
         .ok_or_else(|| KeywordError::new(keyword, "unknown keyword type"))?;
@@ -172,85 +160,63 @@ pub fn validate(keyword: &str, value: &str) -> Result<(), KeywordError> {
         return err("value contains a control character".into());
     }
     let len = value.chars().count();
-    if let Some(max) = max_len(kind, value).filter(|&max| len > max) {
+    if let Some(max) = kind.max_chars().filter(|&max| len > max) {
         return err(format!(
             "{len} characters, at most {max} allowed for {kind}"
         ));
     }
-    match content_problem(kind, value) {
-        Some(reason) => err(reason),
-        None => Ok(()),
+    if !rules::matches(kind, value) {
+        return err(kind.rule().into());
     }
+    Ok(())
 }
 
-/// The character limit of `kind`, checked before the content; `None` for `time`, `date`, `amount`.
-fn max_len(kind: KeywordType, value: &str) -> Option<usize> {
-    match kind {
-        KeywordType::Thing => Some(THING_MAX),
-        KeywordType::Number => Some(NUMBER_MAX),
-        KeywordType::Letter => Some(LETTER_MAX),
-        KeywordType::Symbol => Some(SYMBOL_MAX),
-        KeywordType::CharacterString => Some(CHARACTER_STRING_MAX),
-        KeywordType::PhoneNumber => Some(PHONE_NUMBER_MAX),
-        KeywordType::CarNumber => Some(CAR_NUMBER_MAX),
-        KeywordType::Name => Some(name_limit(value)),
-        KeywordType::Phrase => Some(PHRASE_MAX),
-        KeywordType::Enum => Some(ENUM_MAX),
-        KeywordType::Time | KeywordType::Date | KeywordType::Amount => None,
+impl KeywordType {
+    /// Every keyword type.
+    pub fn all() -> impl Iterator<Item = KeywordType> {
+        STEMS.iter().map(|(_, kind)| *kind)
     }
-}
 
-/// Why the characters or the format of a non-blank `value` break `kind`'s rule, if they do.
-fn content_problem(kind: KeywordType, value: &str) -> Option<String> {
-    let (ok, reason) = match kind {
-        KeywordType::Thing | KeywordType::Name | KeywordType::Enum => return None,
-        KeywordType::Amount => return amount_problem(value),
-        KeywordType::Number => (
-            is_decimal(value),
-            "not a number (digits with at most one decimal point)",
-        ),
-        KeywordType::Letter => (
-            value.chars().all(|c| c.is_ascii_alphabetic()),
-            "only letters allowed",
-        ),
-        KeywordType::Symbol => (value.chars().all(is_symbol), "only symbols allowed"),
-        KeywordType::CharacterString => (
-            value.chars().all(|c| c.is_ascii_graphic()),
-            "only digits, letters and symbols allowed",
-        ),
-        KeywordType::Time => (
-            is_range_of(value, |p| parse_point(p).is_some_and(|(_, clock)| clock)),
-            "not a 24-hour time such as 15:01 or 2019年10月1日 15:01",
-        ),
-        KeywordType::Date => (
-            is_range_of(value, |p| parse_point(p).is_some_and(|(date, _)| date)),
-            "not a date such as 2019年10月1日 or 2019年10月1日 15:01",
-        ),
-        KeywordType::PhoneNumber => (
-            value
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' '),
-            "only digits and symbols allowed",
-        ),
-        KeywordType::CarNumber => (
-            is_car_number(value),
-            "only letters and digits, Chinese only first or last",
-        ),
-        KeywordType::Phrase => (
-            value.chars().all(is_chinese),
-            "only Chinese characters allowed",
-        ),
-    };
-    (!ok).then(|| reason.to_owned())
-}
+    /// The most characters a value may have; `None` where the pattern bounds it (`time`,
+    /// `date`, `amount`). A `name` with Chinese in it is held to 10 by its pattern.
+    pub fn max_chars(self) -> Option<usize> {
+        match self {
+            KeywordType::Thing => Some(THING_MAX),
+            KeywordType::Number => Some(NUMBER_MAX),
+            KeywordType::Letter => Some(LETTER_MAX),
+            KeywordType::Symbol => Some(SYMBOL_MAX),
+            KeywordType::CharacterString => Some(CHARACTER_STRING_MAX),
+            KeywordType::PhoneNumber => Some(PHONE_NUMBER_MAX),
+            KeywordType::CarNumber => Some(CAR_NUMBER_MAX),
+            KeywordType::Name => Some(NAME_OTHER_MAX),
+            KeywordType::Phrase => Some(PHRASE_MAX),
+            KeywordType::Enum => Some(ENUM_MAX),
+            KeywordType::Time | KeywordType::Date | KeywordType::Amount => None,
+        }
+    }
 
-/// Letters and digits only, with a Chinese character allowed first or last.
-fn is_car_number(value: &str) -> bool {
-    let last = value.chars().count().saturating_sub(1);
-    value
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c.is_ascii_alphanumeric() || ((i == 0 || i == last) && is_chinese(c)))
+    /// The patterns every value of this type matches (see [`rules`]).
+    pub fn patterns(self) -> Vec<String> {
+        rules::patterns(self)
+    }
+
+    /// The rule in plain words, the reason given when a value breaks it.
+    pub fn rule(self) -> &'static str {
+        match self {
+            KeywordType::Thing | KeywordType::Enum => "not a plain text value",
+            KeywordType::Number => "not a number (digits with at most one decimal point)",
+            KeywordType::Letter => "only letters allowed",
+            KeywordType::Symbol => "only symbols allowed",
+            KeywordType::CharacterString => "only digits, letters and symbols allowed",
+            KeywordType::Time => "not a 24-hour time such as 15:01 or 2019年10月1日 15:01",
+            KeywordType::Date => "not a date such as 2019年10月1日 or 2019年10月1日 15:01",
+            KeywordType::Amount => "not an amount such as ¥100.50 or 100元 (at most 10 digits)",
+            KeywordType::PhoneNumber => "only digits and symbols allowed",
+            KeywordType::CarNumber => "only letters and digits, Chinese only first or last",
+            KeywordType::Name => "at most 10 characters when it holds Chinese",
+            KeywordType::Phrase => "only Chinese characters allowed",
+        }
+    }
 }
 
 /// Validates every keyword of a message's data, returning the first failure in key order.
@@ -377,113 +343,6 @@ fn fit_number(value: &str) -> String {
         "0".to_owned()
     } else {
         out
-    }
-}
-
-/// Digits, optionally with one decimal point between digits.
-fn is_decimal(s: &str) -> bool {
-    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    match s.split_once('.') {
-        None => all_digits(s),
-        Some((int, frac)) => all_digits(int) && all_digits(frac),
-    }
-}
-
-fn amount_problem(value: &str) -> Option<String> {
-    // The currency symbol is allowed, not demanded: the table does not say a bare number fails,
-    // and a simulator stricter than WeChat would hide nothing but cause false alarms.
-    let rest = value
-        .strip_prefix(|c: char| CURRENCY_SYMBOLS.contains(&c))
-        .unwrap_or(value);
-    let rest = rest.strip_suffix('元').unwrap_or(rest);
-    if !is_decimal(rest) {
-        return Some("not an amount such as ¥100.50 or 100元".into());
-    }
-    let digits = rest.bytes().filter(u8::is_ascii_digit).count();
-    if digits > AMOUNT_DIGITS_MAX {
-        return Some(format!(
-            "{digits} digits, at most {AMOUNT_DIGITS_MAX} allowed for amount"
-        ));
-    }
-    None
-}
-
-/// A single point or a range `a~b` (spaces around `~` allowed) whose ends both pass `point`.
-fn is_range_of(value: &str, point: impl Fn(&str) -> bool) -> bool {
-    match value.split_once('~') {
-        None => point(value.trim()),
-        Some((a, b)) => !b.contains('~') && point(a.trim()) && point(b.trim()),
-    }
-}
-
-/// Parses `[date][ ][clock]` and tells which parts it had: `(has_date, has_clock)`.
-/// Dates: `2019年10月1日`, `2019-10-01`, `2019/10/01`. Clock: `15:01` or `15:01:59`, 24-hour.
-fn parse_point(s: &str) -> Option<(bool, bool)> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    // Split where the clock starts: the last space, or right after `日`.
-    let (date_part, clock_part) = if let Some((d, c)) = s.rsplit_once(' ') {
-        (d.trim(), c)
-    } else if let Some(idx) = s.find('日') {
-        let end = idx + '日'.len_utf8();
-        (&s[..end], &s[end..])
-    } else if s.contains(':') {
-        ("", s)
-    } else {
-        (s, "")
-    };
-    let has_date = !date_part.is_empty();
-    let has_clock = !clock_part.is_empty();
-    if has_date && !is_date(date_part) {
-        return None;
-    }
-    if has_clock && !is_clock(clock_part) {
-        return None;
-    }
-    Some((has_date, has_clock))
-}
-
-fn is_date(s: &str) -> bool {
-    let parts: Vec<&str> = if let Some(rest) = s.strip_suffix('日') {
-        rest.split(['年', '月']).collect()
-    } else if s.contains('-') {
-        s.split('-').collect()
-    } else {
-        s.split('/').collect()
-    };
-    let [y, m, d] = parts.as_slice() else {
-        return false;
-    };
-    let num = |p: &str, max_len: usize| -> Option<u32> {
-        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        p.parse().ok()
-    };
-    if y.len() != 4 {
-        return false;
-    }
-    match (num(y, 4), num(m, 2), num(d, 2)) {
-        (Some(y), Some(m), Some(d)) => {
-            i32::try_from(y).is_ok_and(|y| NaiveDate::from_ymd_opt(y, m, d).is_some())
-        }
-        _ => false,
-    }
-}
-
-fn is_clock(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    let field = |p: &str, min_len: usize, max: u32| {
-        (min_len..=2).contains(&p.len())
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|n| n <= max)
-    };
-    match parts.as_slice() {
-        [h, m] => field(h, 1, 23) && field(m, 2, 59),
-        [h, m, sec] => field(h, 1, 23) && field(m, 2, 59) && field(sec, 2, 59),
-        _ => false,
     }
 }
 
