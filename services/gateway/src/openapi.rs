@@ -23,7 +23,8 @@ pub struct Endpoint {
     pub path: &'static str,
     pub route: fn() -> MethodRouter<AppState>,
     pub summary: &'static str,
-    /// "none", "session" (optional mini-program session), "staff", "staff-or-session".
+    /// "none", "session" (optional mini-program session), "session-required", "staff",
+    /// "staff-or-session".
     pub auth: &'static str,
     pub request: Option<fn() -> Value>,
     /// The schema of the success envelope's `data` (or, for the document itself, of the body).
@@ -53,10 +54,55 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "post",
         path: "/api/advisor/subscribe",
         route: || post(routes::subscribe::subscribe),
-        summary: "Record an advisor's subscribe-message decisions (each accept is one send credit)",
-        auth: "session",
+        summary: "Record an advisor's subscribe-message decisions (each accept is one send credit); the session's openid must be bound to the advisor",
+        auth: "session-required",
         request: Some(subscribe_req),
         response: subscribe_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor/bind",
+        route: || post(routes::advisors::redeem),
+        summary: "The advisor redeems a pairing code from staff: binds the session's openid to the advisor",
+        auth: "session-required",
+        request: Some(redeem_req),
+        response: binding_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/advisor-bindings",
+        route: || get(routes::advisors::list),
+        summary: "Advisor bindings, of one advisor (?advisorId=) or all (staff only)",
+        auth: "staff",
+        request: None,
+        response: bindings_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor-bindings",
+        route: || post(routes::advisors::bind),
+        summary: "Bind a WeChat user (openid) to an advisor: they receive its notifications (staff only)",
+        auth: "staff",
+        request: Some(binding_req),
+        response: binding_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor-bindings/unbind",
+        route: || post(routes::advisors::unbind),
+        summary: "Remove a binding (staff only)",
+        auth: "staff",
+        request: Some(binding_req),
+        response: unbound_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor-pairings",
+        route: || post(routes::advisors::pair),
+        summary: "A one-time pairing code for an advisor, valid 10 minutes, shown once (staff only)",
+        auth: "staff",
+        request: Some(pair_req),
+        response: pairing_resp,
     },
     Endpoint {
         method: "post",
@@ -149,7 +195,7 @@ fn openid_req() -> Value {
 }
 fn subscribe_req() -> Value {
     json!({ "type": "object", "required": ["advisorId"], "properties": {
-        "advisorId": validate::ID.schema(true), "openid": validate::ID.schema(false), "templateId": validate::ID.schema(false), "subscribed": { "type": "boolean" },
+        "advisorId": validate::ID.schema(true), "templateId": validate::ID.schema(false), "subscribed": { "type": "boolean" },
         "subscribeData": { "type": "object", "properties": { "subscriptionStatus": { "enum": SubscriptionStatus::names() }, "source": validate::SOURCE.schema(false) } },
         "result": { "type": "object", "description": "wx.requestSubscribeMessage's answer: {templateId: accept|reject|ban|filter, errMsg}" } } })
 }
@@ -176,6 +222,45 @@ fn keywords() -> Value {
     json!({ "type": "object", "minProperties": 1, "maxProperties": messages::MAX_KEYWORDS,
         "patternProperties": by_name, "additionalProperties": false,
         "description": "keyword name → {value}; a value breaking its type's rule is refused with 400 naming data.<keyword>.value" })
+}
+fn redeem_req() -> Value {
+    obj(&["code"], json!({ "code": validate::CODE.schema(true) }))
+}
+fn binding_req() -> Value {
+    obj(
+        &["advisorId", "openid"],
+        json!({ "advisorId": validate::ID.schema(true), "openid": validate::ID.schema(true) }),
+    )
+}
+fn pair_req() -> Value {
+    obj(
+        &["advisorId"],
+        json!({ "advisorId": validate::ID.schema(true) }),
+    )
+}
+fn binding_resp() -> Value {
+    obj(
+        &["advisorId", "openid", "boundBy", "boundAt"],
+        json!({ "advisorId": text(), "openid": text(), "boundBy": text(), "boundAt": { "type": "string", "format": "date-time" } }),
+    )
+}
+fn bindings_resp() -> Value {
+    obj(
+        &["bindings"],
+        json!({ "bindings": { "type": "array", "items": binding_resp() } }),
+    )
+}
+fn unbound_resp() -> Value {
+    obj(
+        &["advisorId", "openid"],
+        json!({ "advisorId": text(), "openid": text() }),
+    )
+}
+fn pairing_resp() -> Value {
+    obj(
+        &["advisorId", "code", "expiresAt"],
+        json!({ "advisorId": text(), "code": text(), "expiresAt": { "type": "string", "format": "date-time" } }),
+    )
 }
 fn send_req() -> Value {
     json!({ "type": "object", "required": ["touser", "template_id", "data"], "properties": {
@@ -299,6 +384,7 @@ pub fn build() -> Value {
         match e.auth {
             "staff" => op["security"] = json!([{ "staffToken": [] }]),
             "session" => op["security"] = json!([{}, { "sessionToken": [] }]),
+            "session-required" => op["security"] = json!([{ "sessionToken": [] }]),
             "staff-or-session" => {
                 op["security"] = json!([{ "staffToken": [] }, { "sessionToken": [] }])
             }

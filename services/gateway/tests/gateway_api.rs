@@ -204,6 +204,12 @@ async fn session(t: &TestStack, openid: &str) -> String {
     a.data()["token"].as_str().unwrap().to_string()
 }
 
+/// The session of `openid` after staff bound it to `advisor`: an advisor's own session.
+async fn advisor_session(t: &TestStack, advisor: &str, openid: &str) -> String {
+    t.bind(advisor, openid).await;
+    session(t, openid).await
+}
+
 /// A staff account and its token, by the real login.
 async fn staff_token(t: &TestStack) -> String {
     auth::set_staff_password(
@@ -402,7 +408,8 @@ async fn subscribe_takes_the_seed_body_and_the_raw_wx_result_for_several_templat
     // The seed's body, as the mini-program sends it.
     let seed = json!({"advisorId": "adv-s", "openid": "o_adv_seed", "templateId": "T_seed", "subscribed": true,
         "subscribeData": {"source": "miniprogram", "timestamp": "2024-01-01T12:00:00.000Z", "userAgent": {}, "subscriptionStatus": "accept"}});
-    let a = send(post(&t, "/api/advisor/subscribe", seed)).await;
+    let seed_session = advisor_session(&t, "adv-s", "o_adv_seed").await;
+    let a = send(post(&t, "/api/advisor/subscribe", seed).bearer_auth(&seed_session)).await;
     assert_ok(&a, 201);
     assert_eq!(a.body["message"], "订阅状态保存成功");
     assert_eq!(a.data()["recorded"].as_array().unwrap().len(), 1);
@@ -415,14 +422,16 @@ async fn subscribe_takes_the_seed_body_and_the_raw_wx_result_for_several_templat
     );
 
     // `subscribed: false` without subscriptionStatus is a reject.
-    let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-s", "openid": "o_adv_bool", "templateId": "T_seed", "subscribed": false}))).await;
+    let bool_session = advisor_session(&t, "adv-s", "o_adv_bool").await;
+    let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-s", "openid": "o_adv_bool", "templateId": "T_seed", "subscribed": false})).bearer_auth(&bool_session)).await;
     assert_ok(&a, 201);
     assert_eq!(a.data()["recorded"][0]["status"], "reject");
 
     // The raw answer of wx.requestSubscribeMessage for three templates at once.
     let raw = json!({"advisorId": "adv-r", "openid": "o_adv_raw",
         "result": {"T_a": "accept", "T_r": "reject", "T_b": "ban", "errMsg": "requestSubscribeMessage:ok"}});
-    let a = send(post(&t, "/api/advisor/subscribe", raw)).await;
+    let raw_session = advisor_session(&t, "adv-r", "o_adv_raw").await;
+    let a = send(post(&t, "/api/advisor/subscribe", raw).bearer_auth(&raw_session)).await;
     assert_ok(&a, 201);
     let recorded = a.data()["recorded"].as_array().unwrap();
     assert_eq!(recorded.len(), 3, "errMsg is not a template: {}", a.text);
@@ -448,8 +457,8 @@ async fn subscribe_takes_the_seed_body_and_the_raw_wx_result_for_several_templat
         Some((0, "ban".into()))
     );
 
-    // With a session, the openid is the session's, not the body's.
-    let token = session(&t, "o_adv_session").await;
+    // The openid is the session's, not the body's.
+    let token = advisor_session(&t, "adv-x", "o_adv_session").await;
     let a = send(post(&t, "/api/advisor/subscribe", json!({"advisorId": "adv-x", "openid": "o_someone_else", "templateId": "T_s", "subscribed": true})).bearer_auth(&token)).await;
     assert_ok(&a, 201);
     assert_eq!(a.data()["openid"], "o_adv_session");
@@ -527,14 +536,11 @@ async fn subscribe_refuses_bad_statuses_and_missing_fields() {
         .await,
         "advisorId",
     );
-    assert_invalid_field(
-        &send(post(
-            &t,
-            "/api/advisor/subscribe",
-            with("openid", Value::Null),
-        ))
-        .await,
-        "openid",
+    // A valid body without a session: refused, whatever openid it names.
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", base())).await,
+        403,
+        "forbidden",
     );
     assert_invalid_field(
         &send(post(
@@ -1316,10 +1322,15 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 11] = [
+const EXPECTED_PATHS: [(&str, &str); 16] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("post", "/api/advisor/subscribe"),
+    ("post", "/api/advisor/bind"),
+    ("get", "/api/advisor-bindings"),
+    ("post", "/api/advisor-bindings"),
+    ("post", "/api/advisor-bindings/unbind"),
+    ("post", "/api/advisor-pairings"),
     ("post", "/api/customer/action"),
     ("get", "/api/actions/{id}"),
     ("get", "/api/digests/{id}"),
@@ -1681,11 +1692,22 @@ async fn without_nats_the_gateway_starts_and_answers_503_within_two_seconds() {
     .await;
 
     assert_bus_down(&timed(g.post("/api/customer/action", action_body("c", "a"))).await);
+    let advisor = auth::issue(
+        &secret(),
+        auth::MINIPROGRAM_AUDIENCE,
+        "o_a",
+        None,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_bus_down(
-        &timed(g.post(
-            "/api/advisor/subscribe",
-            json!({"advisorId": "a", "openid": "o_a", "templateId": "T", "subscribed": true}),
-        ))
+        &timed(
+            g.post(
+                "/api/advisor/subscribe",
+                json!({"advisorId": "a", "templateId": "T", "subscribed": true}),
+            )
+            .bearer_auth(&advisor),
+        )
         .await,
     );
     // Validation still comes first: a bad request is a 400 whatever the bus.
@@ -2190,22 +2212,33 @@ async fn malformed_bodies_never_get_a_5xx_and_always_the_error_envelope() {
 async fn a_retried_subscribe_with_an_idempotency_key_adds_each_credit_once() {
     let t = common::start().await;
     let db = t.db().await;
+    let advisor = advisor_session(&t, "adv-idem", "o_idem").await;
     let body = json!({"advisorId": "adv-idem", "openid": "o_idem", "result": {"T_A": "accept", "T_B": "accept", "errMsg": "requestSubscribeMessage:ok"}});
-    let first =
-        send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1"))
-            .await;
+    let first = send(
+        post(&t, "/api/advisor/subscribe", body.clone())
+            .header("Idempotency-Key", "sub-1")
+            .bearer_auth(&advisor),
+    )
+    .await;
     assert_ok(&first, 201);
-    let retry =
-        send(post(&t, "/api/advisor/subscribe", body.clone()).header("Idempotency-Key", "sub-1"))
-            .await;
+    let retry = send(
+        post(&t, "/api/advisor/subscribe", body.clone())
+            .header("Idempotency-Key", "sub-1")
+            .bearer_auth(&advisor),
+    )
+    .await;
     assert_ok(&retry, 201);
     assert_eq!(
         first.body["data"]["recorded"], retry.body["data"]["recorded"],
         "same event ids"
     );
     // A new key is a new decision: one more credit.
-    let other =
-        send(post(&t, "/api/advisor/subscribe", body).header("Idempotency-Key", "sub-2")).await;
+    let other = send(
+        post(&t, "/api/advisor/subscribe", body)
+            .header("Idempotency-Key", "sub-2")
+            .bearer_auth(&advisor),
+    )
+    .await;
     assert_ok(&other, 201);
     for _ in 0..200 {
         let total: Option<i64> = sqlx::query_scalar(
@@ -2232,8 +2265,12 @@ async fn a_retried_subscribe_with_an_idempotency_key_adds_each_credit_once() {
     );
     // The same key for another decision is refused.
     let changed = json!({"advisorId": "adv-idem", "openid": "o_idem", "result": {"T_A": "reject"}});
-    let conflict =
-        send(post(&t, "/api/advisor/subscribe", changed).header("Idempotency-Key", "sub-1")).await;
+    let conflict = send(
+        post(&t, "/api/advisor/subscribe", changed)
+            .header("Idempotency-Key", "sub-1")
+            .bearer_auth(&advisor),
+    )
+    .await;
     assert_error(&conflict, 409, "idempotency_key_reused");
     t.stack.stop().await.unwrap();
 }
@@ -2322,19 +2359,211 @@ async fn the_digest_page_lists_the_waiting_actions_for_the_advisor_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscription_changes_are_rate_limited_per_openid() {
     let t = common::start_with(|o| o.gateway.rate_per_openid = 2).await;
-    let body =
-        json!({"advisorId": "a", "openid": "o_flood", "templateId": "T", "subscribed": true});
+    let flood = advisor_session(&t, "a", "o_flood").await;
+    let body = json!({"advisorId": "a", "templateId": "T", "subscribed": true});
     for _ in 0..2 {
         assert_ok(
-            &send(post(&t, "/api/advisor/subscribe", body.clone())).await,
+            &send(post(&t, "/api/advisor/subscribe", body.clone()).bearer_auth(&flood)).await,
             201,
         );
     }
-    let limited = send(post(&t, "/api/advisor/subscribe", body)).await;
+    // Keyed on the session's openid: naming another openid in the body changes nothing.
+    let mut disguised = body.clone();
+    disguised["openid"] = json!("o_other");
+    let limited = send(post(&t, "/api/advisor/subscribe", disguised).bearer_auth(&flood)).await;
     assert_error(&limited, 429, "rate_limited");
     assert!(retry_after(&limited) >= 1);
-    let other =
-        json!({"advisorId": "a", "openid": "o_other", "templateId": "T", "subscribed": true});
-    assert_ok(&send(post(&t, "/api/advisor/subscribe", other)).await, 201);
+    let other = advisor_session(&t, "a", "o_other").await;
+    assert_ok(
+        &send(post(&t, "/api/advisor/subscribe", body).bearer_auth(&other)).await,
+        201,
+    );
+    t.stack.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust: advisors are proven by a binding, not asserted in a body
+// ---------------------------------------------------------------------------------------------
+
+async fn sim_messages(t: &TestStack, touser: &str) -> usize {
+    let v: Value = t
+        .http
+        .get(t.sim(&format!("/sim/messages?touser={touser}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["messages"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisors_notifications_cannot_be_hijacked_by_a_stranger() {
+    let t = common::start().await;
+    let db = t.db().await;
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    let (real, stranger) = ("o_real_adv7", "o_stranger");
+    t.advisor_accepts("adv-7", real, tpl).await;
+    // The stranger holds credits inside WeChat, so a send to them would succeed.
+    sim_post(
+        &t,
+        "/sim/credits",
+        json!({"openid": stranger, "template_id": tpl, "count": 5}),
+    )
+    .await;
+
+    let accept = json!({"advisorId": "adv-7", "templateId": tpl, "subscribed": true});
+    let strangers = session(&t, stranger).await;
+    let a = send(post(&t, "/api/advisor/subscribe", accept.clone()).bearer_auth(&strangers)).await;
+    assert_error(&a, 403, "forbidden");
+    let mut anonymous = accept.clone();
+    anonymous["openid"] = json!(stranger);
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", anonymous)).await,
+        403,
+        "forbidden",
+    );
+    // A ban for the real advisor's openid, anonymous or from the stranger's session: refused.
+    let ban = json!({"advisorId": "adv-7", "openid": real, "templateId": tpl, "subscribeData": {"subscriptionStatus": "ban"}});
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", ban.clone())).await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", ban).bearer_auth(&strangers)).await,
+        403,
+        "forbidden",
+    );
+    let stranger_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifier.subscription_events WHERE openid = $1")
+            .bind(stranger)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(stranger_rows, 0, "nothing recorded for the stranger");
+
+    // The next customer action reaches the real advisor, and only them.
+    let mut body = action_body("cust-h", "adv-7");
+    body["customerPhone"] = json!("13700000077");
+    assert_ok(&send(post(&t, "/api/customer/action", body)).await, 201);
+    assert_eq!(t.wait_messages(real, 1).await.len(), 1);
+    assert_eq!(sim_messages(&t, stranger).await, 0);
+
+    // Even a subscription recorded for an unbound openid (say, before this release) is never
+    // used: only bound openids receive an advisor's notifications.
+    sqlx::query("INSERT INTO notifier.subscriptions (advisor_id, openid, template_id, credits, last_status, accepts) VALUES ('adv-7', $1, $2, 5, 'accept', 5)")
+        .bind(stranger)
+        .bind(tpl)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE notifier.subscriptions SET updated_at = now() + interval '1 hour' WHERE openid = $1")
+        .bind(stranger)
+        .execute(&db)
+        .await
+        .unwrap();
+    t.advisor_accepts("adv-7", real, tpl).await;
+    let mut body = action_body("cust-h2", "adv-7");
+    body["customerPhone"] = json!("13700000078");
+    assert_ok(&send(post(&t, "/api/customer/action", body)).await, 201);
+    assert_eq!(t.wait_messages(real, 2).await.len(), 2);
+    assert_eq!(sim_messages(&t, stranger).await, 0);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisors_bind_by_staff_or_by_a_one_time_pairing_code() {
+    let t = common::start().await;
+    let staff = staff_token(&t).await;
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    let advisor = session(&t, "o_paired").await;
+    let accept = json!({"advisorId": "adv-p", "templateId": tpl, "subscribed": true});
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", accept.clone()).bearer_auth(&advisor)).await,
+        403,
+        "forbidden",
+    );
+
+    // Pairing codes are made by staff only.
+    let pairing = json!({"advisorId": "adv-p"});
+    assert_error(
+        &send(post(&t, "/api/advisor-pairings", pairing.clone()).bearer_auth(&advisor)).await,
+        403,
+        "forbidden",
+    );
+    let made = send(post(&t, "/api/advisor-pairings", pairing.clone()).bearer_auth(&staff)).await;
+    assert_ok(&made, 201);
+    let code = made.data()["code"].as_str().unwrap().to_string();
+
+    // Redeemed from the advisor's own session, once.
+    assert_error(
+        &send(post(&t, "/api/advisor/bind", json!({"code": code}))).await,
+        401,
+        "unauthorized",
+    );
+    let bound =
+        send(post(&t, "/api/advisor/bind", json!({"code": code})).bearer_auth(&advisor)).await;
+    assert_ok(&bound, 201);
+    assert_eq!(bound.data()["advisorId"], "adv-p");
+    assert_eq!(bound.data()["openid"], "o_paired");
+    assert_eq!(bound.data()["boundBy"], "pairing");
+    let thief = session(&t, "o_thief").await;
+    assert_error(
+        &send(post(&t, "/api/advisor/bind", json!({"code": code})).bearer_auth(&thief)).await,
+        404,
+        "not_found",
+    );
+    assert_ok(
+        &send(post(&t, "/api/advisor/subscribe", accept.clone()).bearer_auth(&advisor)).await,
+        201,
+    );
+
+    // An expired code binds nobody.
+    let late = send(post(&t, "/api/advisor-pairings", pairing).bearer_auth(&staff)).await;
+    let late_code = late.data()["code"].as_str().unwrap().to_string();
+    let db = t.db().await;
+    sqlx::query("UPDATE notifier.advisor_pairings SET expires_at = now() - interval '1 second' WHERE redeemed_at IS NULL")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_error(
+        &send(post(&t, "/api/advisor/bind", json!({"code": late_code})).bearer_auth(&thief)).await,
+        404,
+        "not_found",
+    );
+
+    // Staff list, unbind and bind directly.
+    let listed = send(get(&t, "/api/advisor-bindings?advisorId=adv-p").bearer_auth(&staff)).await;
+    assert_ok(&listed, 200);
+    assert_eq!(listed.data()["bindings"].as_array().unwrap().len(), 1);
+    assert_error(
+        &send(get(&t, "/api/advisor-bindings").bearer_auth(&advisor)).await,
+        403,
+        "forbidden",
+    );
+    let key = json!({"advisorId": "adv-p", "openid": "o_paired"});
+    assert_ok(
+        &send(post(&t, "/api/advisor-bindings/unbind", key.clone()).bearer_auth(&staff)).await,
+        200,
+    );
+    assert_error(
+        &send(post(&t, "/api/advisor-bindings/unbind", key.clone()).bearer_auth(&staff)).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &send(post(&t, "/api/advisor/subscribe", accept.clone()).bearer_auth(&advisor)).await,
+        403,
+        "forbidden",
+    );
+    let rebound = send(post(&t, "/api/advisor-bindings", key).bearer_auth(&staff)).await;
+    assert_ok(&rebound, 201);
+    assert_eq!(rebound.data()["boundBy"], "staff:ops");
+    assert_ok(
+        &send(post(&t, "/api/advisor/subscribe", accept).bearer_auth(&advisor)).await,
+        201,
+    );
     t.stack.stop().await.unwrap();
 }

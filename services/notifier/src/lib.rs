@@ -13,6 +13,7 @@
 //! messages) and the queue table (rows are claimed with SKIP LOCKED), and they all get access
 //! tokens from `stable_token`, which never invalidates another process's token.
 
+pub mod bindings;
 pub mod config;
 pub mod consumers;
 pub mod content;

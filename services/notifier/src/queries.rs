@@ -4,9 +4,12 @@
 //! - `digest`: the notifications a digest stands for;
 //! - `send`: a direct send (staff), through this service's token cache so there is one cache;
 //! - `phone`: a phone number by the phone button's code (needs the access token);
-//! - `resume`: lift a pause (after 45009, or an operator's).
+//! - `resume`: lift a pause (after 45009, or an operator's);
+//! - `bind`, `unbind`, `bindings`, `pair`, `redeem`, `check_binding`: advisor bindings
+//!   ([`crate::bindings`]).
 
 use ande_contracts::leads::ActionQuery;
+use ande_contracts::notifier::{Bind, CheckBinding, ListBindings, Pair, Redeem, Unbind};
 use ande_contracts::notifier::{
     DigestContents, DigestQuery, DirectSend, GetDigest, Journey, NotifierJourney, Phone,
     PhoneNumber, PhoneQuery, Resume, ResumeRequest, Resumed, Send, Sent,
@@ -17,6 +20,7 @@ use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::bindings;
 use crate::credits;
 use crate::store::{self, LogEntry};
 
@@ -168,6 +172,16 @@ pub async fn serve(
         .method::<Send, _, _>(|(p, w): Shared, m| async move { send(&p, &w, m).await })
         .method::<Phone, _, _>(|(_, w): Shared, q| async move { phone(&w, q).await })
         .method::<Resume, _, _>(|(p, _): Shared, _: ResumeRequest| async move { resume(&p).await })
+        .method::<Bind, _, _>(|(p, _): Shared, r| async move { bindings::bind(&p, r).await })
+        .method::<Unbind, _, _>(|(p, _): Shared, k| async move { bindings::unbind(&p, k).await })
+        .method::<ListBindings, _, _>(
+            |(p, _): Shared, f| async move { bindings::list(&p, f).await },
+        )
+        .method::<Pair, _, _>(|(p, _): Shared, r| async move { bindings::pair(&p, r).await })
+        .method::<Redeem, _, _>(|(p, _): Shared, r| async move { bindings::redeem(&p, r).await })
+        .method::<CheckBinding, _, _>(
+            |(p, _): Shared, k| async move { bindings::check(&p, k).await },
+        )
         .run()
         .await
 }

@@ -216,6 +216,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     let sub = sqlx::query!(
         "SELECT openid, long_term, accepts FROM subscriptions
          WHERE advisor_id = $1 AND template_id = $2 AND (credits > 0 OR long_term) AND last_status <> 'ban'
+           AND EXISTS (SELECT 1 FROM advisor_bindings b WHERE b.advisor_id = subscriptions.advisor_id AND b.openid = subscriptions.openid)
          ORDER BY long_term DESC, updated_at DESC, openid LIMIT 1 FOR UPDATE",
         &due.advisor_id,
         &due.template_id
@@ -427,6 +428,7 @@ pub async fn advisors_to_release(
     let rows = sqlx::query!(
         "SELECT DISTINCT n.advisor_id, n.template_id FROM notifications n
          JOIN subscriptions s ON s.advisor_id = n.advisor_id AND s.template_id = n.template_id
+         JOIN advisor_bindings b ON b.advisor_id = s.advisor_id AND b.openid = s.openid
          WHERE n.state = 'waiting_credit' AND (s.credits > 0 OR s.long_term) AND s.last_status <> 'ban'"
     )
     .fetch_all(conn)

@@ -226,6 +226,7 @@ impl Harness {
     /// subscription changes have separate consumers, so an outcome published right after an
     /// accept could otherwise be handled first.)
     async fn accept_template(&self, advisor: &str, openid: &str, template: &str, n: usize) {
+        self.bind(advisor, openid).await;
         let accepts = || async {
             sqlx::query_scalar::<_, i32>("SELECT accepts FROM notifier.subscriptions WHERE advisor_id = $1 AND openid = $2 AND template_id = $3")
                 .bind(advisor)
@@ -252,6 +253,16 @@ impl Harness {
             || async { (accepts().await == want).then_some(()) },
         )
         .await
+    }
+
+    /// Bind `openid` to `advisor` (only bound openids receive an advisor's notifications).
+    async fn bind(&self, advisor: &str, openid: &str) {
+        sqlx::query("INSERT INTO notifier.advisor_bindings (advisor_id, openid, bound_by) VALUES ($1, $2, 'test') ON CONFLICT DO NOTHING")
+            .bind(advisor)
+            .bind(openid)
+            .execute(&self.db)
+            .await
+            .unwrap();
     }
 
     /// `n` accepts as the advisor's phone does them: WeChat counts them, and so do we.
@@ -1016,6 +1027,7 @@ async fn redelivered_and_replayed_events_send_once_and_credit_once() {
     h.grant(openid, T, 3).await;
     // One accept, delivered twice: one credit.
     let accept = Harness::subscription(adv, openid, T, SubscriptionStatus::Accept);
+    h.bind(adv, openid).await;
     h.publish(&accept).await;
     h.publish_again(&accept).await;
     h.drained().await;

@@ -201,3 +201,107 @@ mod tests {
         ));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Advisor bindings: which WeChat users (openids) receive an advisor's notifications. Only staff
+// create them (directly, or by a pairing code the advisor redeems from their own session).
+// ---------------------------------------------------------------------------------------------
+
+method! {
+    /// Bind an openid to an advisor (staff). Binding twice is not an error.
+    Bind: "notifier"."bind", BindRequest => Binding
+}
+method! {
+    /// Remove a binding (staff). `NotFound` if there was none.
+    Unbind: "notifier"."unbind", BindingKey => Unbound
+}
+method! {
+    /// The bindings, of one advisor or of all (staff).
+    ListBindings: "notifier"."bindings", BindingFilter => Bindings
+}
+method! {
+    /// A one-time pairing code for an advisor (staff), redeemed by the advisor's own session.
+    Pair: "notifier"."pair", PairRequest => Pairing
+}
+method! {
+    /// Redeem a pairing code for the openid of the session that holds it. `NotFound` for an
+    /// unknown, used or expired code (which of these is not told).
+    Redeem: "notifier"."redeem", RedeemRequest => Binding
+}
+method! {
+    /// Whether an openid is bound to an advisor.
+    CheckBinding: "notifier"."check_binding", BindingKey => BindingCheck
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingKey {
+    pub advisor_id: String,
+    pub openid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindRequest {
+    pub advisor_id: String,
+    pub openid: String,
+    /// Who made it, for the record: `staff:<username>`, `andectl:<user>`, `pairing`.
+    pub bound_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub advisor_id: String,
+    pub openid: String,
+    pub bound_by: String,
+    pub bound_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unbound {
+    pub advisor_id: String,
+    pub openid: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingFilter {
+    pub advisor_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bindings {
+    pub bindings: Vec<Binding>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairRequest {
+    pub advisor_id: String,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pairing {
+    pub advisor_id: String,
+    /// Shown once; only its hash is kept.
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedeemRequest {
+    pub code: String,
+    pub openid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingCheck {
+    pub bound: bool,
+}

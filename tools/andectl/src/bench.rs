@@ -144,9 +144,10 @@ async fn end_to_end_latency(
 ) -> anyhow::Result<()> {
     let tpl = ande_wechat::DEV_TEMPLATE_ID;
     let openid = "o_bench_advisor";
-    let sub =
-        json!({"advisorId": "bench-e2e", "openid": openid, "templateId": tpl, "subscribed": true});
+    let sub = json!({"advisorId": "bench-e2e", "templateId": tpl, "subscribed": true});
     let sim = stack.sim_url.clone().context("simulator")?;
+    stack.bind_advisor("bench-e2e", openid, "bench").await?;
+    let session = stack.session(http, openid).await?;
     // The advisor has plenty of credit.
     http.post(format!("{sim}/sim/credits"))
         .json(&json!({"openid": openid, "template_id": tpl, "count": lat_n + 10}))
@@ -154,6 +155,7 @@ async fn end_to_end_latency(
         .await?;
     for _ in 0..lat_n.min(200) {
         http.post(format!("{}/api/advisor/subscribe", stack.gateway_url))
+            .bearer_auth(&session)
             .json(&sub)
             .send()
             .await?;

@@ -34,6 +34,17 @@ pub async fn stream(bus: &Bus, name: &str) -> anyhow::Result<Stream> {
 }
 
 /// The gateway's schema (staff accounts), migrated if needed, exactly as the gateway opens it.
+/// The notifier's schema (advisor bindings), migrated if needed.
+pub async fn notifier_db(common: &CommonConfig) -> anyhow::Result<PgPool> {
+    Ok(ande_platform::db::connect(
+        &common.database_url,
+        ande_notifier::SCHEMA,
+        2,
+        &ande_notifier::MIGRATIONS,
+    )
+    .await?)
+}
+
 pub async fn gateway_db(common: &CommonConfig) -> anyhow::Result<PgPool> {
     Ok(ande_platform::db::connect(
         &common.database_url,

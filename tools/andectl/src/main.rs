@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ande_platform::config::{CommonConfig, Env};
+use ande_platform::rpc::RpcError;
 use andectl::events::{ShowQuery, Start, TailOptions};
 use andectl::exit::{self, Unreachable};
 use andectl::replay::{ReplayArgs, CONSUMER_NAMES};
@@ -44,6 +45,9 @@ enum Cmd {
     /// Staff accounts for /api/auth/login.
     #[command(subcommand)]
     User(UserCmd),
+    /// Which WeChat users receive an advisor's notifications (bind, pair, ls, unbind).
+    #[command(subcommand)]
+    Advisor(AdvisorCmd),
     /// Ask the leads service: a lead, a page of leads, an action's journey.
     #[command(subcommand)]
     Leads(LeadsCmd),
@@ -186,6 +190,19 @@ enum DlqCmd {
 }
 
 #[derive(Subcommand)]
+enum AdvisorCmd {
+    /// Bind a WeChat user (openid) to an advisor: they receive its notifications.
+    Bind { advisor_id: String, openid: String },
+    /// Remove a binding.
+    Unbind { advisor_id: String, openid: String },
+    /// The bindings (of one advisor, or all), one JSON line each.
+    Ls { advisor_id: Option<String> },
+    /// A one-time pairing code (valid 10 minutes) the advisor redeems in the mini-program
+    /// (`POST /api/advisor/bind {code}` from their session).
+    Pair { advisor_id: String },
+}
+
+#[derive(Subcommand)]
 enum UserCmd {
     /// Create a staff account; the password is one line on stdin. Fails if it exists.
     Add { name: String },
@@ -254,6 +271,7 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
             }
         }
         Cmd::User(c) => user(&common, c, &mut out).await?,
+        Cmd::Advisor(c) => advisor(&common, c, &mut out).await?,
         Cmd::Leads(c) => {
             let bus = andectl::conn::bus(&common).await?;
             match c {
@@ -392,6 +410,55 @@ async fn dlq(common: &CommonConfig, cmd: DlqCmd, out: &mut impl Write) -> anyhow
     Ok(())
 }
 
+async fn advisor(
+    common: &CommonConfig,
+    cmd: AdvisorCmd,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use ande_contracts::notifier::{BindRequest, BindingFilter, BindingKey, PairRequest};
+    use ande_notifier::bindings;
+    let pool = andectl::conn::notifier_db(common).await?;
+    let by = format!(
+        "andectl:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    let failed = |f: ande_platform::rpc::Failure| anyhow::anyhow!(RpcError::from(f));
+    match cmd {
+        AdvisorCmd::Bind { advisor_id, openid } => {
+            let r = BindRequest {
+                advisor_id,
+                openid,
+                bound_by: by,
+            };
+            let b = bindings::bind(&pool, r).await.map_err(failed)?;
+            writeln!(out, "{}", serde_json::to_string(&b)?)?;
+        }
+        AdvisorCmd::Unbind { advisor_id, openid } => {
+            let k = BindingKey { advisor_id, openid };
+            let u = bindings::unbind(&pool, k).await.map_err(failed)?;
+            writeln!(out, "unbound {} from advisor {}", u.openid, u.advisor_id)?;
+        }
+        AdvisorCmd::Ls { advisor_id } => {
+            let all = bindings::list(&pool, BindingFilter { advisor_id })
+                .await
+                .map_err(failed)?;
+            for b in all.bindings {
+                writeln!(out, "{}", serde_json::to_string(&b)?)?;
+            }
+        }
+        AdvisorCmd::Pair { advisor_id } => {
+            let r = PairRequest {
+                advisor_id,
+                created_by: by,
+            };
+            let p = bindings::pair(&pool, r).await.map_err(failed)?;
+            writeln!(out, "pairing code for advisor {}: {} (valid until {}; the advisor enters it in the mini-program)", p.advisor_id, p.code, p.expires_at.to_rfc3339())?;
+        }
+    }
+    pool.close().await;
+    Ok(())
+}
+
 async fn user(common: &CommonConfig, cmd: UserCmd, out: &mut impl Write) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let name = match &cmd {
@@ -467,9 +534,14 @@ Ande stack is up.
   started here  {started}
 
 Try it (paste into another terminal):
-  # 1. the advisor accepts the subscription in the mini-program (one send credit) ...
-  curl -s -XPOST {g}/api/advisor/subscribe -H 'content-type: application/json' \
-    -d '{{"advisorId":"adv-1","openid":"o_advisor_1","templateId":"{tpl}","subscribed":true,"subscribeData":{{"subscriptionStatus":"accept"}}}}'
+  # 0. staff bind the advisor's WeChat user to the advisor (or: andectl advisor pair adv-1)
+  andectl advisor bind adv-1 o_advisor_1
+  # 1. the advisor logs in to the mini-program (the simulator mints the wx.login code) ...
+  CODE=$(curl -s -XPOST {sim}/sim/codes -H 'content-type: application/json' -d '{{"openid":"o_advisor_1"}}' | jq -r .code)
+  TOKEN=$(curl -s -XPOST {g}/api/wechat/openid -H 'content-type: application/json' -d "{{\"code\":\"$CODE\"}}" | jq -r .data.token)
+  # ... and accepts the subscription from that session (one send credit) ...
+  curl -s -XPOST {g}/api/advisor/subscribe -H 'content-type: application/json' -H "authorization: Bearer $TOKEN" \
+    -d '{{"advisorId":"adv-1","templateId":"{tpl}","subscribed":true,"subscribeData":{{"subscriptionStatus":"accept"}}}}'
   # ... which inside WeChat gives the same credit:
   curl -s -XPOST {sim}/sim/credits -H 'content-type: application/json' -d '{{"openid":"o_advisor_1","template_id":"{tpl}","count":1}}'
   # 2. a customer views the advisor's resume and leaves a phone number

@@ -179,3 +179,46 @@ impl Stack {
         self.wait().await
     }
 }
+
+impl Stack {
+    /// Bind `openid` to `advisor`, as `andectl advisor bind` does (through the notifier's schema).
+    pub async fn bind_advisor(&self, advisor: &str, openid: &str, by: &str) -> anyhow::Result<()> {
+        let pool = crate::conn::notifier_db(&self.common).await?;
+        let r = ande_contracts::notifier::BindRequest {
+            advisor_id: advisor.into(),
+            openid: openid.into(),
+            bound_by: by.into(),
+        };
+        let bound = ande_notifier::bindings::bind(&pool, r).await;
+        pool.close().await;
+        bound.map_err(|f| anyhow::anyhow!(ande_platform::rpc::RpcError::from(f)))?;
+        Ok(())
+    }
+
+    /// A mini-program session token for `openid`, by the real login with a code the simulator
+    /// mints (as `wx.login()` would give the mini-program).
+    pub async fn session(&self, http: &reqwest::Client, openid: &str) -> anyhow::Result<String> {
+        let sim = self
+            .sim_url
+            .as_deref()
+            .context("the simulator mints login codes")?;
+        let code: serde_json::Value = http
+            .post(format!("{sim}/sim/codes"))
+            .json(&serde_json::json!({ "openid": openid }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let answer: serde_json::Value = http
+            .post(format!("{}/api/wechat/openid", self.gateway_url))
+            .json(&serde_json::json!({ "code": code["code"] }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        answer["data"]["token"]
+            .as_str()
+            .map(String::from)
+            .with_context(|| format!("no session token in {answer}"))
+    }
+}

@@ -52,15 +52,25 @@ impl TestStack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// An advisor accepts one subscription: at the gateway (our credit) and inside WeChat.
+    /// An advisor accepts one subscription: at the gateway (our credit) and inside WeChat. The
+    /// openid is bound to the advisor first, and the accept is posted from its own session, as
+    /// only a bound advisor's session may.
     pub async fn advisor_accepts(&self, advisor: &str, openid: &str, template: &str) {
-        let (status, body) = self
-            .post(
-                "/api/advisor/subscribe",
-                json!({"advisorId": advisor, "openid": openid, "templateId": template, "subscribed": true,
-                       "subscribeData": {"subscriptionStatus": "accept", "source": "miniprogram"}}),
+        self.bind(advisor, openid).await;
+        let token = self.session(openid).await;
+        let r = self
+            .http
+            .post(self.api("/api/advisor/subscribe"))
+            .bearer_auth(token)
+            .json(
+                &json!({"advisorId": advisor, "templateId": template, "subscribed": true,
+                   "subscribeData": {"subscriptionStatus": "accept", "source": "miniprogram"}}),
             )
-            .await;
+            .send()
+            .await
+            .expect("gateway answers");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 201, "{body}");
         let r = self
             .http
@@ -70,6 +80,19 @@ impl TestStack {
             .await
             .unwrap();
         assert!(r.status().is_success());
+    }
+
+    /// Bind `openid` to `advisor`, as `andectl advisor bind` does.
+    pub async fn bind(&self, advisor: &str, openid: &str) {
+        self.stack
+            .bind_advisor(advisor, openid, "test")
+            .await
+            .unwrap();
+    }
+
+    /// A mini-program session token for `openid`, by the real login.
+    pub async fn session(&self, openid: &str) -> String {
+        self.stack.session(&self.http, openid).await.unwrap()
     }
 
     /// Messages the simulator accepted for `touser`, waiting until there are at least `n`.

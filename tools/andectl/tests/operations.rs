@@ -1020,3 +1020,62 @@ async fn replay_refuses_a_start_in_the_future() {
         bus.js.delete_stream(s).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn advisors_are_bound_listed_paired_and_unbound_through_the_binary() {
+    let common = ande_platform::testing::isolated_config().await;
+    let run = |args: &[&str]| andectl(&common).args(args).output().unwrap();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+
+    let bound = run(&["advisor", "bind", "adv-9", "o_adv_9"]);
+    assert!(
+        bound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bound.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_str(text(&bound).trim()).unwrap();
+    assert_eq!(b["advisorId"], "adv-9");
+    assert_eq!(b["openid"], "o_adv_9");
+    assert!(b["boundBy"].as_str().unwrap().starts_with("andectl:"));
+
+    run(&["advisor", "bind", "adv-8", "o_adv_8"]);
+    let all = text(&run(&["advisor", "ls"]));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let one = text(&run(&["advisor", "ls", "adv-9"]));
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(one.contains("o_adv_9"));
+
+    let paired = run(&["advisor", "pair", "adv-7"]);
+    assert!(paired.status.success());
+    let line = text(&paired);
+    let code = line
+        .split_whitespace()
+        .find(|w| w.len() == 11 && w.as_bytes()[5] == b'-')
+        .unwrap_or_else(|| panic!("a code in {line}"));
+    let pool = andectl::conn::notifier_db(&common).await.unwrap();
+    let redeemed = ande_notifier::bindings::redeem(
+        &pool,
+        ande_contracts::notifier::RedeemRequest {
+            code: code.to_lowercase(),
+            openid: "o_adv_7".into(),
+        },
+    )
+    .await
+    .map_err(ande_platform::rpc::RpcError::from)
+    .unwrap();
+    assert_eq!(redeemed.advisor_id, "adv-7");
+    assert_eq!(redeemed.bound_by, "pairing");
+
+    let unbound = run(&["advisor", "unbind", "adv-9", "o_adv_9"]);
+    assert!(unbound.status.success());
+    let again = run(&["advisor", "unbind", "adv-9", "o_adv_9"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no such binding"));
+    let left = text(&run(&["advisor", "ls"]));
+    assert!(
+        !left.contains("o_adv_9") && left.contains("o_adv_7"),
+        "{left}"
+    );
+    let bad = run(&["advisor", "bind", "adv-9", " spaced "]);
+    assert!(!bad.status.success());
+}

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{ok, ApiError};
 use crate::extract::Caller;
+use crate::routes::advisors;
 use crate::AppState;
 
 /// The notifier answers from its database.
@@ -36,6 +37,8 @@ pub async fn digest(
         if d.openid.as_deref().unwrap_or("").is_empty() || d.openid.as_deref() != Some(&c.sub) {
             return Err(ApiError::forbidden("this digest was sent to someone else"));
         }
+        // ... and who is still bound to the advisor (an unbound phone loses access).
+        advisors::require_binding(&state, &d.advisor_id, &c.sub).await?;
     }
     let actions: Vec<Value> = answer
         .notifications

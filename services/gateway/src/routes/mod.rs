@@ -2,6 +2,7 @@
 //! limit, CORS, tracing.
 
 pub mod actions;
+pub mod advisors;
 pub mod digests;
 pub mod health;
 pub mod messages;

@@ -4,6 +4,8 @@
 //! {subscriptionStatus}`) and also the raw result object of `wx.requestSubscribeMessage` for
 //! several templates at once (`{advisorId, openid, result: {"<templateId>": "accept", errMsg}}`).
 //! Each template's decision is one `subscription.changed` event; each accept is one send credit.
+//! The caller must be the advisor: a mini-program session whose openid staff bound to the
+//! advisor id (see `routes::advisors`); anything else is a 403 and changes nothing.
 
 use ande_contracts::vocab::{SubscriptionStatus, Vocabulary};
 use ande_events::{new_meta, SubscriptionChanged};
@@ -15,6 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ok_with, ApiError};
 use crate::extract::{JsonBody, MaybeSession};
 use crate::idempotency;
+use crate::routes::advisors;
 use crate::validate;
 use crate::AppState;
 
@@ -90,10 +93,20 @@ pub async fn subscribe(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
-    let openid = match &session {
-        Some(s) => s.sub.clone(),
-        None => validate::ID.required("openid", body.get("openid"))?,
+    let source = match body.get("subscribeData").and_then(|d| d.get("source")) {
+        Some(v) => validate::SOURCE.optional("subscribeData.source", Some(v))?,
+        None => None,
+    }
+    .unwrap_or_else(|| "miniprogram".into());
+    let decisions = decisions(&body)?;
+    // Only the advisor's own bound WeChat user may change their subscriptions: the openid is the
+    // session's (a body's `openid` is ignored), and it must be bound to the advisor.
+    let Some(session) = session else {
+        return Err(ApiError::forbidden(
+            "an advisor subscribes from their own mini-program session",
+        ));
     };
+    let openid = session.sub;
     // Each accept is a credit to message this openid: bound how fast anyone can add them.
     state.openid_limiter.check(&openid).map_err(|wait| {
         ApiError::new(
@@ -103,13 +116,8 @@ pub async fn subscribe(
         )
         .retry_after(wait)
     })?;
-    let source = match body.get("subscribeData").and_then(|d| d.get("source")) {
-        Some(v) => validate::SOURCE.optional("subscribeData.source", Some(v))?,
-        None => None,
-    }
-    .unwrap_or_else(|| "miniprogram".into());
-    let decisions = decisions(&body)?;
-    state.require_bus()?;
+    advisors::require_binding(&state, &advisor_id, &openid).await?;
+
     let now = chrono::Utc::now();
     let mut recorded = Vec::new();
     let key = idempotency::key(&headers)?;

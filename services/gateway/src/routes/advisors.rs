@@ -1,0 +1,140 @@
+//! Advisor bindings: who receives an advisor's notifications (kept by the notifier, see
+//! `ande_notifier::bindings`).
+//!
+//! - `POST /api/advisor/bind {code}`: the advisor, logged in to the mini-program, redeems the
+//!   pairing code staff gave them; the openid is the session's.
+//! - Staff only: `GET /api/advisor-bindings[?advisorId=]`, `POST /api/advisor-bindings
+//!   {advisorId, openid}`, `POST /api/advisor-bindings/unbind {advisorId, openid}`,
+//!   `POST /api/advisor-pairings {advisorId}` (a code valid 10 minutes, shown once).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ande_contracts::notifier::{
+    Bind, BindRequest, BindingFilter, BindingKey, CheckBinding, ListBindings, Pair, PairRequest,
+    Redeem, RedeemRequest, Unbind,
+};
+use ande_platform::rpc;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use crate::error::{ok, ok_with, ApiError};
+use crate::extract::{JsonBody, MaybeSession, Staff};
+use crate::validate;
+use crate::AppState;
+
+/// The notifier answers from its database.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Refuse unless `openid` is bound to `advisor_id`.
+pub async fn require_binding(
+    state: &AppState,
+    advisor_id: &str,
+    openid: &str,
+) -> Result<(), ApiError> {
+    state.require_bus()?;
+    let key = BindingKey {
+        advisor_id: advisor_id.to_string(),
+        openid: openid.to_string(),
+    };
+    let check =
+        rpc::call::<CheckBinding>(&state.bus.client, &state.bus.subjects, &key, TIMEOUT).await?;
+    if check.bound {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "this WeChat user is not bound to that advisor; ask staff for a pairing code",
+        ))
+    }
+}
+
+/// The advisor redeems a pairing code from their own session.
+#[tracing::instrument(skip_all)]
+pub async fn redeem(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let session = session.ok_or_else(|| {
+        ApiError::unauthorized("log in to the mini-program first (Authorization: Bearer <session>)")
+    })?;
+    let code = validate::CODE.required("code", body.get("code"))?;
+    state.require_bus()?;
+    let r = RedeemRequest {
+        code,
+        openid: session.sub,
+    };
+    let binding = rpc::call::<Redeem>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
+}
+
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn list(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let advisor_id = match q.get("advisorId") {
+        Some(a) => Some(validate::ID.required("advisorId", Some(&Value::String(a.clone())))?),
+        None => None,
+    };
+    state.require_bus()?;
+    let f = BindingFilter { advisor_id };
+    let all =
+        rpc::call::<ListBindings>(&state.bus.client, &state.bus.subjects, &f, TIMEOUT).await?;
+    Ok(ok(all, "ok"))
+}
+
+fn key(body: &Map<String, Value>) -> Result<BindingKey, ApiError> {
+    Ok(BindingKey {
+        advisor_id: validate::ID.required("advisorId", body.get("advisorId"))?,
+        openid: validate::ID.required("openid", body.get("openid"))?,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn bind(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let k = key(&body)?;
+    state.require_bus()?;
+    let r = BindRequest {
+        advisor_id: k.advisor_id,
+        openid: k.openid,
+        bound_by: format!("staff:{}", staff.sub),
+    };
+    let binding = rpc::call::<Bind>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
+}
+
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn unbind(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let k = key(&body)?;
+    state.require_bus()?;
+    let gone = rpc::call::<Unbind>(&state.bus.client, &state.bus.subjects, &k, TIMEOUT).await?;
+    Ok(ok(gone, "已解除绑定"))
+}
+
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn pair(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
+    state.require_bus()?;
+    let r = PairRequest {
+        advisor_id,
+        created_by: format!("staff:{}", staff.sub),
+    };
+    let pairing = rpc::call::<Pair>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    Ok(ok_with(StatusCode::CREATED, pairing, "配对码已生成"))
+}
