@@ -33,6 +33,21 @@ for name, svc in services.items():
         if var not in env:
             errors.append(f"{name}: {var} not set")
 
+# The data plane stays inside: only the gateway publishes a port; the simulator (which mints
+# logins for any openid) only runs in the dev profile; no literal database password.
+for name, svc in services.items():
+    if svc.get("ports") and name != "gateway":
+        errors.append(f"{name}: publishes {svc['ports']}; only the gateway may")
+if "dev" not in services["wechat-sim"].get("profiles", []):
+    errors.append("wechat-sim: must be in the dev profile only")
+pg_password = str(services["postgres"].get("environment", {}).get("POSTGRES_PASSWORD", ""))
+if not pg_password.startswith("${"):
+    errors.append("postgres: POSTGRES_PASSWORD must come from the environment, not a literal")
+for name, svc in services.items():
+    url = str(svc.get("environment", {}).get("DATABASE_URL", ""))
+    if url and ":postgres@" in url:
+        errors.append(f"{name}: DATABASE_URL carries a literal password")
+
 if not (root / services["gateway"]["build"]["dockerfile"]).exists():
     errors.append("the Dockerfile named by the build section does not exist")
 

@@ -44,26 +44,33 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let config = Self::read(env)?;
-        config.check_secret()?;
+        if !config.common.development {
+            config.check_secret()?;
+            let w = &config.wechat;
+            cfg::refuse_development_wechat(&config.common, &w.base_url, &w.app_id, &w.app_secret)?;
+        }
         Ok(config)
     }
 
-    /// Anyone who knows the JWT secret can mint staff tokens, so a gateway reachable from other
-    /// machines refuses the development secret, example values and short secrets.
+    /// Anyone who knows the JWT secret can mint staff tokens, so outside development (on every
+    /// address: a proxy on the same host makes loopback public) the gateway refuses the
+    /// development secret, example values and secrets too short or too repetitive to be random.
     fn check_secret(&self) -> Result<(), ConfigError> {
         let secret = secrecy::ExposeSecret::expose_secret(&self.jwt_secret);
-        let weak = secret == DEV_JWT_SECRET
-            || secret == "change-me"
-            || secret == "your_jwt_secret_key"
-            || secret.len() < 32;
-        if weak && !self.host.is_loopback() {
-            return Err(ConfigError {
+        let known = [DEV_JWT_SECRET, "change-me", "your_jwt_secret_key", "secret"];
+        let problem = if known.contains(&secret) {
+            Some("is a published example or development value".to_string())
+        } else {
+            weak_secret(secret)
+        };
+        match problem {
+            Some(p) => Err(ConfigError {
                 var: JWT_SECRET.into(),
                 shown: "<redacted>".into(),
-                reason: format!("API_HOST={} is reachable from other machines: set JWT_SECRET to a random value of at least 32 characters", self.host),
-            });
+                reason: format!("{p}: set it to a random value, e.g. `openssl rand -base64 48` (or {}=development on a developer machine)", cfg::ANDE_ENV),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
@@ -102,32 +109,79 @@ impl GatewayConfig {
     }
 }
 
+/// Least length and estimated entropy of a JWT secret.
+const SECRET_MIN_CHARS: usize = 32;
+const SECRET_MIN_BITS: f64 = 100.0;
+const SECRET_MIN_DISTINCT: usize = 10;
+
+/// Why `secret` is too weak to sign tokens, if it is: shorter than 32 characters, fewer than 10
+/// distinct characters, or under 100 bits by its own character frequencies (Shannon entropy
+/// times length: `openssl rand -base64 32` gives about 190, `-hex 32` about 250).
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < SECRET_MIN_CHARS {
+        return Some(format!("is shorter than {SECRET_MIN_CHARS} characters"));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_insert(0usize) += 1;
+    }
+    let n = chars.len() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    if counts.len() < SECRET_MIN_DISTINCT || per_char * n < SECRET_MIN_BITS {
+        return Some("is too repetitive to be random".to_string());
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_reachable_gateway_refuses_a_weak_jwt_secret() {
-        let local = GatewayConfig::from_env(&Env::default()).unwrap();
-        assert!(
-            local.host.is_loopback(),
-            "the development secret is fine on loopback"
-        );
-        let err = GatewayConfig::from_env(&Env::from_pairs([
-            (API_HOST, "0.0.0.0"),
-            (JWT_SECRET, "change-me"),
-        ]))
-        .unwrap_err();
+    fn outside_development_weak_secrets_and_development_wechat_are_refused() {
+        let dev = GatewayConfig::from_env(&Env::from_pairs([(cfg::ANDE_ENV, "development")]));
+        assert!(dev.is_ok(), "development runs on the defaults");
+        // No ANDE_ENV: production, on loopback too (a proxy on the same host makes it public).
+        let err = GatewayConfig::from_env(&Env::default()).unwrap_err();
+        assert!(err.to_string().contains(JWT_SECRET), "{err}");
+        let err =
+            GatewayConfig::from_env(&Env::from_pairs([(JWT_SECRET, "change-me")])).unwrap_err();
         assert!(
             err.to_string().contains(JWT_SECRET) && !err.to_string().contains("change-me"),
             "{err}"
         );
-        assert!(GatewayConfig::from_env(&Env::from_pairs([(API_HOST, "0.0.0.0")])).is_err());
-        let strong = "k".repeat(40);
-        assert!(GatewayConfig::from_env(&Env::from_pairs([
-            (API_HOST, "0.0.0.0"),
-            (JWT_SECRET, strong.as_str())
-        ]))
-        .is_ok());
+        for weak in [
+            "k".repeat(40),
+            "abcabcabcabcabcabcabcabcabcabcabcabc".into(),
+            "short-but-random-Q7x!".into(),
+        ] {
+            assert!(weak_secret(&weak).is_some(), "{weak}");
+        }
+        let strong = "q9G2v+Lr8ZtX0mN4bK7cW1sJ5yHdPfE3aUoR6iTg";
+        assert!(weak_secret(strong).is_none());
+        let prod = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                (JWT_SECRET, strong),
+                (cfg::WECHAT_APP_ID, "wx1234567890abcdef"),
+                (cfg::WECHAT_APP_SECRET, "0123456789abcdef0123456789abcdef"),
+                (cfg::WECHAT_API_BASE, "https://api.weixin.qq.com"),
+            ];
+            pairs.extend_from_slice(extra);
+            GatewayConfig::from_env(&Env::from_pairs(pairs))
+        };
+        assert!(prod(&[]).is_ok());
+        let err = prod(&[(cfg::WECHAT_APP_ID, cfg::DEFAULT_APP_ID)]).unwrap_err();
+        assert!(err.to_string().contains("WECHAT_APP_ID"), "{err}");
+        let err = prod(&[(cfg::WECHAT_APP_SECRET, cfg::DEFAULT_APP_SECRET)]).unwrap_err();
+        assert!(!err.to_string().contains(cfg::DEFAULT_APP_SECRET), "{err}");
+        let err = prod(&[(cfg::WECHAT_API_BASE, "http://127.0.0.1:3900")]).unwrap_err();
+        assert!(err.to_string().contains("HTTPS"), "{err}");
     }
 }

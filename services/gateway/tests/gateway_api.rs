@@ -2567,3 +2567,55 @@ async fn advisors_bind_by_staff_or_by_a_one_time_pairing_code() {
     );
     t.stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_token_forged_with_the_development_secret_is_rejected() {
+    let t = with_secret().await;
+    let forged = auth::issue(
+        &SecretString::from(ande_gateway::config::DEV_JWT_SECRET.to_string()),
+        auth::STAFF_AUDIENCE,
+        "ops",
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let a = send(get(&t, "/api/advisor-bindings").bearer_auth(&forged)).await;
+    assert_error(&a, 401, "unauthorized");
+    let a = send(post(&t, "/api/message/send", message("o_target")).bearer_auth(&forged)).await;
+    assert_error(&a, 401, "unauthorized");
+    // A customer session is no staff token either, even signed with the right secret.
+    let customer = session(&t, "o_not_staff").await;
+    let a = send(get(&t, "/api/advisor-bindings").bearer_auth(&customer)).await;
+    assert_error(&a, 403, "forbidden");
+    t.stack.stop().await.unwrap();
+}
+
+#[test]
+fn outside_development_the_gateway_binary_refuses_to_start_without_a_secret() {
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.env("API_PORT", "1").output().unwrap()
+    };
+    // No ANDE_ENV is production: the development JWT secret (the default) is refused, on
+    // loopback too, before anything is started.
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("JWT_SECRET"), "{err}");
+    let out = run(&[("JWT_SECRET", "abababababababababababababababababab")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too repetitive"));
+    let out = run(&[
+        ("JWT_SECRET", "q9G2v+Lr8ZtX0mN4bK7cW1sJ5yHdPfE3aUoR6iTg"),
+        ("WECHAT_API_BASE", "http://127.0.0.1:3900"),
+        ("WECHAT_APP_ID", "wx1234567890abcdef"),
+        ("WECHAT_APP_SECRET", "0123456789abcdef0123456789abcdef"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WECHAT_API_BASE"));
+}

@@ -167,8 +167,15 @@ impl NotifierConfig {
                 "expected zh_CN, en_US, zh_HK or zh_TW".into(),
             ));
         }
+        let common = CommonConfig::from_env(env)?;
+        cfg::refuse_development_wechat(
+            &common,
+            &wechat.base_url,
+            &wechat.app_id,
+            &wechat.app_secret,
+        )?;
         Ok(Self {
-            common: CommonConfig::from_env(env)?,
+            common,
             wechat,
             template_id: env.string(NOTIFIER_TEMPLATE_ID, ande_wechat::DEV_TEMPLATE_ID),
             fields,
@@ -198,7 +205,8 @@ impl NotifierConfig {
 
     /// Defaults, with the given shared settings and WeChat base URL (tests, `andectl up`).
     pub fn with_common(common: CommonConfig, wechat_base: &str) -> Self {
-        let mut c = Self::from_env(&Env::default()).expect("defaults are valid");
+        let dev = Env::default().with_default(cfg::ANDE_ENV, "development");
+        let mut c = Self::from_env(&dev).expect("defaults are valid");
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
         c

@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn every_value_fits_its_keyword() {
-        let config = NotifierConfig::from_env(&Env::default()).unwrap();
+        let config = NotifierConfig::from_env(
+            &Env::default().with_default(ande_platform::config::ANDE_ENV, "development"),
+        )
+        .unwrap();
         let o = LeadOutcome {
             action_type: "view_resume".into(),
             is_new_customer: true,

@@ -11,7 +11,7 @@ use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 pub const NATS_URL: &str = "NATS_URL";
 pub const DATABASE_URL: &str = "DATABASE_URL";
@@ -32,6 +32,8 @@ pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_PREFIX: &str = "ande";
+/// `development` allows the development defaults; anything else (or unset) is production.
+pub const ANDE_ENV: &str = "ANDE_ENV";
 pub const DEFAULT_WECHAT_API_BASE: &str = "http://127.0.0.1:3900";
 pub const DEFAULT_APP_ID: &str = "wx_dev_appid";
 pub const DEFAULT_APP_SECRET: &str = "dev_app_secret";
@@ -71,6 +73,14 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+
+    /// This environment with `name` set to `value` where it is not set already.
+    pub fn with_default(mut self, name: &str, value: &str) -> Self {
+        if self.get(name).is_none() {
+            self.vars.insert(name.to_string(), value.to_string());
+        }
+        self
     }
 
     /// The value, if set and not empty.
@@ -187,6 +197,9 @@ mod tests {
 /// The settings every service shares: where NATS and Postgres are, and which environment prefix.
 #[derive(Clone)]
 pub struct CommonConfig {
+    /// `ANDE_ENV=development`: the development defaults (secrets, the simulator) are allowed.
+    /// Off unless set, so a deployment that forgets it refuses them instead of running on them.
+    pub development: bool,
     pub nats_url: String,
     /// May carry a password: kept secret so it never reaches a log.
     pub database_url: SecretString,
@@ -199,6 +212,7 @@ pub struct CommonConfig {
 impl std::fmt::Debug for CommonConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommonConfig")
+            .field("development", &self.development)
             .field("nats_url", &redact_url(&self.nats_url))
             .field("database_url", &"<redacted>")
             .field("prefix", &self.prefix)
@@ -217,7 +231,19 @@ impl CommonConfig {
             reason,
         })?;
         let nats_url = env.string(NATS_URL, DEFAULT_NATS_URL);
+        let development = match env.get(ANDE_ENV) {
+            None | Some("production") => false,
+            Some("development") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: ANDE_ENV.into(),
+                    shown: other.into(),
+                    reason: "must be development or production".into(),
+                })
+            }
+        };
         Ok(Self {
+            development,
             nats_url,
             database_url: SecretString::from(database_url(env)?),
             prefix,
@@ -231,6 +257,47 @@ impl CommonConfig {
     pub fn subjects(&self) -> ande_events::Subjects {
         ande_events::Subjects::new(&self.prefix).expect("prefix validated in from_env")
     }
+}
+
+/// Outside development, refuse the WeChat settings only a developer machine may run with: the
+/// development app id or secret (public in this repository), or a WeChat API that is not HTTPS
+/// (the simulator, or anything that would see the app secret and access tokens in clear).
+pub fn refuse_development_wechat(
+    common: &CommonConfig,
+    api_base: &str,
+    app_id: &str,
+    app_secret: &SecretString,
+) -> Result<(), ConfigError> {
+    if common.development {
+        return Ok(());
+    }
+    let refuse = |var: &str, shown: &str, what: &str| {
+        Err(ConfigError {
+            var: var.into(),
+            shown: shown.into(),
+            reason: format!(
+                "{what} outside development (set {ANDE_ENV}=development on a developer machine)"
+            ),
+        })
+    };
+    if app_id == DEFAULT_APP_ID {
+        return refuse(WECHAT_APP_ID, app_id, "the development app id is refused");
+    }
+    if app_secret.expose_secret() == DEFAULT_APP_SECRET {
+        return refuse(
+            WECHAT_APP_SECRET,
+            "<redacted>",
+            "the development app secret is refused",
+        );
+    }
+    if !api_base.starts_with("https://") {
+        return refuse(
+            WECHAT_API_BASE,
+            &redact_url(api_base),
+            "a WeChat API that is not HTTPS is refused",
+        );
+    }
+    Ok(())
 }
 
 /// A URL with any `user:password@` part replaced, for messages and logs.

@@ -20,6 +20,8 @@ pub async fn isolated_config() -> CommonConfig {
             .filter_map(|k| env.get(k).map(|v| (k, v.to_string()))),
     ))
     .expect("test config");
+    // Tests run on the development defaults (secrets, the simulator), as `andectl up` does.
+    config.development = true;
     let name = format!("t_{}", uuid::Uuid::now_v7().simple());
     let admin = config.database_url.expose_secret().to_string();
     let mut conn = PgConnection::connect(&admin)

@@ -31,6 +31,11 @@ pub struct StackOptions {
 impl StackOptions {
     /// From the process environment, as `andectl up` runs it.
     pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        // `up` is the developer's stack: the development defaults are allowed unless the
+        // environment says otherwise.
+        let env = &env
+            .clone()
+            .with_default(ande_platform::config::ANDE_ENV, "development");
         let common = CommonConfig::from_env(env)?;
         let sim_addr = match env.get(ande_platform::config::WECHAT_API_BASE) {
             Some(_) => None,
