@@ -48,6 +48,14 @@ for name, svc in services.items():
     if url and ":postgres@" in url:
         errors.append(f"{name}: DATABASE_URL carries a literal password")
 
+# Each service reaches NATS as its own user (deploy/nats/ande-auth.conf), and NATS runs that file.
+for name in ["gateway", "leads", "notifier"]:
+    url = str(services[name].get("environment", {}).get("NATS_URL", ""))
+    if not url.startswith(f"nats://{name}:${{"):
+        errors.append(f"{name}: NATS_URL must carry its own user ({name}) and a password from the environment")
+if "/etc/nats/nats-server.conf" not in services["nats"].get("command", []):
+    errors.append("nats: must run deploy/nats/nats-server.conf (users and permissions)")
+
 if not (root / services["gateway"]["build"]["dockerfile"]).exists():
     errors.append("the Dockerfile named by the build section does not exist")
 

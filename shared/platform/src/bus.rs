@@ -78,8 +78,17 @@ impl Bus {
         config: &CommonConfig,
         options: async_nats::ConnectOptions,
     ) -> Result<Self, BusError> {
+        let (url, credentials) = split_credentials(&config.nats_url);
+        let options = match credentials {
+            // Each service reads replies on its own inbox prefix, which the NATS permissions
+            // (deploy/nats/ande-auth.conf) let only that user subscribe to.
+            Some((user, password)) => options
+                .custom_inbox_prefix(format!("_INBOX.{user}"))
+                .user_and_password(user, password),
+            None => options,
+        };
         let client = options
-            .connect(&config.nats_url)
+            .connect(url.as_str())
             .await
             .map_err(|e| BusError::Connect {
                 url: crate::config::redact_url(&config.nats_url),
@@ -218,4 +227,48 @@ fn map_ack_err(e: async_nats::jetstream::context::PublishError) -> BusError {
 
 fn truncate(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// `nats://user:password@host:port` → (`nats://host:port`, Some((user, password))): async-nats
+/// does not read credentials from the URL itself. No percent-decoding: use passwords of URL-safe
+/// characters (`openssl rand -hex 24`).
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let bare = if path.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{path}")
+    };
+    (bare, Some((user.to_string(), password.to_string())))
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        assert_eq!(
+            split_credentials("nats://gateway:s3cret@nats:4222"),
+            (
+                "nats://nats:4222".into(),
+                Some(("gateway".into(), "s3cret".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), None)
+        );
+        assert_eq!(
+            split_credentials("127.0.0.1:4222"),
+            ("127.0.0.1:4222".into(), None)
+        );
+    }
 }

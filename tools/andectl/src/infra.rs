@@ -111,7 +111,7 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
     let (nh, np) = host_port(&common.nats_url, 4222);
     if !answers(&nh, np).await {
         let Some(bin) = on_path("nats-server") else {
-            bail!("NATS does not answer at {} and nats-server is not installed.\n  Install it (Debian: apt-get install nats-server), or run: docker compose up -d nats postgres", common.nats_url);
+            bail!("NATS does not answer at {} and nats-server is not installed.\n  Install it (Debian: apt-get install nats-server), or run: docker compose up -d nats postgres", ande_platform::config::redact_url(&common.nats_url));
         };
         let dir = data_dir.join("nats");
         std::fs::create_dir_all(&dir)?;

@@ -555,7 +555,7 @@ Try it (paste into another terminal):
   andectl events tail        andectl status        andectl dlq ls
 
 Ctrl-C stops everything."#,
-        nats = stack.common.nats_url,
+        nats = ande_platform::config::redact_url(&stack.common.nats_url),
         db = ande_platform::config::redact_url(ande_platform::ExposeSecret::expose_secret(
             &stack.common.database_url
         )),

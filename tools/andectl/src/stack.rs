@@ -26,6 +26,17 @@ pub struct StackOptions {
     pub leads: LeadsConfig,
     pub notifier: NotifierConfig,
     pub sim: wechat_sim::SimConfig,
+    /// Each service's own NATS URL (with its user), where the NATS has per-service users;
+    /// `None`: the shared `common.nats_url`.
+    pub service_nats: Option<ServiceNats>,
+}
+
+/// The NATS URLs of the services, each carrying that service's user and password.
+#[derive(Clone)]
+pub struct ServiceNats {
+    pub gateway: String,
+    pub leads: String,
+    pub notifier: String,
 }
 
 impl StackOptions {
@@ -52,6 +63,7 @@ impl StackOptions {
             sim: wechat_sim::SimConfig::from_env(env)?,
             common,
             sim_addr,
+            service_nats: None,
         })
     }
 
@@ -65,6 +77,7 @@ impl StackOptions {
             notifier: NotifierConfig::with_common(common.clone(), sim_base),
             sim: wechat_sim::SimConfig::default(),
             sim_addr: Some("127.0.0.1:0".parse().expect("valid")),
+            service_nats: None,
             gateway,
             common,
         }
@@ -102,6 +115,11 @@ impl Stack {
         opts.gateway.common = opts.common.clone();
         opts.leads.common = opts.common.clone();
         opts.notifier.common = opts.common.clone();
+        if let Some(n) = &opts.service_nats {
+            opts.gateway.common.nats_url = n.gateway.clone();
+            opts.leads.common.nats_url = n.leads.clone();
+            opts.notifier.common.nats_url = n.notifier.clone();
+        }
 
         let gateway = Gateway::bind(opts.gateway).await.context("gateway")?;
         let gateway_url = format!("http://{}", gateway.addr);

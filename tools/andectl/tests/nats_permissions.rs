@@ -1,0 +1,213 @@
+//! The data plane needs credentials: the whole stack on a NATS configured with
+//! `deploy/nats/ande-auth.conf` (one user per service), and what a client without credentials,
+//! or with another service's, is refused.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use andectl::stack::ServiceNats;
+use andectl::testing as common;
+use futures::StreamExt;
+use serde_json::json;
+
+/// A nats-server on a free port with the deployment's users and permissions, rewritten for the
+/// test's prefix (the file is written for `ande`).
+struct AuthNats {
+    child: Child,
+    port: u16,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+const PASSWORD: &str = "test-password-0123456789";
+
+impl AuthNats {
+    fn start(prefix: &str) -> Self {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let auth = std::fs::read_to_string(root.join("deploy/nats/ande-auth.conf")).unwrap();
+        let auth = auth
+            .replace("\"ande.", &format!("\"{prefix}."))
+            .replace("ANDE_EVENTS", &format!("{}_EVENTS", prefix.to_uppercase()))
+            .replace("ANDE_DLQ", &format!("{}_DLQ", prefix.to_uppercase()));
+        let dir = std::env::temp_dir().join(format!("ande-nats-{prefix}"));
+        std::fs::create_dir_all(dir.join("js")).unwrap();
+        std::fs::write(dir.join("ande-auth.conf"), auth).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ninclude ande-auth.conf\n",
+            dir.join("js").display()
+        );
+        std::fs::write(dir.join("nats.conf"), conf).unwrap();
+        let mut cmd = Command::new("nats-server");
+        cmd.arg("-c").arg(dir.join("nats.conf"));
+        for user in ["GATEWAY", "LEADS", "NOTIFIER", "ANDECTL"] {
+            cmd.env(format!("ANDE_NATS_{user}_PASSWORD"), PASSWORD);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("nats://{user}:{PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    fn bare(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for AuthNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(nats: &AuthNats, user: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), PASSWORD.into())
+        .custom_inbox_prefix(format!("_INBOX.{user}"))
+        .connect(nats.bare())
+        .await
+        .unwrap()
+}
+
+/// A request that must not be answered: refused by the server's permissions, it times out or
+/// fails, never gets a reply.
+async fn refused_request(c: &async_nats::Client, subject: String) {
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.request(subject.clone(), b"{}".to_vec().into()),
+    )
+    .await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "{subject} answered a client that may not call it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
+    let mut server = None;
+    let t = common::start_with(|o| {
+        let nats = AuthNats::start(&o.common.prefix);
+        o.common.nats_url = nats.url("andectl");
+        o.service_nats = Some(ServiceNats {
+            gateway: nats.url("gateway"),
+            leads: nats.url("leads"),
+            notifier: nats.url("notifier"),
+        });
+        server = Some(nats);
+    })
+    .await;
+    let nats = server.unwrap();
+    let prefix = t.stack.common.prefix.clone();
+
+    // The pipeline runs end to end with each service on its own user.
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    t.advisor_accepts("adv-perm", "o_adv_perm", tpl).await;
+    let (status, body) = t
+        .post(
+            "/api/customer/action",
+            json!({"customerId": "c-perm", "advisorId": "adv-perm", "actionType": "view_resume", "customerPhone": "13800000001"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(t.wait_messages("o_adv_perm", 1).await.len(), 1);
+
+    // Without credentials: refused at connect.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.bare())
+        .await;
+    assert!(anonymous.is_err(), "a client without a user connected");
+    let wrong = async_nats::ConnectOptions::new()
+        .user_and_password("gateway".into(), "guess".into())
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.bare())
+        .await;
+    assert!(wrong.is_err(), "a wrong password connected");
+
+    // The gateway's user cannot dump leads, nor read the event log.
+    let gateway = client(&nats, "gateway").await;
+    refused_request(&gateway, format!("{prefix}.rpc.leads.list")).await;
+    let mut snoop = gateway
+        .subscribe(format!("{prefix}.events.>"))
+        .await
+        .unwrap();
+    // Leads' user cannot message anyone or lift a pause.
+    let leads = client(&nats, "leads").await;
+    refused_request(&leads, format!("{prefix}.rpc.notifier.send")).await;
+    refused_request(&leads, format!("{prefix}.rpc.notifier.resume")).await;
+    // The gateway's user cannot forge a lead outcome into the stream.
+    let js = async_nats::jetstream::new(gateway.clone());
+    let forged = tokio::time::timeout(Duration::from_secs(3), async {
+        match js
+            .publish(
+                format!("{prefix}.events.v1.lead.outcome"),
+                b"x".to_vec().into(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        !matches!(forged, Ok(true)),
+        "the gateway's user stored a lead outcome"
+    );
+
+    // The operator's user (andectl) sees events: a positive signal that one was published
+    // while the gateway's user was subscribed, and the gateway's user still saw nothing.
+    let operator = client(&nats, "andectl").await;
+    let mut watch = operator
+        .subscribe(format!("{prefix}.events.>"))
+        .await
+        .unwrap();
+    operator.flush().await.unwrap();
+    let (status, _) = t
+        .post(
+            "/api/customer/action",
+            json!({"customerId": "c-perm2", "advisorId": "adv-perm", "actionType": "view_resume"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    assert!(matches!(seen, Ok(Some(_))), "the operator saw the event");
+    let leaked = tokio::time::timeout(Duration::from_millis(300), snoop.next()).await;
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "the gateway's user read the event log"
+    );
+    t.stack.stop().await.unwrap();
+}
