@@ -16,6 +16,7 @@ pub const GATEWAY_RATE_PER_IP: &str = "GATEWAY_RATE_PER_IP";
 pub const GATEWAY_RATE_PER_OPENID: &str = "GATEWAY_RATE_PER_OPENID";
 pub const GATEWAY_BODY_LIMIT: &str = "GATEWAY_BODY_LIMIT";
 pub const GATEWAY_TRUST_FORWARDED: &str = "GATEWAY_TRUST_FORWARDED";
+pub const GATEWAY_ANONYMOUS_ACTIONS: &str = "GATEWAY_ANONYMOUS_ACTIONS";
 
 /// Used when JWT_SECRET is unset, so a developer machine runs with nothing set. The gateway logs
 /// a warning at start when it is in use; never deploy with it.
@@ -39,6 +40,9 @@ pub struct GatewayConfig {
     pub body_limit: usize,
     /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
     pub trust_forwarded: bool,
+    /// Record customer actions without a session (the mini-program's calls today carry none).
+    /// `false` answers them 401, for a mini-program that sends its session token.
+    pub anonymous_actions: bool,
 }
 
 impl GatewayConfig {
@@ -97,6 +101,7 @@ impl GatewayConfig {
             rate_per_openid: env.parse(GATEWAY_RATE_PER_OPENID, 120u32)?.max(1),
             body_limit: env.parse(GATEWAY_BODY_LIMIT, 64 * 1024usize)?.max(1024),
             trust_forwarded: env.bool(GATEWAY_TRUST_FORWARDED, false)?,
+            anonymous_actions: env.bool(GATEWAY_ANONYMOUS_ACTIONS, true)?,
         })
     }
 

@@ -1141,10 +1141,33 @@ async fn journey_shows_lead_and_notification_to_staff_and_to_the_owner_only() {
         "the msgid WeChat gave"
     );
 
-    // The owner sees it, without our bookkeeping about the connection.
+    // The owner sees it, without our bookkeeping about the connection, and without learning
+    // whether the number was known already (no created/matched, no customer code).
     let j = send(get(&t, &format!("/api/actions/{id}")).bearer_auth(&owner)).await;
     assert_ok(&j, 200);
-    assert_eq!(j.data()["lead"]["status"], "created");
+    assert_eq!(j.data()["lead"]["status"], "lead");
+    assert!(
+        j.data()["lead"].get("customerCode").is_none()
+            && j.data()["lead"].get("newCustomer").is_none()
+            && j.data()["lead"].get("leadId").is_none(),
+        "{}",
+        j.text
+    );
+    let mut again = action_body("cust-j2", "adv-j");
+    again["customerPhone"] = json!("13900139000");
+    let a2 = send(post(&t, "/api/customer/action", again).bearer_auth(&owner)).await;
+    let id2 = a2.data()["actionId"].as_str().unwrap().to_string();
+    let staff_view = wait_journey(&t, &id2, &staff, |a| {
+        a.data()["lead"]["status"] == "matched"
+    })
+    .await;
+    assert_eq!(staff_view.data()["lead"]["status"], "matched");
+    let j2 = send(get(&t, &format!("/api/actions/{id2}")).bearer_auth(&owner)).await;
+    assert_eq!(
+        j2.data()["lead"]["status"],
+        "lead",
+        "a match reads as a new lead does"
+    );
     assert!(
         j.data()["recorded"].get("clientIp").is_none()
             && j.data()["recorded"].get("userAgent").is_none(),
@@ -2618,4 +2641,148 @@ fn outside_development_the_gateway_binary_refuses_to_start_without_a_secret() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("WECHAT_API_BASE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_actions_can_be_refused_outright() {
+    let t = common::start_with(|o| o.gateway.anonymous_actions = false).await;
+    let a = send(post(
+        &t,
+        "/api/customer/action",
+        action_body("c-anon", "adv-a"),
+    ))
+    .await;
+    assert_error(&a, 401, "unauthorized");
+    let customer = session(&t, "o_with_session").await;
+    let a = send(
+        post(&t, "/api/customer/action", action_body("c-anon", "adv-a")).bearer_auth(&customer),
+    )
+    .await;
+    assert_ok(&a, 201);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_anonymous_actions_spends_the_budget_and_delays_no_verified_customer() {
+    const FLOOD: usize = 5_000;
+    const BUDGET: i64 = 20;
+    let t = common::start_with(|o| {
+        o.gateway.rate_per_ip = 1_000_000;
+        o.notifier.anonymous_per_hour = BUDGET;
+    })
+    .await;
+    let db = t.db().await;
+    let (adv, advisor_openid) = ("adv-flood", "o_adv_flood");
+    t.advisor_accepts(adv, advisor_openid, TEMPLATE).await;
+    // Plenty of credit, ours and WeChat's: only the budget can hold the flood back.
+    // (once the notifier has applied the accept)
+    for _ in 0..200 {
+        let done = sqlx::query("UPDATE notifier.subscriptions SET credits = 500, accepts = 500 WHERE advisor_id = $1 AND accepts >= 1")
+            .bind(adv)
+            .execute(&db)
+            .await
+            .unwrap()
+            .rows_affected();
+        if done == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sim_post(
+        &t,
+        "/sim/credits",
+        json!({"openid": advisor_openid, "template_id": TEMPLATE, "count": 500}),
+    )
+    .await;
+
+    // A verified customer's latency before the flood, for comparison.
+    let customer = session(&t, "o_verified_flood").await;
+    let verified = |n: usize| {
+        let mut b = action_body(&format!("c-verified-{n}"), adv);
+        b["customerPhone"] = json!(format!("1360000000{n}"));
+        b
+    };
+    let start = std::time::Instant::now();
+    assert_ok(
+        &send(post(&t, "/api/customer/action", verified(1)).bearer_auth(&customer)).await,
+        201,
+    );
+    t.wait_messages(advisor_openid, 1).await;
+    let before = start.elapsed();
+
+    // 5,000 anonymous actions naming the advisor, 16 at a time.
+    let url = t.api("/api/customer/action");
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (http, url) = (t.http.clone(), url.clone());
+        tasks.spawn(async move {
+            for i in (w..FLOOD).step_by(16) {
+                let body = json!({"customerId": format!("anon-{i}"), "advisorId": "adv-flood", "actionType": "view_resume",
+                                  "customerPhone": format!("135{:08}", i)});
+                let r = http.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 201);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Positive signal: the notifier has taken in every one of them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifier.notifications WHERE advisor_id = $1 AND anonymous",
+        )
+        .bind(adv)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if n == FLOOD as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {n} anonymous notifications stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The verified customer's notification arrives as fast as before the flood.
+    let sent_before = sim_messages(&t, advisor_openid).await;
+    let start = std::time::Instant::now();
+    assert_ok(
+        &send(post(&t, "/api/customer/action", verified(2)).bearer_auth(&customer)).await,
+        201,
+    );
+    t.wait_messages(advisor_openid, sent_before + 1).await;
+    let after = start.elapsed();
+    let diag: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT state, anonymous, count(*) FROM notifier.notifications GROUP BY 1, 2",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let log: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT event, errcode FROM notifier.deliveries ORDER BY id DESC LIMIT 5")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert!(
+        after < before * 3 + std::time::Duration::from_secs(1),
+        "verified latency {after:?} after the flood vs {before:?} before; {diag:?} {log:?}"
+    );
+    // The flood spent at most its budget of the advisor's sends.
+    let anonymous_sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notifier.notifications WHERE advisor_id = $1 AND anonymous AND state IN ('queued', 'sending', 'sent')",
+    )
+    .bind(adv)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(anonymous_sent <= BUDGET, "{anonymous_sent} anonymous sends");
+    assert!(
+        sent_before as i64 <= 1 + BUDGET,
+        "{sent_before} messages before the verified one"
+    );
+    t.stack.stop().await.unwrap();
 }

@@ -132,5 +132,6 @@ pub fn outcome_event(o: &StoredOutcome) -> LeadOutcome {
         customer_name: o.customer_name.clone().unwrap_or_default(),
         customer_phone: o.phone.clone().unwrap_or_default(),
         action_at: Some(to_timestamp(o.occurred_at)),
+        anonymous: o.anonymous,
     }
 }

@@ -48,7 +48,7 @@ pub async fn load_outcome(
             a.outcome_kind AS "kind: OutcomeKind", a.no_lead_reason, a.lead_id, l.customer_code AS "customer_code?",
             a.is_new_customer, COALESCE(l.name, a.customer_name) AS "customer_name?",
             COALESCE(l.phone, a.phone_normalized) AS "phone?", a.occurred_at, a.stored_at, a.outcome_event_id,
-            a.outcome_published_at IS NOT NULL AS "published!"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = $1"#,
         action_id
     )
@@ -251,7 +251,7 @@ pub async fn record_batch(
             a.lead_id, l.customer_code AS "customer_code?", a.is_new_customer AS "is_new_customer!",
             COALESCE(l.name, a.customer_name) AS "customer_name?", COALESCE(l.phone, a.phone_normalized) AS "phone?",
             a.occurred_at AS "occurred_at!", a.stored_at AS "stored_at!", a.outcome_event_id AS "outcome_event_id!",
-            a.outcome_published_at IS NOT NULL AS "published!"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = ANY($1)"#,
         &all
     )
@@ -321,6 +321,10 @@ async fn insert_actions(
 /// The new actions that carry a valid phone, one group per distinct phone, in batch order.
 struct Group<'a> {
     first: &'a Prepared,
+    /// Any of its actions carried a session.
+    verified: bool,
+    /// Whom a new lead belongs to: the first verified action's advisor, else the first action's.
+    owner: &'a str,
     name: Option<String>,
     openid: Option<String>,
     touches: i32,
@@ -337,7 +341,15 @@ fn group_by_phone<'a>(
         let Ok(phone) = &p.phone else { continue };
         match groups.iter_mut().find(|(ph, _)| ph == phone) {
             Some((_, g)) => {
-                g.name = g.name.take().or_else(|| p.name.clone());
+                let verified = p.openid.is_some();
+                if verified && !g.verified {
+                    // The first verified action outranks what anonymous ones said.
+                    g.verified = true;
+                    g.owner = &p.advisor_id;
+                    g.name = p.name.clone().or_else(|| g.name.take());
+                } else if verified || !g.verified {
+                    g.name = g.name.take().or_else(|| p.name.clone());
+                }
                 g.openid = g.openid.take().or_else(|| p.openid.clone());
                 g.touches += 1;
                 g.last = g.last.max(p.occurred_at);
@@ -347,6 +359,8 @@ fn group_by_phone<'a>(
                 phone.clone(),
                 Group {
                     first: p,
+                    verified: p.openid.is_some(),
+                    owner: &p.advisor_id,
                     name: p.name.clone(),
                     openid: p.openid.clone(),
                     touches: 1,
@@ -369,15 +383,21 @@ async fn upsert_leads(
     // Sorted by phone so that concurrent batches lock lead rows in the same order.
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     let rows = sqlx::query!(
-        "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at)
+        "INSERT INTO leads (id, customer_code, phone, name, openid, owner_advisor_id, created_by, source, status, level, remark, touch_count, last_touch_at, verified)
          SELECT u.id, 'KH' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || customer_code_suffix(nextval('customer_code_seq')),
-                u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
-              AS u(id, phone, name, openid, adv, remark, touches, last)
+                u.phone, u.name, u.openid, u.adv, u.adv, $9, $10, $11, u.remark, u.touches, u.last, u.verified
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $12::bool[])
+              AS u(id, phone, name, openid, adv, remark, touches, last, verified)
          ORDER BY u.phone
          ON CONFLICT (phone) DO UPDATE SET
-             name = COALESCE(leads.name, EXCLUDED.name),
-             openid = COALESCE(leads.openid, EXCLUDED.openid),
+             -- Anonymous actions change nothing a lead says; the first verified one corrects it.
+             name = CASE WHEN EXCLUDED.verified AND NOT leads.verified THEN COALESCE(EXCLUDED.name, leads.name)
+                         WHEN EXCLUDED.verified THEN COALESCE(leads.name, EXCLUDED.name) ELSE leads.name END,
+             openid = CASE WHEN EXCLUDED.verified AND NOT leads.verified THEN COALESCE(EXCLUDED.openid, leads.openid)
+                           WHEN EXCLUDED.verified THEN COALESCE(leads.openid, EXCLUDED.openid) ELSE leads.openid END,
+             owner_advisor_id = CASE WHEN EXCLUDED.verified AND NOT leads.verified THEN EXCLUDED.owner_advisor_id
+                                     ELSE leads.owner_advisor_id END,
+             verified = leads.verified OR EXCLUDED.verified,
              touch_count = leads.touch_count + EXCLUDED.touch_count,
              last_touch_at = GREATEST(leads.last_touch_at, EXCLUDED.last_touch_at),
              updated_at = now()
@@ -386,13 +406,14 @@ async fn upsert_leads(
         &groups.iter().map(|(ph, _)| ph.clone()).collect::<Vec<_>>(),
         groups.iter().map(|(_, g)| g.name.clone()).collect::<Vec<_>>() as _,
         groups.iter().map(|(_, g)| g.openid.clone()).collect::<Vec<_>>() as _,
-        &groups.iter().map(|(_, g)| g.first.advisor_id.clone()).collect::<Vec<_>>(),
+        &groups.iter().map(|(_, g)| g.owner.to_string()).collect::<Vec<_>>(),
         &groups.iter().map(|(_, g)| remark_for(&g.first.action_type)).collect::<Vec<_>>(),
         &groups.iter().map(|(_, g)| g.touches).collect::<Vec<_>>(),
         &groups.iter().map(|(_, g)| g.last).collect::<Vec<_>>(),
         &config.source,
         &config.default_status,
         &config.default_level,
+        &groups.iter().map(|(_, g)| g.verified).collect::<Vec<_>>(),
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -223,7 +223,11 @@ const PUBLISHED: &str = "SELECT count(*) FROM leads.actions WHERE outcome_publis
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rules_for_new_existing_invalid_and_missing_phones() {
     let env = start(1).await;
-    let first = action("adv-1", "view_resume", "", "0086 139-1234-5678");
+    let first = {
+        let mut a = action("adv-1", "view_resume", "", "0086 139-1234-5678");
+        a.openid = "o_first".into();
+        a
+    };
     env.publish(&first).await;
     let second = {
         let mut a = action("adv-2", "book_service", "李四", "13912345678");
@@ -255,7 +259,8 @@ async fn rules_for_new_existing_invalid_and_missing_phones() {
     );
     assert_eq!(
         l.get::<Option<String>, _>("openid").as_deref(),
-        Some("o_customer")
+        Some("o_first"),
+        "the first verified action's openid stays"
     );
     assert_eq!(
         l.get::<String, _>("owner_advisor_id"),
@@ -744,5 +749,82 @@ async fn customer_codes_stay_unique_past_a_million() {
         "{codes:?}"
     );
     assert_eq!(env.dead_letters().await, 0);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymous_actions_never_change_a_lead_and_a_verified_one_corrects_theirs() {
+    let env = start(1).await;
+    let verified = |advisor: &str, name: &str, openid: &str| {
+        let mut a = action(advisor, "book_service", name, "13700001111");
+        a.openid = openid.into();
+        a
+    };
+    let lead = || async {
+        sqlx::query("SELECT name, openid, owner_advisor_id, verified FROM leads.leads WHERE phone = '13700001111'")
+            .fetch_one(&env.db)
+            .await
+            .unwrap()
+    };
+    let fields = |r: &sqlx::postgres::PgRow| {
+        (
+            r.get::<Option<String>, _>("name"),
+            r.get::<Option<String>, _>("openid"),
+            r.get::<String, _>("owner_advisor_id"),
+            r.get::<bool, _>("verified"),
+        )
+    };
+    // A rival pre-claims the number anonymously: the lead exists, marked unverified.
+    let claim = action("adv-rival", "view_resume", "冒名", "13700001111");
+    env.publish(&claim).await;
+    env.wait_count(PUBLISHED, 1).await;
+    assert_eq!(
+        fields(&lead().await),
+        (Some("冒名".into()), None, "adv-rival".into(), false)
+    );
+    // More anonymous actions change nothing.
+    env.publish(&action("adv-x", "view_resume", "别人", "13700001111"))
+        .await;
+    env.wait_count(PUBLISHED, 2).await;
+    assert_eq!(fields(&lead().await).2, "adv-rival");
+    assert_eq!(fields(&lead().await).0.as_deref(), Some("冒名"));
+    // The real customer, with a session: their name, their openid, their advisor.
+    let real = verified("adv-real", "真名", "o_real_customer");
+    env.publish(&real).await;
+    env.wait_count(PUBLISHED, 3).await;
+    assert_eq!(
+        fields(&lead().await),
+        (
+            Some("真名".into()),
+            Some("o_real_customer".into()),
+            "adv-real".into(),
+            true
+        )
+    );
+    // Once verified, anonymous actions and later verified ones keep what it says.
+    env.publish(&action("adv-rival", "view_resume", "再冒名", "13700001111"))
+        .await;
+    env.publish(&verified("adv-other", "另一个", "o_someone"))
+        .await;
+    env.wait_count(PUBLISHED, 5).await;
+    assert_eq!(
+        fields(&lead().await),
+        (
+            Some("真名".into()),
+            Some("o_real_customer".into()),
+            "adv-real".into(),
+            true
+        )
+    );
+    // Outcomes say which actions were anonymous (the notifier budgets those).
+    let outcomes = env.outcomes().await;
+    let of = |a: &ActionRecorded| {
+        outcomes
+            .iter()
+            .find(|o| o.action_id == a.action_id)
+            .unwrap()
+    };
+    assert!(of(&claim).anonymous);
+    assert!(!of(&real).anonymous);
     env.stop().await;
 }

@@ -13,6 +13,7 @@ pub const NOTIFIER_LONG_TERM_TEMPLATES: &str = "NOTIFIER_LONG_TERM_TEMPLATES";
 pub const NOTIFIER_MINIPROGRAM_STATE: &str = "NOTIFIER_MINIPROGRAM_STATE";
 pub const NOTIFIER_LANG: &str = "NOTIFIER_LANG";
 pub const NOTIFIER_WORKERS: &str = "NOTIFIER_WORKERS";
+pub const NOTIFIER_ANONYMOUS_PER_HOUR: &str = "NOTIFIER_ANONYMOUS_PER_HOUR";
 pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
 pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
 pub const NOTIFIER_RETRY_BACKOFF: &str = "NOTIFIER_RETRY_BACKOFF";
@@ -111,6 +112,9 @@ pub struct NotifierConfig {
     pub workers: usize,
     /// Most notifications kept waiting for credit per advisor; beyond it they are dropped (logged).
     pub max_waiting: i64,
+    /// Sends an advisor's anonymous notifications may take per hour (`NOTIFIER_ANONYMOUS_PER_HOUR`);
+    /// above it they wait and go out folded into the next digest.
+    pub anonymous_per_hour: i64,
     /// Attempts of a retryable failure before the notification is marked failed.
     pub max_attempts: i32,
     /// First retry delay; doubles with each attempt, capped at 5 minutes.
@@ -195,6 +199,7 @@ impl NotifierConfig {
             lang,
             workers: env.parse(NOTIFIER_WORKERS, 4usize)?.clamp(1, 64),
             max_waiting: env.parse(NOTIFIER_MAX_WAITING, 50i64)?.max(1),
+            anonymous_per_hour: env.parse(NOTIFIER_ANONYMOUS_PER_HOUR, 20i64)?.max(0),
             max_attempts: env.parse(NOTIFIER_MAX_ATTEMPTS, 6i32)?.clamp(1, 50),
             retry_backoff: env.duration(NOTIFIER_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF)?,
             stale_after: env.duration(NOTIFIER_STALE_AFTER, DEFAULT_STALE_AFTER)?,

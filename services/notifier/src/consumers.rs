@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::config::NotifierConfig;
 use crate::content;
 use crate::credits;
-use crate::store::{self, LogEntry, NotificationKind, Summary};
+use crate::store::{self, LogEntry, NotificationKind, NotificationState, Summary};
 
 pub const OUTCOMES_DURABLE: &str = "notifier-outcomes";
 pub const SUBSCRIPTIONS_DURABLE: &str = "notifier-subscriptions";
@@ -63,6 +63,13 @@ impl ApplyInTx<LeadOutcome> for OutcomeHandler {
                 customer_code: o.customer_code.clone(),
                 new_customer: o.is_new_customer,
             });
+            let (state, event) = if o.anonymous {
+                let c = &self.config;
+                store::admit_anonymous(tx, &o.advisor_id, c.anonymous_per_hour, c.max_waiting)
+                    .await?
+            } else {
+                (NotificationState::Queued, "queued")
+            };
             let new = store::NewNotification {
                 id: Uuid::now_v7(),
                 action_id,
@@ -72,9 +79,11 @@ impl ApplyInTx<LeadOutcome> for OutcomeHandler {
                 data: &data,
                 page: &page,
                 summary,
+                anonymous: o.anonymous,
+                state,
             };
             if let Some(id) = store::enqueue(tx, &new).await? {
-                LogEntry::about(id, action_id, &o.advisor_id, "queued")
+                LogEntry::about(id, action_id, &o.advisor_id, event)
                     .write(tx)
                     .await?;
             }

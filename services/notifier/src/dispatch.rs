@@ -276,6 +276,13 @@ impl Dispatcher {
     async fn release(&self, advisor_id: &str, template_id: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let waiting = store::take_waiting(&mut tx, advisor_id, template_id).await?;
+        // Only anonymous notifications wait and their budget is spent: they keep waiting, for a
+        // verified one to carry them in a digest or for the budget to free up.
+        if waiting.iter().all(|w| w.anonymous)
+            && store::anonymous_spent(&mut tx, advisor_id).await? >= self.config.anonymous_per_hour
+        {
+            return Ok(());
+        }
         match waiting.as_slice() {
             [] => return Ok(()),
             [w] => {
@@ -340,6 +347,8 @@ impl Dispatcher {
             summary: Summary::Digest {
                 count: u32::try_from(n).unwrap_or(u32::MAX),
             },
+            anonymous: waiting.iter().all(|w| w.anonymous),
+            state: NotificationState::Queued,
         };
         let id = store::enqueue(tx, &new)
             .await?

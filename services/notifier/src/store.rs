@@ -80,16 +80,20 @@ pub struct NewNotification<'a> {
     pub data: &'a BTreeMap<String, String>,
     pub page: &'a str,
     pub summary: Summary,
+    /// For an anonymous action (or a digest of only such): held to the advisor's budget.
+    pub anonymous: bool,
+    /// `Queued`, or where [`admit_anonymous`] put an anonymous one.
+    pub state: NotificationState,
 }
 
-/// Queue a notification unless one exists for (action, advisor). Returns its id when queued now.
+/// Store a notification unless one exists for (action, advisor). Returns its id when stored now.
 pub async fn enqueue(
     conn: &mut PgConnection,
     n: &NewNotification<'_>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let row = sqlx::query!(
-        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary)
-         VALUES ($1,$2,$3,$4,'queued',$5,$6,$7,$8)
+        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous)
+         VALUES ($1,$2,$3,$4,$9,$5,$6,$7,$8,$10)
          ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
         n.id,
         n.action_id,
@@ -98,11 +102,60 @@ pub async fn enqueue(
         n.template_id,
         sqlx::types::Json(n.data) as _,
         n.page,
-        sqlx::types::Json(&n.summary) as _
+        sqlx::types::Json(&n.summary) as _,
+        n.state.as_str(),
+        n.anonymous
     )
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| r.id))
+}
+
+/// Sends the advisor's anonymous notifications took in the last hour (queued, in flight or done).
+pub async fn anonymous_spent(
+    conn: &mut PgConnection,
+    advisor_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "spent!" FROM notifications
+         WHERE advisor_id = $1 AND anonymous AND state IN ('queued', 'sending', 'sent', 'failed')
+           AND created_at > now() - interval '1 hour'"#,
+        advisor_id
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Where a new anonymous notification starts, with the delivery-log event saying why: queued
+/// within the advisor's hourly budget; above it waiting, to go out folded into the next digest;
+/// dropped once `max_waiting` anonymous ones already wait. Serialised per advisor (the lock
+/// `park` and `take_waiting` take), so concurrent consumers cannot overshoot the budget.
+pub async fn admit_anonymous(
+    conn: &mut PgConnection,
+    advisor_id: &str,
+    per_hour: i64,
+    max_waiting: i64,
+) -> Result<(NotificationState, &'static str), sqlx::Error> {
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext($1))", advisor_id)
+        .execute(&mut *conn)
+        .await?;
+    if anonymous_spent(conn, advisor_id).await? < per_hour {
+        return Ok((NotificationState::Queued, "queued"));
+    }
+    let waiting: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "waiting!" FROM notifications WHERE advisor_id = $1 AND anonymous AND state = 'waiting_credit'"#,
+        advisor_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(if waiting >= max_waiting {
+        (NotificationState::Dropped, "dropped_too_many_waiting")
+    } else {
+        (
+            NotificationState::WaitingCredit,
+            "folded_anonymous_over_budget",
+        )
+    })
 }
 
 /// A user's decision on a template for an advisor, from a subscription-changed event.
@@ -188,6 +241,7 @@ struct Due {
     template_id: String,
     data: Json<BTreeMap<String, String>>,
     page: Option<String>,
+    anonymous: bool,
 }
 
 /// Claim one due notification and reserve a credit for it, in one transaction.
@@ -203,7 +257,7 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
     }
     let Some(due) = sqlx::query_as!(
         Due,
-        r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page
+        r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page, anonymous
          FROM notifications
          WHERE state = 'queued' AND next_attempt_at <= now()
          ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"#
@@ -276,8 +330,11 @@ async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<()
     .fetch_one(&mut *conn)
     .await?;
     let waiting: i64 = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "waiting!" FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit'"#,
-        &due.advisor_id
+        // Anonymous and verified notifications wait in separate rooms: a flood of the first
+        // never takes the room of the second.
+        r#"SELECT count(*) AS "waiting!" FROM notifications WHERE advisor_id = $1 AND state = 'waiting_credit' AND anonymous = $2"#,
+        &due.advisor_id,
+        due.anonymous
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -443,6 +500,7 @@ pub async fn advisors_to_release(
 pub struct Waiting {
     pub id: Uuid,
     pub action_id: Uuid,
+    pub anonymous: bool,
     /// An action, or a digest that found no credit either.
     pub kind: NotificationKind,
     pub summary: Json<Summary>,
@@ -483,7 +541,7 @@ pub async fn take_waiting(
         .await?;
     sqlx::query_as!(
         Waiting,
-        r#"SELECT id, action_id, kind AS "kind: NotificationKind", summary AS "summary: Json<Summary>"
+        r#"SELECT id, action_id, anonymous, kind AS "kind: NotificationKind", summary AS "summary: Json<Summary>"
          FROM notifications WHERE advisor_id = $1 AND template_id = $2 AND state = 'waiting_credit'
          ORDER BY created_at, id FOR UPDATE"#,
         advisor_id,

@@ -297,6 +297,7 @@ impl Harness {
             customer_name: "张三".into(),
             customer_phone: "13800138000".into(),
             action_at: Some(to_timestamp(Utc::now())),
+            anonymous: false,
         }
     }
 
@@ -1860,4 +1861,66 @@ async fn the_schema_checks_the_shared_vocabularies() {
     };
     assert_eq!(check("state").await, NotificationState::names());
     assert_eq!(check("kind").await, NotificationKind::names());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_notifications_spend_at_most_their_budget_and_never_hold_up_a_verified_one() {
+    let h = Harness::start_with(1, |c| {
+        c.anonymous_per_hour = 3;
+        c.max_waiting = 5;
+    })
+    .await;
+    let (adv, openid) = ("adv-budget", "oAdvisorBudget00000000000001");
+    h.accept(adv, openid, 40).await;
+    // A flood of anonymous actions for one advisor.
+    for _ in 0..20 {
+        let mut o = Harness::outcome(adv);
+        o.anonymous = true;
+        h.publish(&o).await;
+    }
+    h.settled().await;
+    let states = h.states(adv).await;
+    assert_eq!(states.get("sent"), Some(&3), "the budget: {states:?}");
+    assert_eq!(
+        states.get("waiting_credit"),
+        Some(&5),
+        "folded, bounded: {states:?}"
+    );
+    assert_eq!(states.get("dropped"), Some(&12), "{states:?}");
+    assert_eq!(h.credits(adv, openid).await, 37);
+
+    // A verified customer's notification goes out at once, as a single of its own.
+    let verified = Harness::outcome(adv);
+    let id: Uuid = verified.action_id.parse().unwrap();
+    let t = std::time::Instant::now();
+    h.publish(&verified).await;
+    h.wait_state(id, "sent").await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    h.settled().await;
+    // The waiting anonymous ones did not ride along: the budget is spent, they keep waiting
+    // (the sweep that released the verified credit saw them and left them).
+    let states = h.states(adv).await;
+    assert_eq!(states.get("sent"), Some(&4), "{states:?}");
+    assert_eq!(states.get("waiting_credit"), Some(&5), "{states:?}");
+    assert_eq!(h.wait_messages(openid, 4).await.len(), 4);
+    assert_eq!(h.credits(adv, openid).await, 36);
+
+    // Without credit a verified notification waits too, and the next accept sends one digest
+    // that carries it and the anonymous ones.
+    sqlx::query("UPDATE notifier.subscriptions SET credits = 0 WHERE advisor_id = $1")
+        .bind(adv)
+        .execute(&h.db)
+        .await
+        .unwrap();
+    let late = Harness::outcome(adv);
+    let late_id: Uuid = late.action_id.parse().unwrap();
+    h.publish(&late).await;
+    h.wait_state(late_id, "waiting_credit").await;
+    h.accept(adv, openid, 1).await;
+    h.wait_state(late_id, "digested").await;
+    let messages = h.wait_messages(openid, 5).await;
+    assert_eq!(messages.len(), 5);
+    let states = h.states(adv).await;
+    assert_eq!(states.get("waiting_credit"), None, "{states:?}");
+    assert_eq!(states.get("digested"), Some(&6), "{states:?}");
 }

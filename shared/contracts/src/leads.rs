@@ -112,6 +112,9 @@ pub struct StoredOutcome {
     pub stored_at: DateTime<Utc>,
     pub outcome_event_id: Uuid,
     pub published: bool,
+    /// The action carried no mini-program session.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// The reply of `leads.journey`.

@@ -87,7 +87,14 @@ pub async fn record(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let mut a = ActionBody::parse(&body)?;
-    // The openid comes from the session, never from the body.
+    if session.is_none() && !state.config.anonymous_actions {
+        return Err(ApiError::unauthorized(
+            "this deployment records actions only with a mini-program session (Authorization: Bearer <session>)",
+        ));
+    }
+    // The openid comes from the session, never from the body. Without a session the action is
+    // anonymous: recorded, but it changes no existing lead and its notification counts against
+    // the advisor's budget for anonymous traffic.
     let openid = session.as_ref().map(|s| s.sub.clone()).unwrap_or_default();
     if a.customer_phone.is_none() {
         a.customer_phone = session.as_ref().and_then(|s| s.phone.clone());
@@ -223,14 +230,24 @@ pub async fn journey(
         Err(e) => json!({ "status": "unknown", "reason": e.to_string() }),
     };
     let o = leads.outcome.as_ref();
-    let lead = json!({
-        "status": o.map(|o| o.kind),
-        "reason": o.and_then(|o| o.no_lead_reason.as_deref()),
-        "leadId": o.and_then(|o| o.lead_id),
-        "customerCode": o.and_then(|o| o.customer_code.as_deref()),
-        "newCustomer": o.map(|o| o.is_new_customer),
-        "published": o.map(|o| o.published),
-    });
+    let lead = if customer {
+        // A customer learns that their phone number became a lead, never whether it was one
+        // already (or whose): no created/matched, no customer code.
+        json!({
+            "status": o.map(|o| if o.lead_id.is_some() { "lead" } else { "none" }),
+            "reason": o.and_then(|o| o.no_lead_reason.as_deref()),
+            "published": o.map(|o| o.published),
+        })
+    } else {
+        json!({
+            "status": o.map(|o| o.kind),
+            "reason": o.and_then(|o| o.no_lead_reason.as_deref()),
+            "leadId": o.and_then(|o| o.lead_id),
+            "customerCode": o.and_then(|o| o.customer_code.as_deref()),
+            "newCustomer": o.map(|o| o.is_new_customer),
+            "published": o.map(|o| o.published),
+        })
+    };
     let mut action = serde_json::to_value(&leads.action).map_err(ApiError::internal)?;
     if let (true, Some(obj)) = (customer, action.as_object_mut()) {
         // A customer sees their action, not our bookkeeping about their connection.
