@@ -181,7 +181,14 @@ mod tests {
 
     #[test]
     fn credentials_in_urls_are_redacted() {
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://<redacted>@h:4222");
+        assert_eq!(
+            redact_url("nats://u:p@h:4222"),
+            "nats://u:<redacted>@h:4222"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@h/db"),
+            "postgres://postgres@h/db"
+        );
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 
@@ -304,7 +311,14 @@ pub fn refuse_development_wechat(
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+            // The user stays (it says who connects); a password never shows.
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}://{user}:<redacted>@{}", &url[..scheme], &url[at + 1..])
+                }
+                None => url.to_string(),
+            }
         }
         _ => url.to_string(),
     }

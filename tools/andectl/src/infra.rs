@@ -111,7 +111,7 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
     let (nh, np) = host_port(&common.nats_url, 4222);
     if !answers(&nh, np).await {
         let Some(bin) = on_path("nats-server") else {
-            bail!("NATS does not answer at {} and nats-server is not installed.\n  Install it (Debian: apt-get install nats-server), or run: docker compose up -d nats postgres", ande_platform::config::redact_url(&common.nats_url));
+            bail!("NATS does not answer at {} and nats-server is not installed.\n  Install it (Debian: apt-get install nats-server), or point NATS_URL at a running one", ande_platform::config::redact_url(&common.nats_url));
         };
         let dir = data_dir.join("nats");
         std::fs::create_dir_all(&dir)?;
@@ -130,7 +130,7 @@ pub async fn ensure(common: &CommonConfig, data_dir: &Path) -> anyhow::Result<St
     let (ph, pp) = host_port(&url, 5432);
     if !answers(&ph, pp).await {
         let (Some(initdb), Some(postgres)) = (on_path("initdb"), on_path("postgres")) else {
-            bail!("Postgres does not answer at {ph}:{pp} and initdb/postgres are not installed.\n  Install them (Debian: apt-get install postgresql), or run: docker compose up -d nats postgres");
+            bail!("Postgres does not answer at {ph}:{pp} and initdb/postgres are not installed.\n  Install them (Debian: apt-get install postgresql), or point DATABASE_URL at a running one");
         };
         let dir = data_dir.join("postgres");
         let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
