@@ -119,15 +119,18 @@ impl Harness {
         h
     }
 
+    /// Every migration applied (each runs in its own transaction, so one table existing says
+    /// nothing about the later ones).
     async fn migrated(&self) {
+        let all = ande_notifier::MIGRATIONS.iter().count() as i64;
         self.until("the notifier schema to be migrated", || async {
-            let ready: Option<bool> =
-                sqlx::query_scalar("SELECT to_regclass('notifier.control') IS NOT NULL")
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT count(*) FROM notifier._sqlx_migrations WHERE success")
                     .fetch_optional(&self.db)
                     .await
                     .ok()
                     .flatten();
-            ready.filter(|r| *r)
+            applied.filter(|n| *n == all).map(|_| ())
         })
         .await;
     }
@@ -257,6 +260,7 @@ impl Harness {
 
     /// Bind `openid` to `advisor` (only bound openids receive an advisor's notifications).
     async fn bind(&self, advisor: &str, openid: &str) {
+        self.migrated().await;
         sqlx::query("INSERT INTO notifier.advisor_bindings (advisor_id, openid, bound_by) VALUES ($1, $2, 'test') ON CONFLICT DO NOTHING")
             .bind(advisor)
             .bind(openid)
