@@ -17,6 +17,10 @@ pub const GATEWAY_RATE_PER_OPENID: &str = "GATEWAY_RATE_PER_OPENID";
 pub const GATEWAY_BODY_LIMIT: &str = "GATEWAY_BODY_LIMIT";
 pub const GATEWAY_TRUST_FORWARDED: &str = "GATEWAY_TRUST_FORWARDED";
 pub const GATEWAY_ANONYMOUS_ACTIONS: &str = "GATEWAY_ANONYMOUS_ACTIONS";
+pub const GATEWAY_TRUSTED_PROXIES: &str = "GATEWAY_TRUSTED_PROXIES";
+pub const GATEWAY_HEADER_TIMEOUT: &str = "GATEWAY_HEADER_TIMEOUT";
+pub const GATEWAY_IDLE_TIMEOUT: &str = "GATEWAY_IDLE_TIMEOUT";
+pub const GATEWAY_MAX_CONNECTIONS: &str = "GATEWAY_MAX_CONNECTIONS";
 
 /// Used when JWT_SECRET is unset, so a developer machine runs with nothing set. The gateway logs
 /// a warning at start when it is in use; never deploy with it.
@@ -38,8 +42,11 @@ pub struct GatewayConfig {
     pub rate_per_openid: u32,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
-    /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
-    pub trust_forwarded: bool,
+    /// Peers whose X-Forwarded-For is believed (`GATEWAY_TRUSTED_PROXIES`, CIDRs); from anyone
+    /// else the header is ignored. `GATEWAY_TRUST_FORWARDED=true` is short for loopback.
+    pub trusted_proxies: Vec<crate::clientip::Cidr>,
+    /// Header-read and idle deadlines, the connection cap.
+    pub limits: crate::server::Limits,
     /// Record customer actions without a session (the mini-program's calls today carry none).
     /// `false` answers them 401, for a mini-program that sends its session token.
     pub anonymous_actions: bool,
@@ -100,7 +107,12 @@ impl GatewayConfig {
             rate_per_ip: env.parse(GATEWAY_RATE_PER_IP, 600u32)?.max(1),
             rate_per_openid: env.parse(GATEWAY_RATE_PER_OPENID, 120u32)?.max(1),
             body_limit: env.parse(GATEWAY_BODY_LIMIT, 64 * 1024usize)?.max(1024),
-            trust_forwarded: env.bool(GATEWAY_TRUST_FORWARDED, false)?,
+            trusted_proxies: trusted_proxies(env)?,
+            limits: crate::server::Limits {
+                header_timeout: env.duration(GATEWAY_HEADER_TIMEOUT, Duration::from_secs(10))?,
+                idle_timeout: env.duration(GATEWAY_IDLE_TIMEOUT, Duration::from_secs(60))?,
+                max_connections: env.parse(GATEWAY_MAX_CONNECTIONS, 10_000usize)?.max(1),
+            },
             anonymous_actions: env.bool(GATEWAY_ANONYMOUS_ACTIONS, true)?,
         })
     }
@@ -112,6 +124,28 @@ impl GatewayConfig {
         c.wechat.base_url = wechat_base.to_string();
         c
     }
+}
+
+/// `GATEWAY_TRUSTED_PROXIES` (comma-separated CIDRs or addresses), or loopback when the older
+/// `GATEWAY_TRUST_FORWARDED=true` is set, else nobody.
+fn trusted_proxies(env: &Env) -> Result<Vec<crate::clientip::Cidr>, ConfigError> {
+    let raw = env.string(GATEWAY_TRUSTED_PROXIES, "");
+    let raw = if raw.trim().is_empty() && env.bool(GATEWAY_TRUST_FORWARDED, false)? {
+        "127.0.0.0/8,::1/128".to_string()
+    } else {
+        raw
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|reason: String| ConfigError {
+                var: GATEWAY_TRUSTED_PROXIES.into(),
+                shown: s.into(),
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// Least length and estimated entropy of a JWT secret.

@@ -119,29 +119,21 @@ impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(ClientIp(client_ip(parts, state.config.trust_forwarded)))
+        Ok(ClientIp(client_ip(parts, &state.config.trusted_proxies)))
     }
 }
 
-pub fn client_ip(parts: &Parts, trust_forwarded: bool) -> IpAddr {
-    if trust_forwarded {
-        if let Some(ip) = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            // The rightmost entry is the one our proxy appended; the ones left of it are
-            // whatever the client claimed.
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
-        }
-    }
-    parts
+pub fn client_ip(parts: &Parts, trusted: &[crate::clientip::Cidr]) -> IpAddr {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    crate::clientip::client(peer, forwarded, trusted)
 }
 
 /// The bearer token of the request: `Ok(None)` without an Authorization header, a 401 when the

@@ -9,6 +9,7 @@
 //! - [`validate`]: input rules; [`limits`]: rate limits; [`openapi`]: the API document.
 
 pub mod auth;
+pub mod clientip;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -133,11 +135,8 @@ impl Gateway {
             self.state.pool.clone(),
             shutdown.clone(),
         ));
-        let app =
-            routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let app = routes::router(self.state.clone());
+        server::serve(self.listener, app, self.state.config.limits, shutdown).await?;
         self.state.pool.close().await;
         Ok(())
     }

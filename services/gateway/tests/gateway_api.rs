@@ -2786,3 +2786,112 @@ async fn a_flood_of_anonymous_actions_spends_the_budget_and_delays_no_verified_c
     );
     t.stack.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections: slow and idle clients, the connection cap, who the client is
+// ---------------------------------------------------------------------------------------------
+
+fn gateway_addr(t: &TestStack) -> String {
+    t.stack
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+/// Read until the peer closes (Ok(true)) or `within` passes (Ok(false)).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_normal_requests_still_served() {
+    use tokio::io::AsyncWriteExt;
+    let t = common::start_with(|o| {
+        o.gateway.limits.header_timeout = std::time::Duration::from_secs(1);
+        o.gateway.limits.idle_timeout = std::time::Duration::from_secs(2);
+        o.gateway.limits.max_connections = 4;
+    })
+    .await;
+    let addr = gateway_addr(&t);
+    // Slowloris: four connections (the cap) that trickle a request head and never finish it.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let start = std::time::Instant::now();
+    // Keep trickling while the header deadline runs: each is closed all the same.
+    for s in slow.iter_mut() {
+        let _ = s.write_all(b"X-A: 1\r\n").await;
+    }
+    for s in slow.iter_mut() {
+        assert!(
+            closed_within(s, std::time::Duration::from_secs(4)).await,
+            "a slow client kept its connection"
+        );
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(4));
+    // A normal request is served (the slow ones held every slot until they were closed).
+    assert_ok(&send(get(&t, "/api/health")).await, 200);
+
+    // An idle keep-alive connection is closed after the idle deadline.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    assert!(closed_within(&mut idle, std::time::Duration::from_secs(5)).await);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    // From an untrusted peer, a new X-Forwarded-For each time does not make a new client.
+    let t = common::start_with(|o| o.gateway.rate_per_ip = 3).await;
+    for i in 0..3 {
+        let a =
+            send(get(&t, "/api/health").header("x-forwarded-for", format!("198.51.100.{i}"))).await;
+        assert_ok(&a, 200);
+    }
+    let a = send(get(&t, "/api/health").header("x-forwarded-for", "198.51.100.99")).await;
+    assert_error(&a, 429, "rate_limited");
+    t.stack.stop().await.unwrap();
+
+    // Behind our own proxy (here: loopback trusted), each forwarded client has its own bucket.
+    let t = common::start_with(|o| {
+        o.gateway.rate_per_ip = 3;
+        o.gateway.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    for i in 0..6 {
+        let a =
+            send(get(&t, "/api/health").header("x-forwarded-for", format!("198.51.100.{i}"))).await;
+        assert_ok(&a, 200);
+    }
+    // ... and a client's claim to the left of our proxy's entry changes nothing.
+    for _ in 0..3 {
+        let a =
+            send(get(&t, "/api/health").header("x-forwarded-for", "6.6.6.6, 203.0.113.5")).await;
+        assert_ok(&a, 200);
+    }
+    let a = send(get(&t, "/api/health").header("x-forwarded-for", "7.7.7.7, 203.0.113.5")).await;
+    assert_error(&a, 429, "rate_limited");
+    t.stack.stop().await.unwrap();
+}

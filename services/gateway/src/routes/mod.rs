@@ -107,8 +107,8 @@ async fn deadline(req: Request, next: Next) -> Response {
 
 async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let ip = crate::extract::client_ip(&parts, state.config.trust_forwarded);
-    if let Err(wait) = state.ip_limiter.check(&ip.to_string()) {
+    let ip = crate::extract::client_ip(&parts, &state.config.trusted_proxies);
+    if let Err(wait) = state.ip_limiter.check(&crate::clientip::limit_key(ip)) {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
