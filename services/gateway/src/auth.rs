@@ -3,7 +3,10 @@
 //! Two kinds of JWT, signed with `JWT_SECRET` (HS256) and told apart by audience so one can never
 //! stand for the other: a customer's mini-program session (`aud = ande-miniprogram`, `sub` = the
 //! openid, optionally the phone number WeChat confirmed) and a staff token (`aud = ande-staff`,
-//! `sub` = the username). Staff passwords are argon2id hashes, checked off the async runtime.
+//! `sub` = the username, `ver` = the account's token version). Staff passwords are argon2id
+//! hashes, checked off the async runtime. A staff token is good only while its account is
+//! enabled and its version current: `passwd` and `disable` move the version on, so the tokens
+//! issued before stop working at once (checked against the database on every staff request).
 
 use std::time::Duration;
 
@@ -27,6 +30,9 @@ pub struct Claims {
     pub iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
+    /// Staff tokens: the account's token version when it was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<i32>,
 }
 
 pub fn issue(
@@ -43,9 +49,85 @@ pub fn issue(
         iat: now,
         exp: now + ttl.as_secs() as i64,
         phone,
+        ver: None,
     };
+    sign(secret, &claims)
+}
+
+/// A staff token for `username` at token version `ver`.
+pub fn issue_staff(
+    secret: &SecretString,
+    username: &str,
+    ver: i32,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        sub: username.to_string(),
+        aud: STAFF_AUDIENCE.to_string(),
+        iat: now,
+        exp: now + ttl.as_secs() as i64,
+        phone: None,
+        ver: Some(ver),
+    };
+    sign(secret, &claims)
+}
+
+fn sign(secret: &SecretString, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     let key = EncodingKey::from_secret(secret.expose_secret().as_bytes())?;
-    encode(&Header::new(Algorithm::HS256), &claims, &key)
+    encode(&Header::new(Algorithm::HS256), claims, &key)
+}
+
+/// Whether a staff token's account is enabled and its version current.
+pub async fn staff_token_current(pool: &PgPool, claims: &Claims) -> Result<bool, sqlx::Error> {
+    let Some(ver) = claims.ver else {
+        return Ok(false);
+    };
+    let current = sqlx::query_scalar!(
+        "SELECT token_version FROM staff_users WHERE username = $1 AND NOT disabled",
+        claims.sub
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(current == Some(ver))
+}
+
+/// A staff account as `andectl user ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaffUser {
+    pub username: String,
+    pub disabled: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn list_staff(pool: &PgPool) -> Result<Vec<StaffUser>, sqlx::Error> {
+    sqlx::query_as!(
+        StaffUser,
+        "SELECT username, disabled, created_at, updated_at FROM staff_users ORDER BY username"
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Disable or enable an account; either way its tokens issued so far stop working. `false` when
+/// there is no such account.
+pub async fn set_disabled(
+    pool: &PgPool,
+    username: &str,
+    disabled: bool,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query!(
+        "UPDATE staff_users SET disabled = $2, token_version = token_version + 1, updated_at = now()
+         WHERE username = $1",
+        username,
+        disabled
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
 }
 
 pub fn verify(secret: &SecretString, audience: &str, token: &str) -> Option<Claims> {
@@ -75,18 +157,44 @@ pub fn verify_password(password: &SecretString, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Create or replace a staff account (used by `andectl user add/passwd`).
+/// Fewest characters of a staff password.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Why a staff password is too weak, if it is: shorter than [`MIN_PASSWORD_CHARS`], fewer than
+/// 5 different characters, or containing the username.
+pub fn password_problem(username: &str, password: &SecretString) -> Option<String> {
+    let pw = password.expose_secret();
+    let distinct: std::collections::HashSet<char> = pw.chars().collect();
+    if pw.chars().count() < MIN_PASSWORD_CHARS {
+        Some(format!(
+            "a password has at least {MIN_PASSWORD_CHARS} characters"
+        ))
+    } else if distinct.len() < 5 {
+        Some("a password needs at least 5 different characters".into())
+    } else if pw.to_lowercase().contains(&username.to_lowercase()) {
+        Some("a password must not contain the username".into())
+    } else {
+        None
+    }
+}
+
+/// Create or replace a staff account (used by `andectl user add/passwd`); a replaced password
+/// revokes the account's tokens. Refuses a password [`password_problem`] objects to.
 pub async fn set_staff_password(
     pool: &PgPool,
     username: &str,
     password: SecretString,
 ) -> anyhow::Result<bool> {
+    if let Some(problem) = password_problem(username, &password) {
+        anyhow::bail!("{problem}");
+    }
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await?
         .map_err(anyhow::Error::msg)?;
     let inserted = sqlx::query_scalar!(
         r#"INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
-         ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now()
+         ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now(),
+             token_version = staff_users.token_version + 1
          RETURNING (xmax = 0) AS "inserted!""#,
         username,
         hash,
@@ -105,26 +213,28 @@ pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::E
     .await
 }
 
-/// Check a login. A missing user costs the same hashing time as a wrong password, so timing does
-/// not reveal which usernames exist.
+/// Check a login: the account's token version when the password is right and the account
+/// enabled. A missing or disabled user costs the same hashing time as a wrong password, so
+/// timing does not reveal which usernames exist.
 pub async fn check_login(
     pool: &PgPool,
     username: &str,
     password: SecretString,
-) -> Result<bool, sqlx::Error> {
-    let hash = sqlx::query_scalar!(
-        "SELECT password_hash FROM staff_users WHERE username = $1",
+) -> Result<Option<i32>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT password_hash, token_version, disabled FROM staff_users WHERE username = $1",
         username
     )
     .fetch_optional(pool)
     .await?;
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$8mVbG6Kq7rDQ8bY0sRDo3N1bqu6P8xw2b7yH0yV0qWc";
-    let found = hash.is_some();
-    let hash = hash.unwrap_or_else(|| DUMMY.to_string());
+    let hash = row
+        .as_ref()
+        .map_or_else(|| DUMMY.to_string(), |r| r.password_hash.clone());
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .unwrap_or(false);
-    Ok(found && ok)
+    Ok(row.filter(|r| ok && !r.disabled).map(|r| r.token_version))
 }
 
 #[cfg(test)]
@@ -171,6 +281,7 @@ mod tests {
                 iat: now - 120,
                 exp,
                 phone: None,
+                ver: None,
             };
             encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
         };

@@ -186,7 +186,17 @@ impl FromRequestParts<AppState> for Caller {
         let t = bearer(parts)?
             .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
         if let Some(c) = auth::verify(&state.config.jwt_secret, auth::STAFF_AUDIENCE, t) {
-            return Ok(Caller::Staff(c));
+            // Signed by us, but the account may have been disabled or its password changed.
+            return if auth::staff_token_current(&state.pool, &c)
+                .await
+                .map_err(ApiError::db)?
+            {
+                Ok(Caller::Staff(c))
+            } else {
+                Err(ApiError::unauthorized(
+                    "this staff token was revoked (password changed or account disabled); log in again",
+                ))
+            };
         }
         auth::verify(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, t)
             .map(Caller::Customer)

@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
+pub mod logins;
 pub mod openapi;
 pub mod routes;
 pub mod server;
@@ -34,8 +35,6 @@ pub use config::GatewayConfig;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "gateway";
-/// See [`AppState::login_permits`].
-const MAX_CONCURRENT_LOGINS: usize = 4;
 /// Idempotency keys are kept this long; a client retries within minutes, not weeks.
 const IDEMPOTENCY_KEY_TTL_DAYS: i32 = 7;
 /// How often the gateway tries again to create its streams when NATS was away at start.
@@ -49,9 +48,8 @@ pub struct AppState {
     pub wechat: WechatClient,
     pub ip_limiter: limits::RateLimiter,
     pub openid_limiter: limits::RateLimiter,
-    /// Password checks (argon2: ~19 MiB and tens of ms each) allowed at once, so a flood of
-    /// logins cannot exhaust memory or the blocking thread pool.
-    pub login_permits: Arc<tokio::sync::Semaphore>,
+    /// Staff login throttling (per client, per account and client, password checks at once).
+    pub logins: logins::LoginGuard,
 }
 
 impl AppState {
@@ -104,7 +102,7 @@ impl Gateway {
         let state = AppState {
             ip_limiter: limits::RateLimiter::per_minute(config.rate_per_ip),
             openid_limiter: limits::RateLimiter::per_minute(config.rate_per_openid),
-            login_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOGINS)),
+            logins: logins::LoginGuard::default(),
             config: Arc::new(config),
             bus,
             pool,

@@ -2895,3 +2895,114 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_error(&a, 429, "rate_limited");
     t.stack.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Staff login: throttled per client and account, tokens revoked by passwd and disable
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_flood_does_not_block_a_valid_login_from_elsewhere() {
+    // Loopback is our "proxy", so X-Forwarded-For tells the clients apart.
+    let t = common::start_with(|o| {
+        o.gateway.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        o.gateway.rate_per_ip = 100_000;
+    })
+    .await;
+    staff_token(&t).await;
+    let login = |client: &'static str, password: &'static str| {
+        post(
+            &t,
+            "/api/auth/login",
+            json!({"username": "ops", "password": password}),
+        )
+        .header("x-forwarded-for", client)
+    };
+    // An attacker floods wrong passwords for the account from one client...
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let r = login("198.51.100.66", "wrong password!!");
+        flood.spawn(async move { send(r).await.status });
+    }
+    // ... while the staff member logs in from their own.
+    let a = send(login("198.51.100.7", "correct horse battery")).await;
+    assert_ok(&a, 200);
+    let mut statuses = Vec::new();
+    while let Some(s) = flood.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "the flood is throttled: {statuses:?}"
+    );
+    // The attacker's client is locked out of the account even with the right password; the
+    // staff member's is not.
+    let a = send(login("198.51.100.66", "correct horse battery")).await;
+    assert_error(&a, 429, "rate_limited");
+    assert!(retry_after(&a) >= 1);
+    assert_ok(
+        &send(login("198.51.100.7", "correct horse battery")).await,
+        200,
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_or_a_disabled_account_revokes_staff_tokens_at_once() {
+    let t = common::start().await;
+    let before = staff_token(&t).await;
+    assert_ok(
+        &send(get(&t, "/api/advisor-bindings").bearer_auth(&before)).await,
+        200,
+    );
+    auth::set_staff_password(
+        &t.stack.gateway_pool,
+        "ops",
+        SecretString::from("another horse battery".to_string()),
+    )
+    .await
+    .unwrap();
+    let a = send(get(&t, "/api/advisor-bindings").bearer_auth(&before)).await;
+    assert_error(&a, 401, "unauthorized");
+    let login = |pw: &str| {
+        post(
+            &t,
+            "/api/auth/login",
+            json!({"username": "ops", "password": pw}),
+        )
+    };
+    let fresh = send(login("another horse battery")).await;
+    assert_ok(&fresh, 200);
+    let fresh = fresh.data()["token"].as_str().unwrap().to_string();
+    assert_ok(
+        &send(get(&t, "/api/advisor-bindings").bearer_auth(&fresh)).await,
+        200,
+    );
+
+    assert!(auth::set_disabled(&t.stack.gateway_pool, "ops", true)
+        .await
+        .unwrap());
+    assert_error(
+        &send(get(&t, "/api/advisor-bindings").bearer_auth(&fresh)).await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &send(login("another horse battery")).await,
+        401,
+        "unauthorized",
+    );
+    assert!(auth::set_disabled(&t.stack.gateway_pool, "ops", false)
+        .await
+        .unwrap());
+    assert_error(
+        &send(get(&t, "/api/advisor-bindings").bearer_auth(&fresh)).await,
+        401,
+        "unauthorized",
+    );
+    assert_ok(&send(login("another horse battery")).await, 200);
+    t.stack.stop().await.unwrap();
+}

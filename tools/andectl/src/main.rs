@@ -206,8 +206,14 @@ enum AdvisorCmd {
 enum UserCmd {
     /// Create a staff account; the password is one line on stdin. Fails if it exists.
     Add { name: String },
-    /// Change a staff account's password (one line on stdin). Fails if it does not exist.
+    /// Change a staff account's password (one line on stdin); its tokens stop working.
     Passwd { name: String },
+    /// The staff accounts, one JSON line each.
+    Ls,
+    /// Disable an account: its tokens stop working and it cannot log in.
+    Disable { name: String },
+    /// Enable a disabled account again (it logs in afresh).
+    Enable { name: String },
 }
 
 fn time_arg(s: &str) -> Result<DateTime<Utc>, String> {
@@ -460,28 +466,52 @@ async fn advisor(
 }
 
 async fn user(common: &CommonConfig, cmd: UserCmd, out: &mut impl Write) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let name = match &cmd {
-        UserCmd::Add { name } | UserCmd::Passwd { name } => name.clone(),
-    };
-    andectl::users::validate_username(&name)?;
-    if std::io::stdin().is_terminal() {
-        eprint!("password for {name} (one line, shown as typed): ");
-    }
-    let password = andectl::users::read_password(std::io::stdin().lock())?;
     let pool = andectl::conn::gateway_db(common).await?;
     match cmd {
-        UserCmd::Add { .. } => {
+        UserCmd::Add { name } => {
+            andectl::users::validate_username(&name)?;
+            let password = prompt_password(&name)?;
             andectl::users::add(&pool, &name, password).await?;
             writeln!(out, "staff user {name} created")?;
         }
-        UserCmd::Passwd { .. } => {
+        UserCmd::Passwd { name } => {
+            andectl::users::validate_username(&name)?;
+            let password = prompt_password(&name)?;
             andectl::users::passwd(&pool, &name, password).await?;
-            writeln!(out, "password of staff user {name} changed")?;
+            writeln!(
+                out,
+                "password of staff user {name} changed; their tokens no longer work"
+            )?;
+        }
+        UserCmd::Ls => {
+            for u in ande_gateway::auth::list_staff(&pool).await? {
+                writeln!(out, "{}", serde_json::to_string(&u)?)?;
+            }
+        }
+        UserCmd::Disable { name } => {
+            andectl::users::set_disabled(&pool, &name, true).await?;
+            writeln!(
+                out,
+                "staff user {name} disabled; their tokens no longer work"
+            )?;
+        }
+        UserCmd::Enable { name } => {
+            andectl::users::set_disabled(&pool, &name, false).await?;
+            writeln!(out, "staff user {name} enabled")?;
         }
     }
     pool.close().await;
     Ok(())
+}
+
+/// The password: without echo at a terminal, else one line of stdin.
+fn prompt_password(name: &str) -> anyhow::Result<ande_platform::SecretString> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password(format!("password for {name}: "))?;
+        return andectl::users::read_password(format!("{pw}\n").as_bytes());
+    }
+    andectl::users::read_password(std::io::stdin().lock())
 }
 
 async fn up(env: &Env) -> anyhow::Result<()> {

@@ -1,9 +1,11 @@
-//! `andectl user add NAME` and `andectl user passwd NAME`: staff accounts for
-//! `POST /api/auth/login`, stored by the gateway's own functions in its schema.
+//! `andectl user add|passwd|ls|disable|enable`: staff accounts for `POST /api/auth/login`,
+//! stored by the gateway's own functions in its schema. Changing a password or disabling an
+//! account revokes its tokens at once.
 //!
 //! The password is read from stdin, one line, so it never appears in the process list or the
-//! shell history: `printf '%s\n' "$PW" | andectl user add alice`. At a terminal the line is
-//! prompted for (and echoed: no terminal-control crate is pulled in for this one prompt).
+//! shell history: `printf '%s\n' "$PW" | andectl user add alice`. At a terminal it is prompted
+//! for without echo. The gateway's policy applies (at least 12 characters, 5 different ones,
+//! not containing the username).
 
 use std::io::BufRead;
 
@@ -66,6 +68,15 @@ pub async fn add(pool: &PgPool, name: &str, password: SecretString) -> anyhow::R
         bail!(
             "staff user {name:?} was created concurrently; its password is now the one given here"
         );
+    }
+    Ok(())
+}
+
+/// Disable (or enable again) an account; its tokens stop working either way.
+pub async fn set_disabled(pool: &PgPool, name: &str, disabled: bool) -> anyhow::Result<()> {
+    let name = validate_username(name)?;
+    if !ande_gateway::auth::set_disabled(pool, name, disabled).await? {
+        bail!(UserError::Missing(name.into()));
     }
     Ok(())
 }

@@ -745,7 +745,12 @@ async fn up_serves_until_sigterm_and_status_sees_it() {
 async fn staff_users_are_added_and_their_passwords_changed_through_the_binary() {
     let common = ande_platform::testing::isolated_config().await;
     let add = |stdin: &str| run_with_stdin(andectl(&common).args(["user", "add", "alice"]), stdin);
-    let ok = add("first-pass\n");
+    // The policy: long enough, varied enough, not the username.
+    for weak in ["short-pw\n", "aaaaaaaaaaaaaaaa\n", "my-name-is-alice!\n"] {
+        let refused = add(weak);
+        assert_eq!(refused.status.code(), Some(1), "{weak}");
+    }
+    let ok = add("first-pass-2026\n");
     assert!(
         ok.status.success(),
         "{}",
@@ -753,7 +758,7 @@ async fn staff_users_are_added_and_their_passwords_changed_through_the_binary() 
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("staff user alice created"));
 
-    let again = add("other\n");
+    let again = add("other-pass-2026\n");
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
@@ -765,34 +770,66 @@ async fn staff_users_are_added_and_their_passwords_changed_through_the_binary() 
             ande_platform::SecretString::from(pw.to_string()),
         )
     };
-    assert!(
-        login("first-pass").await.unwrap(),
-        "the first add's password stands"
-    );
+    let first = login("first-pass-2026").await.unwrap();
+    assert!(first.is_some(), "the first add's password stands");
 
     let empty = run_with_stdin(andectl(&common).args(["user", "passwd", "alice"]), "\n");
     assert_eq!(empty.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
-    assert!(login("first-pass").await.unwrap());
+    assert!(login("first-pass-2026").await.unwrap().is_some());
 
     let changed = run_with_stdin(
         andectl(&common).args(["user", "passwd", "alice"]),
-        "second pass\n",
+        "second pass 2026\n",
     );
     assert!(
         changed.status.success(),
         "{}",
         String::from_utf8_lossy(&changed.stderr)
     );
-    assert!(login("second pass").await.unwrap());
-    assert!(!login("first-pass").await.unwrap());
+    let second = login("second pass 2026").await.unwrap();
+    assert!(second.is_some());
+    assert_ne!(second, first, "a new password is a new token version");
+    assert!(login("first-pass-2026").await.unwrap().is_none());
 
-    let nobody = run_with_stdin(andectl(&common).args(["user", "passwd", "bob"]), "pw\n");
+    // ls, disable, enable.
+    let ls = andectl(&common).args(["user", "ls"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&ls.stdout).to_string();
+    assert!(
+        listed.contains("\"username\":\"alice\"") && listed.contains("\"disabled\":false"),
+        "{listed}"
+    );
+    assert!(!listed.contains("hash"), "{listed}");
+    let off = andectl(&common)
+        .args(["user", "disable", "alice"])
+        .output()
+        .unwrap();
+    assert!(off.status.success());
+    assert!(
+        login("second pass 2026").await.unwrap().is_none(),
+        "a disabled account cannot log in"
+    );
+    let on = andectl(&common)
+        .args(["user", "enable", "alice"])
+        .output()
+        .unwrap();
+    assert!(on.status.success());
+    assert!(login("second pass 2026").await.unwrap().is_some());
+
+    let nobody = run_with_stdin(
+        andectl(&common).args(["user", "passwd", "bob"]),
+        "long enough pw 1\n",
+    );
     assert_eq!(nobody.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("no staff user \"bob\""));
     assert!(!ande_gateway::auth::staff_exists(&pool, "bob")
         .await
         .unwrap());
+    let ghost = andectl(&common)
+        .args(["user", "disable", "bob"])
+        .output()
+        .unwrap();
+    assert_eq!(ghost.status.code(), Some(1));
 }
 
 #[test]

@@ -7,14 +7,13 @@ use ande_contracts::vocab::{Lang, MiniprogramState};
 use ande_platform::rpc::{self, RpcError};
 use ande_wechat::SubscribeMessage;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 
 use crate::auth;
 use crate::error::{ok, ApiError};
-use crate::extract::{JsonBody, Staff};
+use crate::extract::{ClientIp, JsonBody, Staff};
 use crate::validate;
 use crate::AppState;
 
@@ -92,6 +91,7 @@ pub async fn send(
 #[tracing::instrument(skip_all)]
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let username = validate::USERNAME.required("username", body.get("username"))?;
@@ -106,25 +106,20 @@ pub async fn login(
             ))
         }
     };
-    let _permit = state.login_permits.try_acquire().map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many logins at once; retry in a moment",
-        )
-        .retry_after(1)
-    })?;
-    if !auth::check_login(&state.pool, &username, password)
+    let client = crate::clientip::limit_key(ip);
+    let _slot = state.logins.admit(&username, &client).await?;
+    let Some(ver) = auth::check_login(&state.pool, &username, password)
         .await
         .map_err(ApiError::db)?
-    {
+    else {
+        state.logins.failed(&username, &client);
         return Err(ApiError::unauthorized("wrong username or password"));
-    }
-    let token = auth::issue(
+    };
+    state.logins.succeeded(&username, &client);
+    let token = auth::issue_staff(
         &state.config.jwt_secret,
-        auth::STAFF_AUDIENCE,
         &username,
-        None,
+        ver,
         state.config.jwt_expires_in,
     )
     .map_err(ApiError::internal)?;
