@@ -164,6 +164,9 @@ impl From<RpcError> for ApiError {
                 "wechat_unreachable",
                 "WeChat could not be reached",
             ),
+            RpcError::Conflict { message } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
             RpcError::Internal { .. } => ApiError::internal(e),
         }
     }

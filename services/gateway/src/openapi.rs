@@ -393,7 +393,13 @@ pub fn build() -> Value {
         if e.path.contains("{id}") {
             op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
         }
-        if e.path == "/api/customer/action" || e.path == "/api/advisor/subscribe" {
+        if [
+            "/api/customer/action",
+            "/api/advisor/subscribe",
+            "/api/message/send",
+        ]
+        .contains(&e.path)
+        {
             op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": s(200) }]);
         }
         let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));

@@ -3006,3 +3006,63 @@ async fn a_password_change_or_a_disabled_account_revokes_staff_tokens_at_once() 
     assert_ok(&send(login("another horse battery")).await, 200);
     t.stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_send_retried_with_the_same_key_is_sent_once() {
+    let t = with_secret().await;
+    let staff = staff_token(&t).await;
+    sim_post(
+        &t,
+        "/sim/credits",
+        json!({"openid": "o_keyed", "template_id": TEMPLATE, "count": 5}),
+    )
+    .await;
+    let calls = || sim_calls(&t, "subscribe_send");
+    let before = calls().await;
+    let keyed = |key: &str, body: Value| {
+        post(&t, "/api/message/send", body)
+            .bearer_auth(&staff)
+            .header("Idempotency-Key", key)
+    };
+    let first = send(keyed("send-1", message("o_keyed"))).await;
+    assert_ok(&first, 200);
+    let again = send(keyed("send-1", message("o_keyed"))).await;
+    assert_ok(&again, 200);
+    assert_eq!(
+        first.data()["msgid"],
+        again.data()["msgid"],
+        "the first answer"
+    );
+    assert_eq!(calls().await, before + 1, "one WeChat send");
+    assert_eq!(sim_messages(&t, "o_keyed").await, 1);
+    // The key for another message: a conflict, nothing sent.
+    let other = send(keyed("send-1", message("o_someone_else"))).await;
+    assert_error(&other, 409, "conflict");
+    assert_eq!(calls().await, before + 1);
+    // A refusal is kept too: the retry is told the same, WeChat is not asked again.
+    let refused = send(keyed("send-2", message("o_no_credit"))).await;
+    assert_error(&refused, 409, "wechat_no_subscription");
+    let refused_again = send(keyed("send-2", message("o_no_credit"))).await;
+    assert_error(&refused_again, 409, "wechat_no_subscription");
+    assert_eq!(calls().await, before + 2);
+
+    // WeChat too slow to answer: the outcome is unknown, said so, and never sent blind again.
+    sim_post(
+        &t,
+        "/sim/faults",
+        json!({"endpoint": "subscribe_send", "latency_ms": 6000, "count": 1}),
+    )
+    .await;
+    let slow = send(keyed("send-3", message("o_keyed"))).await;
+    assert_error(&slow, 502, "send_outcome_unknown");
+    assert!(slow.text.contains("same Idempotency-Key"), "{}", slow.text);
+    let retry = send(keyed("send-3", message("o_keyed"))).await;
+    assert_error(&retry, 409, "conflict");
+    assert!(retry.text.contains("unknown"), "{}", retry.text);
+    assert_eq!(
+        calls().await,
+        before + 3,
+        "the unknown send was not repeated"
+    );
+    t.stack.stop().await.unwrap();
+}

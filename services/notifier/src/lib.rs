@@ -20,6 +20,7 @@ pub mod content;
 pub mod credits;
 pub mod dispatch;
 pub mod queries;
+pub mod send_keys;
 pub mod store;
 
 use std::sync::Arc;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bindings;
 use crate::credits;
+use crate::send_keys;
 use crate::store::{self, LogEntry};
 
 pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<NotifierJourney, Failure> {
@@ -59,10 +60,16 @@ pub async fn send(pool: &PgPool, wechat: &WechatClient, d: DirectSend) -> Result
     if d.touser.trim().is_empty() || d.template_id.trim().is_empty() {
         return Err(RpcError::invalid("touser and templateId are required").into());
     }
+    let key = d.idempotency.clone();
     let msg = subscribe_message(d);
     if let Err(e) = msg.validate() {
         let field = format!("data.{}.value", e.keyword);
         return Err(RpcError::invalid_field(field, e.to_string()).into());
+    }
+    if let Some(k) = &key {
+        if let Some(earlier) = send_keys::claim(pool, k).await? {
+            return earlier.map_err(Failure::from);
+        }
     }
     let (answer, errcode, errmsg) = match wechat.send_subscribe(&msg).await {
         Ok(r) => (Ok(Sent { msgid: r.msgid }), 0, "ok".to_string()),
@@ -74,12 +81,23 @@ pub async fn send(pool: &PgPool, wechat: &WechatClient, d: DirectSend) -> Result
             (Err(refused), errcode, errmsg)
         }
         Err(e) => {
+            if let Some(k) = &key {
+                if let Err(db) = send_keys::unknown(pool, k).await {
+                    tracing::warn!(error = %db, "cannot mark a keyed direct send unknown");
+                }
+            }
             return Err(RpcError::WechatUnavailable {
                 message: e.to_string(),
             }
-            .into())
+            .into());
         }
     };
+    if let Some(k) = &key {
+        let msgid = answer.as_ref().ok().map(|s| s.msgid.as_str());
+        if let Err(e) = send_keys::answered(pool, k, errcode, &errmsg, msgid).await {
+            tracing::warn!(error = %e, "keyed direct send answered but its answer not kept");
+        }
+    }
     // WeChat's answer is known now and is what the caller must get: a bookkeeping failure is
     // logged, never turned into an error (a caller would retry and send the message twice).
     let msgid = answer.as_ref().ok().map(|s| s.msgid.as_str());

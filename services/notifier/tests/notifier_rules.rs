@@ -1774,6 +1774,7 @@ async fn the_direct_send_goes_through_the_notifiers_token_and_credits() {
         data: m.data.clone(),
         miniprogram_state: None,
         lang: None,
+        idempotency: None,
     };
     let msg = direct(&wx);
 

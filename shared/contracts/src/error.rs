@@ -31,6 +31,10 @@ pub enum RpcError {
     /// WeChat could not be reached or gave no usable answer; its outcome is unknown.
     #[error("WeChat unavailable: {message}")]
     WechatUnavailable { message: String },
+    /// The request conflicts with one made before: an idempotency key reused for a different
+    /// request, or a keyed send whose first attempt has no known outcome.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
     /// A bug or an unexpected failure on the answering side (logged there).
     #[error("internal error: {message}")]
     Internal { message: String },

@@ -142,6 +142,20 @@ pub struct DirectSend {
     pub miniprogram_state: Option<MiniprogramState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<Lang>,
+    /// With a key, the send happens at most once: a retry gets the first attempt's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<SendKey>,
+}
+
+/// The caller's `Idempotency-Key` for a direct send, with whose key it is and what it was for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendKey {
+    /// Whose keys these are (the staff member), so two callers' keys never collide.
+    pub scope: String,
+    pub key: String,
+    /// A digest of the request: the same key for another message is a conflict.
+    pub fingerprint: String,
 }
 
 /// WeChat accepted a direct send.

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use ande_contracts::notifier::{DirectSend, Send};
+use ande_contracts::notifier::{DirectSend, Send, SendKey};
 use ande_contracts::vocab::{Lang, MiniprogramState};
+use ande_contracts::Unavailable;
 use ande_platform::rpc::{self, RpcError};
 use ande_wechat::SubscribeMessage;
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
@@ -14,11 +16,15 @@ use serde_json::{json, Map, Value};
 use crate::auth;
 use crate::error::{ok, ApiError};
 use crate::extract::{ClientIp, JsonBody, Staff};
+use crate::idempotency;
 use crate::validate;
 use crate::AppState;
 
-/// The send goes through the notifier, which calls WeChat with its own 5 s timeout.
-const SEND_TIMEOUT: Duration = Duration::from_secs(8);
+/// The send goes through the notifier, which may fetch an access token and send (each with
+/// WeChat's 5 s timeout) and retry once after an invalid token: about 20 s at worst. The gateway
+/// waits longer than that (and less than its 30 s request deadline) so that a slow send is
+/// answered rather than abandoned.
+const SEND_TIMEOUT: Duration = Duration::from_secs(25);
 /// WeChat templates have at most this many keywords.
 pub const MAX_KEYWORDS: usize = 20;
 /// Longer passwords are refused before hashing (argon2 is deliberately slow).
@@ -29,6 +35,7 @@ pub const MAX_PASSWORD: usize = 256;
 pub async fn send(
     State(state): State<AppState>,
     Staff(staff): Staff,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let touser = validate::WECHAT_ID.required("touser", body.get("touser"))?;
@@ -61,7 +68,14 @@ pub async fn send(
     msg.validate()
         .map_err(|e| ApiError::validation(&format!("data.{}.value", e.keyword), e.to_string()))?;
     state.require_bus()?;
+    let idempotency = idempotency::key(&headers)?.map(|key| SendKey {
+        scope: format!("staff:{}", staff.sub),
+        key,
+        fingerprint: idempotency::fingerprint(&Value::Object(body.clone())),
+    });
+    let keyed = idempotency.is_some();
     let direct = DirectSend {
+        idempotency,
         touser: msg.touser,
         template_id: msg.template_id,
         page: msg.page,
@@ -80,11 +94,38 @@ pub async fn send(
         if let RpcError::WechatRefused { errcode, errmsg } = e {
             tracing::info!(errcode, errmsg, "direct send refused by WeChat");
         }
-    })?;
+    })
+    .map_err(|e| outcome_unknown(e, keyed))?;
     Ok(ok(
         json!({ "errcode": 0, "errmsg": "ok", "msgid": sent.msgid }),
         "发送成功",
     ))
+}
+
+/// No answer in time, or WeChat gave none: the message may still have been sent. Say how to
+/// learn the outcome instead of inviting a blind retry (no Retry-After).
+fn outcome_unknown(e: RpcError, keyed: bool) -> ApiError {
+    let how = if keyed {
+        "retry with the same Idempotency-Key to learn the outcome (it is never sent twice)"
+    } else {
+        "a retry may send it twice; send with an Idempotency-Key to retry safely"
+    };
+    match e {
+        RpcError::Unavailable {
+            cause: Unavailable::Timeout,
+            ..
+        } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "send_outcome_unknown",
+            format!("the notifier did not answer in time; the message may still be sent: {how}"),
+        ),
+        RpcError::WechatUnavailable { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "send_outcome_unknown",
+            format!("WeChat gave no answer; the message may have been delivered: {how}"),
+        ),
+        other => other.into(),
+    }
 }
 
 /// Staff login: username and password for a staff token.
