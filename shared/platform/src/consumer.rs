@@ -380,43 +380,69 @@ pub trait StoreInTx<E>: Sync {
     ) -> impl Future<Output = Result<Vec<Result<Self::Stored, String>>, sqlx::Error>> + Send + 'a;
 }
 
+/// Attempts at a batch, then at each message, that fail by contention (a statement timeout, a
+/// deadlock …) before the batch is split, then before the message is dead-lettered.
+pub const CONTENTION_ATTEMPTS: u32 = 3;
+/// Pause between those attempts (doubling).
+const CONTENTION_PAUSE: Duration = Duration::from_millis(200);
+
 /// Store a batch in one transaction (one commit for many messages). If that transaction fails
-/// for a reason other than Postgres being unavailable (bad data in one message), redo the batch
-/// one message per transaction, so only the offending message fails and the queue never blocks
-/// on it. Postgres unavailable is an `Err`: the loop retries the batch later.
+/// for a reason other than Postgres being unreachable (bad data in one message, or contention
+/// that persists over [`CONTENTION_ATTEMPTS`]), redo the batch one message per transaction, so
+/// only the offending message fails (to be dead-lettered, with the error) and the queue never
+/// blocks on it. Postgres unreachable is an `Err`: the loop retries the batch later, for as
+/// long as it takes.
 pub async fn store_batch<E: Sync, S: StoreInTx<E>>(
     pool: &sqlx::PgPool,
     batch: &[Delivery<E>],
     store: &S,
 ) -> anyhow::Result<Vec<Result<S::Stored, String>>> {
-    use crate::db::is_unavailable;
     use anyhow::Context;
-    let whole = async {
-        let mut tx = pool.begin().await?;
-        let out = store.store(&mut tx, batch).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(out)
-    };
-    match whole.await {
+    match store_with_retries(pool, batch, store).await {
         Ok(out) => return Ok(out),
-        Err(e) if is_unavailable(&e) => return Err(e).context("storing a batch"),
+        Err(e) if crate::db::is_unreachable(&e) => return Err(e).context("storing a batch"),
         Err(e) => {
             tracing::warn!(error = %e, size = batch.len(), "batch transaction failed; redoing one by one")
         }
     }
     let mut out = Vec::with_capacity(batch.len());
     for one in batch.chunks(1) {
-        let mut tx = pool.begin().await.context("begin")?;
-        match store.store(&mut tx, one).await {
-            Ok(mut stored) => {
-                tx.commit().await.context("commit")?;
-                out.push(stored.pop().unwrap_or_else(|| Err("not processed".into())));
-            }
-            Err(e) if is_unavailable(&e) => return Err(e).context("storing a message"),
+        match store_with_retries(pool, one, store).await {
+            Ok(mut stored) => out.push(stored.pop().unwrap_or_else(|| Err("not processed".into()))),
+            Err(e) if crate::db::is_unreachable(&e) => return Err(e).context("storing a message"),
             Err(e) => out.push(Err(format!("cannot be stored: {e}"))),
         }
     }
     Ok(out)
+}
+
+/// One transaction for `batch`, tried again (up to [`CONTENTION_ATTEMPTS`] in all) while it
+/// fails by contention.
+async fn store_with_retries<E: Sync, S: StoreInTx<E>>(
+    pool: &sqlx::PgPool,
+    batch: &[Delivery<E>],
+    store: &S,
+) -> Result<Vec<Result<S::Stored, String>>, sqlx::Error> {
+    let mut pause = CONTENTION_PAUSE;
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let out = store.store(&mut tx, batch).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Err(e) if crate::db::is_contention(&e) && attempt < CONTENTION_ATTEMPTS => {
+                tracing::info!(error = %e, attempt, size = batch.len(), "contention; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Per-message work of a handler that writes to Postgres: see [`apply_batch`].

@@ -103,9 +103,27 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
                 || c == "55000"
                 || c == "40001"
                 || c == "40P01"
+                || c == "55P03"
         }),
         _ => false,
     }
+}
+
+/// True when Postgres itself is out of reach (down, restarting, the connection broke, no
+/// connection free): nothing about the message is wrong, so a consumer retries the same batch
+/// for as long as it takes.
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    is_unavailable(e) && !is_contention(e)
+}
+
+/// A failure of this attempt that may or may not recur: a statement timeout, a serialization
+/// failure, a deadlock, a lock not available. Usually load; but a message whose own work always
+/// takes too long fails this way every time, so a consumer retries it a bounded number of times
+/// and then dead-letters it instead of stalling on it.
+pub fn is_contention(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| ["57014", "40001", "40P01", "55P03"].contains(&c.as_ref()))
 }
 
 /// Is this a unique-constraint violation (for 409 answers and idempotent inserts)?

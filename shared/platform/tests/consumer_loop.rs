@@ -154,3 +154,109 @@ async fn retries_end_in_a_dead_letter_after_max_deliver() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Stores nothing, but does Postgres work per message; "poison" takes longer than its
+/// statement timeout every time, as a message whose own work is too slow would.
+struct SlowOnPoison {
+    pool: sqlx::PgPool,
+    stored: Arc<Mutex<Vec<String>>>,
+    attempts_on_poison: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl consumer::StoreInTx<ActionRecorded> for SlowOnPoison {
+    type Stored = String;
+    async fn store(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[Delivery<ActionRecorded>],
+    ) -> Result<Vec<Result<String, String>>, sqlx::Error> {
+        let mut out = Vec::new();
+        for d in batch {
+            if d.event.action_id == "poison" {
+                self.attempts_on_poison
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sqlx::query("SET LOCAL statement_timeout = '50ms'")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SELECT pg_sleep(1)").execute(&mut *tx).await?;
+            }
+            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            out.push(Ok(d.event.action_id.clone()));
+        }
+        Ok(out)
+    }
+}
+
+impl Handler for SlowOnPoison {
+    type Event = ActionRecorded;
+    async fn handle(&self, batch: &[Delivery<ActionRecorded>]) -> anyhow::Result<Vec<Disposition>> {
+        let out = consumer::store_batch(&self.pool, batch, self).await?;
+        let mut stored = self.stored.lock().unwrap();
+        Ok(out
+            .into_iter()
+            .map(|r| match r {
+                Ok(id) => {
+                    stored.push(id);
+                    Disposition::Ack
+                }
+                Err(why) => Disposition::DeadLetter(why),
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_poison_message_is_dead_lettered_not_retried_forever() {
+    let bus = bus().await;
+    let common = ande_platform::testing::isolated_config().await;
+    let pool = sqlx::PgPool::connect(ande_platform::ExposeSecret::expose_secret(
+        &common.database_url,
+    ))
+    .await
+    .unwrap();
+    let spec = ConsumerSpec::new("slow", bus.subjects.event(EventKind::ActionRecorded));
+    for id in ["before", "poison", "after"] {
+        bus.publish(&event(id)).await.unwrap();
+    }
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        spec,
+        Arc::new(SlowOnPoison {
+            pool,
+            stored: stored.clone(),
+            attempts_on_poison: attempts.clone(),
+        }),
+        stop.clone(),
+    ));
+    for _ in 0..200 {
+        if dead_letters(&bus).await == 1 && stored.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut done = stored.lock().unwrap().clone();
+    done.sort();
+    assert_eq!(
+        done,
+        vec!["after".to_string(), "before".to_string()],
+        "the others are stored"
+    );
+    assert_eq!(dead_letters(&bus).await, 1, "the poison is set aside");
+    let dlq = bus.js.get_stream(bus.subjects.dlq_stream()).await.unwrap();
+    let m = dlq.get_raw_message(1).await.unwrap();
+    let reason = m
+        .headers
+        .get(ande_platform::bus::dlq_headers::REASON)
+        .unwrap()
+        .as_str()
+        .to_string();
+    assert!(reason.contains("statement timeout"), "{reason}");
+    // Bounded: a few attempts as part of the batch, a few alone, then never again.
+    let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n <= 2 * consumer::CONTENTION_ATTEMPTS, "{n} attempts");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
