@@ -14,6 +14,7 @@ pub const JWT_SECRET: &str = "JWT_SECRET";
 pub const JWT_EXPIRES_IN: &str = "JWT_EXPIRES_IN";
 pub const GATEWAY_RATE_PER_IP: &str = "GATEWAY_RATE_PER_IP";
 pub const GATEWAY_RATE_PER_OPENID: &str = "GATEWAY_RATE_PER_OPENID";
+pub const GATEWAY_RATE_WECHAT: &str = "GATEWAY_RATE_WECHAT";
 pub const GATEWAY_BODY_LIMIT: &str = "GATEWAY_BODY_LIMIT";
 pub const GATEWAY_TRUST_FORWARDED: &str = "GATEWAY_TRUST_FORWARDED";
 pub const GATEWAY_ANONYMOUS_ACTIONS: &str = "GATEWAY_ANONYMOUS_ACTIONS";
@@ -40,6 +41,8 @@ pub struct GatewayConfig {
     pub rate_per_ip: u32,
     /// Customer actions per minute per openid.
     pub rate_per_openid: u32,
+    /// WeChat logins and phone lookups per minute per client and per session.
+    pub rate_wechat: u32,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// Peers whose X-Forwarded-For is believed (`GATEWAY_TRUSTED_PROXIES`, CIDRs); from anyone
@@ -106,6 +109,7 @@ impl GatewayConfig {
             wechat,
             rate_per_ip: env.parse(GATEWAY_RATE_PER_IP, 600u32)?.max(1),
             rate_per_openid: env.parse(GATEWAY_RATE_PER_OPENID, 120u32)?.max(1),
+            rate_wechat: env.parse(GATEWAY_RATE_WECHAT, 30u32)?.max(1),
             body_limit: env.parse(GATEWAY_BODY_LIMIT, 64 * 1024usize)?.max(1024),
             trusted_proxies: trusted_proxies(env)?,
             limits: crate::server::Limits {

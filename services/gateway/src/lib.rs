@@ -48,6 +48,8 @@ pub struct AppState {
     pub wechat: WechatClient,
     pub ip_limiter: limits::RateLimiter,
     pub openid_limiter: limits::RateLimiter,
+    /// WeChat logins and phone lookups per client and per session.
+    pub wechat_limiter: limits::RateLimiter,
     /// Staff login throttling (per client, per account and client, password checks at once).
     pub logins: logins::LoginGuard,
 }
@@ -102,6 +104,7 @@ impl Gateway {
         let state = AppState {
             ip_limiter: limits::RateLimiter::per_minute(config.rate_per_ip),
             openid_limiter: limits::RateLimiter::per_minute(config.rate_per_openid),
+            wechat_limiter: limits::RateLimiter::per_minute(config.rate_wechat),
             logins: logins::LoginGuard::default(),
             config: Arc::new(config),
             bus,

@@ -3066,3 +3066,21 @@ async fn a_direct_send_retried_with_the_same_key_is_sent_once() {
     );
     t.stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_logins_and_phone_lookups_are_limited_per_client_and_session() {
+    let t = common::start_with(|o| o.gateway.rate_wechat = 3).await;
+    for i in 0..3 {
+        let code = login_code(&t, &format!("o_quota_{i}")).await;
+        assert_ok(
+            &send(post(&t, "/api/wechat/openid", json!({"code": code}))).await,
+            200,
+        );
+    }
+    let code = login_code(&t, "o_quota_3").await;
+    let a = send(post(&t, "/api/wechat/openid", json!({"code": code}))).await;
+    assert_error(&a, 429, "rate_limited");
+    let a = send(post(&t, "/api/wechat/phone", json!({"code": "any"}))).await;
+    assert_error(&a, 429, "rate_limited");
+    t.stack.stop().await.unwrap();
+}

@@ -5,12 +5,14 @@ use std::time::Duration;
 use ande_contracts::notifier::{Phone, PhoneQuery};
 use ande_platform::rpc;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use crate::auth;
+use crate::clientip;
 use crate::error::{ok, ApiError};
-use crate::extract::{JsonBody, MaybeSession};
+use crate::extract::{ClientIp, JsonBody, MaybeSession};
 use crate::validate;
 use crate::AppState;
 
@@ -18,13 +20,28 @@ use crate::AppState;
 /// timeout is 5 s, so allow a little more.
 const PHONE_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// These calls spend the app's WeChat quota (and anyone may make them): each client, and each
+/// session, gets `GATEWAY_RATE_WECHAT` a minute.
+fn spend_quota(state: &AppState, key: &str) -> Result<(), ApiError> {
+    state.wechat_limiter.check(key).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many WeChat logins or phone lookups; slow down",
+        )
+        .retry_after(wait)
+    })
+}
+
 /// Exchange a `wx.login()` code for the openid and a session token. The session_key stays here.
 #[tracing::instrument(skip_all)]
 pub async fn openid(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let code = validate::CODE.required("code", body.get("code"))?;
+    spend_quota(&state, &format!("client:{}", clientip::limit_key(ip)))?;
     let session = state.wechat.code2session(&code).await?;
     let token = auth::issue(
         &state.config.jwt_secret,
@@ -51,10 +68,15 @@ pub async fn openid(
 #[tracing::instrument(skip_all)]
 pub async fn phone(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     MaybeSession(session): MaybeSession,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let code = validate::CODE.required("code", body.get("code"))?;
+    spend_quota(&state, &format!("client:{}", clientip::limit_key(ip)))?;
+    if let Some(s) = &session {
+        spend_quota(&state, &format!("session:{}", s.sub))?;
+    }
     let openid = session.as_ref().map(|s| s.sub.clone());
     state.require_bus()?;
     let q = PhoneQuery { code, openid };
