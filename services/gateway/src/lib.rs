@@ -35,8 +35,6 @@ pub use config::GatewayConfig;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "gateway";
-/// Idempotency keys are kept this long; a client retries within minutes, not weeks.
-const IDEMPOTENCY_KEY_TTL_DAYS: i32 = 7;
 /// How often the gateway tries again to create its streams when NATS was away at start.
 const STREAMS_RETRY: Duration = Duration::from_secs(1);
 
@@ -134,6 +132,7 @@ impl Gateway {
         }
         tokio::spawn(purge_idempotency_keys(
             self.state.pool.clone(),
+            self.state.config.common.retention.idempotency_keys,
             shutdown.clone(),
         ));
         let app = routes::router(self.state.clone());
@@ -143,28 +142,19 @@ impl Gateway {
     }
 }
 
-/// Forget idempotency keys older than [`IDEMPOTENCY_KEY_TTL_DAYS`], at start and hourly, so the
-/// table does not grow forever. Every gateway process does it; the delete is idempotent.
-async fn purge_idempotency_keys(pool: sqlx::PgPool, shutdown: CancellationToken) {
-    loop {
-        let purged = sqlx::query!(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
-            IDEMPOTENCY_KEY_TTL_DAYS
+/// Forget idempotency keys older than `ANDE_RETENTION_IDEMPOTENCY_KEYS` (a client retries
+/// within minutes, not weeks), so the table does not grow forever.
+async fn purge_idempotency_keys(pool: sqlx::PgPool, age: Duration, shutdown: CancellationToken) {
+    ande_platform::retention::purge_hourly("idempotency keys", shutdown, || async {
+        let done = sqlx::query!(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+            ande_platform::retention::secs(age)
         )
         .execute(&pool)
-        .await;
-        match purged {
-            Ok(r) if r.rows_affected() > 0 => {
-                tracing::info!(purged = r.rows_affected(), "old idempotency keys forgotten")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot purge old idempotency keys"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-        }
-    }
+        .await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }
 
 /// Create the streams as soon as NATS answers (after a start without it), then stop.

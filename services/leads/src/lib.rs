@@ -54,8 +54,35 @@ pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Re
         pool.clone(),
         shutdown.clone(),
     );
+    let retention = tokio::spawn(purge_old_actions(
+        pool.clone(),
+        handler.config.common.retention.actions,
+        shutdown.clone(),
+    ));
     let consuming = ande_platform::consumer::run(bus, spec, handler, shutdown);
     tokio::try_join!(consuming, queries).context("leads service")?;
+    retention.abort();
     pool.close().await;
     Ok(())
+}
+
+/// Forget actions (the customer's name, phone, address, browser as sent) older than
+/// `ANDE_RETENTION_ACTIONS`; the leads they made stay. An action whose outcome was never
+/// published is kept until it is.
+pub async fn purge_old_actions(
+    pool: sqlx::PgPool,
+    age: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    ande_platform::retention::purge_hourly("actions", shutdown, || async {
+        let done = sqlx::query!(
+            "DELETE FROM actions WHERE occurred_at < now() - make_interval(secs => $1)
+               AND outcome_published_at IS NOT NULL",
+            ande_platform::retention::secs(age)
+        )
+        .execute(&pool)
+        .await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }

@@ -828,3 +828,35 @@ async fn anonymous_actions_never_change_a_lead_and_a_verified_one_corrects_their
     assert!(!of(&real).anonymous);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_actions_are_forgotten_and_their_leads_kept() {
+    let env = start(1).await;
+    let mut old = action("adv-1", "view_resume", "老客户", "13700002222");
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(400);
+    old.meta = Some(new_meta(&old.action_id, "test", long_ago));
+    env.publish(&old).await;
+    let recent = action("adv-1", "view_resume", "新客户", "13700003333");
+    env.publish(&recent).await;
+    assert_eq!(env.wait_count(PUBLISHED, 2).await, 2);
+
+    let (pool, _) = env.store().await;
+    let done = tokio_util::sync::CancellationToken::new();
+    done.cancel(); // one pass, then return
+    ande_leads::purge_old_actions(pool, Duration::from_secs(365 * 86_400), done).await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT action_id::text FROM leads.actions")
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![recent.action_id.clone()],
+        "the old action is gone"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM leads.leads").await,
+        2,
+        "both leads stay"
+    );
+    env.stop().await;
+}

@@ -107,6 +107,11 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         wake,
         sweep_now,
     });
+    tokio::spawn(purge_old_records(
+        pool.clone(),
+        config.common.retention,
+        shutdown.clone(),
+    ));
     tracing::info!(workers = config.workers, template = %config.template_id, "notifier running");
     // One part failing stops all of them: the dispatcher's workers must not go on sending
     // after `run` has returned an error.
@@ -148,4 +153,50 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     result.context("notifier")?;
     pool.close().await;
     Ok(())
+}
+
+/// Forget finished notifications and their delivery log (they hold the customer's name and
+/// phone) after `ANDE_RETENTION_NOTIFICATIONS`, direct-send keys after
+/// `ANDE_RETENTION_IDEMPOTENCY_KEYS`, and pairing codes a day after they expired. Queued,
+/// in-flight and waiting notifications are never purged.
+pub async fn purge_old_records(
+    pool: sqlx::PgPool,
+    r: ande_platform::retention::Retention,
+    shutdown: CancellationToken,
+) {
+    use ande_platform::retention::secs;
+    ande_platform::retention::purge_hourly("notifications, deliveries, keys", shutdown, || async {
+        let mut tx = pool.begin().await?;
+        let notifications = sqlx::query!(
+            "DELETE FROM notifications WHERE created_at < now() - make_interval(secs => $1)
+               AND state IN ('sent', 'failed', 'digested', 'dropped')",
+            secs(r.notifications)
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let deliveries = sqlx::query!(
+            "DELETE FROM deliveries WHERE at < now() - make_interval(secs => $1)",
+            secs(r.notifications)
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let keys = sqlx::query!(
+            "DELETE FROM direct_send_keys WHERE created_at < now() - make_interval(secs => $1)",
+            secs(r.idempotency_keys)
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let pairings = sqlx::query!(
+            "DELETE FROM advisor_pairings WHERE expires_at < now() - interval '1 day'"
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(notifications + deliveries + keys + pairings)
+    })
+    .await
 }

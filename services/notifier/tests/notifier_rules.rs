@@ -1929,3 +1929,50 @@ async fn anonymous_notifications_spend_at_most_their_budget_and_never_hold_up_a_
     assert_eq!(states.get("waiting_credit"), None, "{states:?}");
     assert_eq!(states.get("digested"), Some(&6), "{states:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_notifications_and_their_log_are_forgotten_after_the_retention_age() {
+    let h = Harness::start().await;
+    let (adv, openid) = ("adv-old", "oAdvisorOld00000000000000001");
+    h.accept(adv, openid, 1).await;
+    let ids = h.outcomes(adv, 2).await; // one is sent, one waits for credit
+    h.wait_state(ids[0], "sent").await;
+    h.wait_state(ids[1], "waiting_credit").await;
+    sqlx::query("UPDATE notifier.notifications SET created_at = now() - interval '100 days' WHERE advisor_id = $1")
+        .bind(adv)
+        .execute(&h.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE notifier.deliveries SET at = now() - interval '100 days' WHERE advisor_id = $1",
+    )
+    .bind(adv)
+    .execute(&h.db)
+    .await
+    .unwrap();
+    let pool = ande_platform::db::connect(
+        &h.common.database_url,
+        ande_notifier::SCHEMA,
+        2,
+        &ande_notifier::MIGRATIONS,
+    )
+    .await
+    .unwrap();
+    let done = tokio_util::sync::CancellationToken::new();
+    done.cancel();
+    ande_notifier::purge_old_records(pool, Default::default(), done).await;
+    let states = h.states(adv).await;
+    assert_eq!(states.get("sent"), None, "{states:?}");
+    assert_eq!(
+        states.get("waiting_credit"),
+        Some(&1),
+        "waiting work is never purged: {states:?}"
+    );
+    let log: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifier.deliveries WHERE advisor_id = $1")
+            .bind(adv)
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(log, 0);
+}

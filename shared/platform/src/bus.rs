@@ -17,8 +17,6 @@ use crate::config::CommonConfig;
 /// How long JetStream remembers event ids to drop duplicate publishes. Two minutes is the server
 /// default; longer costs memory per message. Beyond it, consumers' own idempotency takes over.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Dead letters wait for an operator this long.
-pub const DLQ_MAX_AGE: Duration = Duration::from_secs(90 * 86_400);
 /// How long a publish waits for JetStream's ack before the caller treats the bus as down.
 pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,6 +46,8 @@ pub struct Bus {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub subjects: Subjects,
+    /// How long dead letters are kept (`ANDE_RETENTION_DLQ`).
+    pub dlq_max_age: Duration,
 }
 
 impl Bus {
@@ -104,6 +104,7 @@ impl Bus {
             client,
             js,
             subjects: config.subjects(),
+            dlq_max_age: config.retention.dead_letters,
         }
     }
 
@@ -125,7 +126,7 @@ impl Bus {
             subjects: vec![self.subjects.all_dead_letters()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: DLQ_MAX_AGE,
+            max_age: self.dlq_max_age,
             duplicate_window: DUPLICATE_WINDOW,
             description: Some("Ande dead letters".into()),
             ..Default::default()

@@ -214,6 +214,8 @@ pub struct CommonConfig {
     /// How long the event stream keeps events for replay.
     pub event_max_age: Duration,
     pub log_json: bool,
+    /// How long records holding personal data are kept (`ANDE_RETENTION_*`).
+    pub retention: crate::retention::Retention,
 }
 
 impl std::fmt::Debug for CommonConfig {
@@ -258,6 +260,7 @@ impl CommonConfig {
             log_json: env
                 .get(LOG_FORMAT)
                 .is_some_and(|f| f.eq_ignore_ascii_case("json")),
+            retention: crate::retention::Retention::from_env(env)?,
         })
     }
 

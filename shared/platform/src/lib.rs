@@ -13,6 +13,7 @@ pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod retention;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
