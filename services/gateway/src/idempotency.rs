@@ -32,6 +32,11 @@ pub fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// A fingerprint of what a request asks for. Not a security boundary: it only tells "the same
 /// request retried" from "the key reused for another request" (FNV-1a over canonical JSON).
+/// The header's rule as JSON Schema (the OpenAPI document), the same [`key`] checks.
+pub fn schema() -> Value {
+    serde_json::json!({ "type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": "^[\\x21-\\x7e]+$" })
+}
+
 pub fn fingerprint(request: &Value) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in request.to_string().bytes() {

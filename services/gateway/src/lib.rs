@@ -53,6 +53,20 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Ask a service over request/reply: 503 at once while NATS is away, the method's typed
+    /// errors as their HTTP answers.
+    pub async fn call<M: ande_platform::rpc::Method>(
+        &self,
+        request: &M::Request,
+        timeout: Duration,
+    ) -> Result<M::Reply, error::ApiError> {
+        self.require_bus()?;
+        Ok(
+            ande_platform::rpc::call::<M>(&self.bus.client, &self.bus.subjects, request, timeout)
+                .await?,
+        )
+    }
+
     /// Fail fast with 503 while NATS is disconnected: a publish or a request/reply would only
     /// wait for its timeout (up to 8 s for a send) before failing the same way.
     pub fn require_bus(&self) -> Result<(), error::ApiError> {

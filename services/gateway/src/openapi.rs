@@ -12,7 +12,7 @@ use ande_contracts::vocab::{
 use ande_wechat::KeywordType;
 
 use crate::routes::messages;
-use crate::{routes, validate, AppState};
+use crate::{idempotency, routes, validate, AppState};
 use serde_json::{json, Map, Value};
 
 /// One endpoint: what the router serves (`route`) and what the document says of it.
@@ -54,8 +54,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "post",
         path: "/api/advisor/subscribe",
         route: || post(routes::subscribe::subscribe),
-        summary: "Record an advisor's subscribe-message decisions (each accept is one send credit); the session's openid must be bound to the advisor",
-        auth: "session-required",
+        summary: "Record an advisor's subscribe-message decisions (each accept is one send credit); needs the advisor's session (an openid staff bound to the advisor): 403 otherwise",
+        auth: "session",
         request: Some(subscribe_req),
         response: subscribe_resp,
     },
@@ -181,9 +181,6 @@ pub const ENDPOINTS: &[Endpoint] = &[
 ];
 
 /// A string of at most `max` characters (headers).
-fn s(max: u32) -> Value {
-    json!({ "type": "string", "maxLength": max })
-}
 /// One of a vocabulary's words, or absent/null.
 fn word<V: Vocabulary>() -> Value {
     let mut words: Vec<Value> = V::names().into_iter().map(Value::from).collect();
@@ -400,7 +397,7 @@ pub fn build() -> Value {
         ]
         .contains(&e.path)
         {
-            op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": s(200) }]);
+            op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": idempotency::schema() }]);
         }
         let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
         entry[e.method] = op;

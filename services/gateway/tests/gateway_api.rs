@@ -2409,16 +2409,7 @@ async fn subscription_changes_are_rate_limited_per_openid() {
 // ---------------------------------------------------------------------------------------------
 
 async fn sim_messages(t: &TestStack, touser: &str) -> usize {
-    let v: Value = t
-        .http
-        .get(t.sim(&format!("/sim/messages?touser={touser}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["messages"].as_array().map_or(0, Vec::len)
+    t.messages(touser).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

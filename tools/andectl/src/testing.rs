@@ -95,24 +95,28 @@ impl TestStack {
         self.stack.session(&self.http, openid).await.unwrap()
     }
 
+    /// Messages the simulator accepted for `touser` so far.
+    pub async fn messages(&self, touser: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(self.sim(&format!("/sim/messages?touser={touser}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .cloned()
+            .or_else(|| v.get("messages").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+    }
+
     /// Messages the simulator accepted for `touser`, waiting until there are at least `n`.
     pub async fn wait_messages(&self, touser: &str, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let v: Value = self
-                .http
-                .get(self.sim(&format!("/sim/messages?touser={touser}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let list = v
-                .as_array()
-                .cloned()
-                .or_else(|| v.get("messages").and_then(Value::as_array).cloned())
-                .unwrap_or_default();
+            let list = self.messages(touser).await;
             if list.len() >= n || tokio::time::Instant::now() > deadline {
                 return list;
             }

@@ -14,7 +14,6 @@ use ande_contracts::notifier::{
     Bind, BindRequest, BindingFilter, BindingKey, CheckBinding, ListBindings, Pair, PairRequest,
     Redeem, RedeemRequest, Unbind,
 };
-use ande_platform::rpc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -34,13 +33,11 @@ pub async fn require_binding(
     advisor_id: &str,
     openid: &str,
 ) -> Result<(), ApiError> {
-    state.require_bus()?;
     let key = BindingKey {
         advisor_id: advisor_id.to_string(),
         openid: openid.to_string(),
     };
-    let check =
-        rpc::call::<CheckBinding>(&state.bus.client, &state.bus.subjects, &key, TIMEOUT).await?;
+    let check = state.call::<CheckBinding>(&key, TIMEOUT).await?;
     if check.bound {
         Ok(())
     } else {
@@ -61,12 +58,11 @@ pub async fn redeem(
         ApiError::unauthorized("log in to the mini-program first (Authorization: Bearer <session>)")
     })?;
     let code = validate::CODE.required("code", body.get("code"))?;
-    state.require_bus()?;
     let r = RedeemRequest {
         code,
         openid: session.sub,
     };
-    let binding = rpc::call::<Redeem>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    let binding = state.call::<Redeem>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
 }
 
@@ -80,10 +76,8 @@ pub async fn list(
         Some(a) => Some(validate::ID.required("advisorId", Some(&Value::String(a.clone())))?),
         None => None,
     };
-    state.require_bus()?;
     let f = BindingFilter { advisor_id };
-    let all =
-        rpc::call::<ListBindings>(&state.bus.client, &state.bus.subjects, &f, TIMEOUT).await?;
+    let all = state.call::<ListBindings>(&f, TIMEOUT).await?;
     Ok(ok(all, "ok"))
 }
 
@@ -101,13 +95,12 @@ pub async fn bind(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let k = key(&body)?;
-    state.require_bus()?;
     let r = BindRequest {
         advisor_id: k.advisor_id,
         openid: k.openid,
         bound_by: format!("staff:{}", staff.sub),
     };
-    let binding = rpc::call::<Bind>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    let binding = state.call::<Bind>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
 }
 
@@ -118,8 +111,7 @@ pub async fn unbind(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let k = key(&body)?;
-    state.require_bus()?;
-    let gone = rpc::call::<Unbind>(&state.bus.client, &state.bus.subjects, &k, TIMEOUT).await?;
+    let gone = state.call::<Unbind>(&k, TIMEOUT).await?;
     Ok(ok(gone, "已解除绑定"))
 }
 
@@ -130,11 +122,10 @@ pub async fn pair(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
-    state.require_bus()?;
     let r = PairRequest {
         advisor_id,
         created_by: format!("staff:{}", staff.sub),
     };
-    let pairing = rpc::call::<Pair>(&state.bus.client, &state.bus.subjects, &r, TIMEOUT).await?;
+    let pairing = state.call::<Pair>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, pairing, "配对码已生成"))
 }

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use ande_contracts::notifier::{DigestQuery, GetDigest, Summary};
-use ande_platform::rpc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -27,10 +26,8 @@ pub async fn digest(
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::validation("id", "must be a digest id (UUID)"))?;
-    state.require_bus()?;
     let q = DigestQuery { digest_id: id };
-    let answer =
-        rpc::call::<GetDigest>(&state.bus.client, &state.bus.subjects, &q, QUERY_TIMEOUT).await?;
+    let answer = state.call::<GetDigest>(&q, QUERY_TIMEOUT).await?;
     let d = &answer.digest;
     if let Caller::Customer(c) = &caller {
         // The digest was sent to one openid: only that WeChat user (the advisor) may read it.

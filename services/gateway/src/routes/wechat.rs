@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use ande_contracts::notifier::{Phone, PhoneQuery};
-use ande_platform::rpc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -78,10 +77,8 @@ pub async fn phone(
         spend_quota(&state, &format!("session:{}", s.sub))?;
     }
     let openid = session.as_ref().map(|s| s.sub.clone());
-    state.require_bus()?;
     let q = PhoneQuery { code, openid };
-    let info =
-        rpc::call::<Phone>(&state.bus.client, &state.bus.subjects, &q, PHONE_TIMEOUT).await?;
+    let info = state.call::<Phone>(&q, PHONE_TIMEOUT).await?;
     let mut data = json!({
         "phoneNumber": info.phone_number,
         "purePhoneNumber": info.pure_phone_number,
