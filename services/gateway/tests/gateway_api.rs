@@ -2362,6 +2362,16 @@ async fn the_digest_page_lists_the_waiting_actions_for_the_advisor_only() {
         403,
         "forbidden",
     );
+    // Unbound from the advisor, the phone that received it loses access.
+    sqlx::query("DELETE FROM notifier.advisor_bindings WHERE advisor_id = 'adv-digest'")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_error(
+        &send(get(&t, &path).bearer_auth(&advisor)).await,
+        403,
+        "forbidden",
+    );
     let staff = staff_token(&t).await;
     assert_ok(&send(get(&t, &path).bearer_auth(&staff)).await, 200);
     let unknown = format!("/api/digests/{}", uuid::Uuid::now_v7());
