@@ -4,7 +4,9 @@
 //! 1. gateway `POST /api/customer/action` latency vs a raw JetStream publish-and-ack;
 //! 2. leads throughput on a backlog (batched transactions) vs raw Postgres doing one
 //!    INSERT + COMMIT per event, and vs leads itself with batches of one;
-//! 3. end-to-end latency: HTTP action → lead → outcome → subscribe message at the simulator.
+//! 3. end-to-end latency: HTTP action → lead → outcome → subscribe message at the simulator;
+//! 4. the notifier's sends per second at 0 and 20 ms of WeChat latency vs its ceiling
+//!    ([`crate::bench_notifier`]).
 //!
 //! Run with `cargo run --release -p andectl -- bench` (NATS and Postgres must be running; each
 //! part uses its own database and prefix). `--events N` sets the size (default 2000 events for
@@ -83,7 +85,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let raw = record_latency(&common, &stack, &bus, &http, lat_n).await?;
     end_to_end_latency(&stack, &http, lat_n, &raw).await?;
     stack.stop().await?;
-    leads_throughput(&common, n).await
+    leads_throughput(&common, n).await?;
+    crate::bench_notifier::run(n).await
 }
 
 /// Part 1: gateway action latency vs a raw JetStream publish+ack (returned, for part 3).

@@ -16,6 +16,7 @@
 //!   services' tests.
 
 pub mod bench;
+pub mod bench_notifier;
 pub mod conn;
 pub mod decode;
 pub mod dlq;
