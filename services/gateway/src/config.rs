@@ -60,9 +60,9 @@ impl GatewayConfig {
         let config = Self::read(env)?;
         if !config.common.development {
             config.check_secret()?;
-            let w = &config.wechat;
-            cfg::refuse_development_wechat(&config.common, &w.base_url, &w.app_id, &w.app_secret)?;
         }
+        let w = &config.wechat;
+        cfg::refuse_development_wechat(&config.common, &w.base_url, &w.app_id, &w.app_secret)?;
         Ok(config)
     }
 

@@ -198,10 +198,7 @@ async fn login_code(t: &TestStack, openid: &str) -> String {
 
 /// A mini-program session token for `openid`, by the real login.
 async fn session(t: &TestStack, openid: &str) -> String {
-    let code = login_code(t, openid).await;
-    let a = send(post(t, "/api/wechat/openid", json!({"code": code}))).await;
-    assert_ok(&a, 200);
-    a.data()["token"].as_str().unwrap().to_string()
+    t.session(openid).await
 }
 
 /// The session of `openid` after staff bound it to `advisor`: an advisor's own session.
@@ -2568,6 +2565,16 @@ async fn advisors_bind_by_staff_or_by_a_one_time_pairing_code() {
         "forbidden",
     );
     let key = json!({"advisorId": "adv-p", "openid": "o_paired"});
+    // Nobody but staff binds or unbinds: not a customer's session, not an anonymous caller.
+    for path in ["/api/advisor-bindings", "/api/advisor-bindings/unbind"] {
+        let by_customer = post(&t, path, key.clone()).bearer_auth(&thief);
+        assert_error(&send(by_customer).await, 403, "forbidden");
+        assert_error(
+            &send(post(&t, path, key.clone())).await,
+            401,
+            "unauthorized",
+        );
+    }
     assert_ok(
         &send(post(&t, "/api/advisor-bindings/unbind", key.clone()).bearer_auth(&staff)).await,
         200,

@@ -49,6 +49,17 @@ async fn dead_letters(bus: &Bus) -> u64 {
     s.info().await.unwrap().state.messages
 }
 
+/// Why the first dead letter was set aside.
+async fn first_dead_letter_reason(bus: &Bus) -> String {
+    let dlq = bus.js.get_stream(bus.subjects.dlq_stream()).await.unwrap();
+    let m = dlq.get_raw_message(1).await.unwrap();
+    m.headers
+        .get(ande_platform::bus::dlq_headers::REASON)
+        .unwrap()
+        .as_str()
+        .to_string()
+}
+
 async fn wait_until(mut f: impl FnMut() -> bool) {
     for _ in 0..200 {
         if f() {
@@ -139,14 +150,7 @@ async fn retries_end_in_a_dead_letter_after_max_deliver() {
         "handled exactly max_deliver times"
     );
     assert_eq!(dead_letters(&bus).await, 1);
-    let dlq = bus.js.get_stream(bus.subjects.dlq_stream()).await.unwrap();
-    let m = dlq.get_raw_message(1).await.unwrap();
-    let reason = m
-        .headers
-        .get(ande_platform::bus::dlq_headers::REASON)
-        .unwrap()
-        .as_str()
-        .to_string();
+    let reason = first_dead_letter_reason(&bus).await;
     assert!(
         reason.contains("gave up after 3 deliveries: not yet"),
         "{reason}"
@@ -245,14 +249,7 @@ async fn a_statement_timeout_poison_message_is_dead_lettered_not_retried_forever
         "the others are stored"
     );
     assert_eq!(dead_letters(&bus).await, 1, "the poison is set aside");
-    let dlq = bus.js.get_stream(bus.subjects.dlq_stream()).await.unwrap();
-    let m = dlq.get_raw_message(1).await.unwrap();
-    let reason = m
-        .headers
-        .get(ande_platform::bus::dlq_headers::REASON)
-        .unwrap()
-        .as_str()
-        .to_string();
+    let reason = first_dead_letter_reason(&bus).await;
     assert!(reason.contains("statement timeout"), "{reason}");
     // Bounded: a few attempts as part of the batch, a few alone, then never again.
     let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
