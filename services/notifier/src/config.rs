@@ -12,7 +12,12 @@ pub const NOTIFIER_DIGEST_PAGE: &str = "NOTIFIER_DIGEST_PAGE";
 pub const NOTIFIER_LONG_TERM_TEMPLATES: &str = "NOTIFIER_LONG_TERM_TEMPLATES";
 pub const NOTIFIER_MINIPROGRAM_STATE: &str = "NOTIFIER_MINIPROGRAM_STATE";
 pub const NOTIFIER_LANG: &str = "NOTIFIER_LANG";
+/// Replaced by `NOTIFIER_MAX_IN_FLIGHT`; still read to warn a deployment that sets it.
 pub const NOTIFIER_WORKERS: &str = "NOTIFIER_WORKERS";
+pub const NOTIFIER_MAX_IN_FLIGHT: &str = "NOTIFIER_MAX_IN_FLIGHT";
+pub const NOTIFIER_CLAIM_BATCH: &str = "NOTIFIER_CLAIM_BATCH";
+pub const NOTIFIER_RETRY_FOR: &str = "NOTIFIER_RETRY_FOR";
+pub const NOTIFIER_SHUTDOWN_GRACE: &str = "NOTIFIER_SHUTDOWN_GRACE";
 pub const NOTIFIER_ANONYMOUS_PER_HOUR: &str = "NOTIFIER_ANONYMOUS_PER_HOUR";
 pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
 pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
@@ -25,6 +30,17 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 /// A claim older than this is presumed abandoned by a crashed process. It must exceed the WeChat
 /// request timeout by a wide margin, or a slow but live send would be sent a second time.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(120);
+/// Transient failures are retried for an hour: a WeChat outage of minutes fails nothing.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(3600);
+/// Below docker compose's (10 s, which our compose file raises) and Kubernetes' (30 s) default
+/// wait before SIGKILL, and above one WeChat request timeout (5 s), so a send in flight finishes.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Sends in flight per process: at WeChat's ~20 ms from China that allows ~12,800 sends/s,
+/// well above what one process's Postgres round trips allow; the pool of HTTP connections
+/// grows to this.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Notifications claimed per transaction.
+pub const DEFAULT_CLAIM_BATCH: usize = 128;
 
 /// Which keyword of the template carries which piece of the notification.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,17 +124,26 @@ pub struct NotifierConfig {
     pub long_term_templates: Vec<String>,
     pub miniprogram_state: String,
     pub lang: String,
-    /// Concurrent sends per process.
-    pub workers: usize,
+    /// Most notifications one process holds claimed (being sent, or next in their advisor's
+    /// line), and so the most sends in flight (`NOTIFIER_MAX_IN_FLIGHT`).
+    pub max_in_flight: usize,
+    /// Most notifications claimed in one transaction (`NOTIFIER_CLAIM_BATCH`).
+    pub claim_batch: usize,
     /// Most notifications kept waiting for credit per advisor; beyond it they are dropped (logged).
     pub max_waiting: i64,
     /// Sends an advisor's anonymous notifications may take per hour (`NOTIFIER_ANONYMOUS_PER_HOUR`);
     /// above it they wait and go out folded into the next digest.
     pub anonymous_per_hour: i64,
-    /// Attempts of a retryable failure before the notification is marked failed.
+    /// Attempts abandoned by a crashed or hung process before the notification is failed
+    /// rather than re-queued (`NOTIFIER_MAX_ATTEMPTS`).
     pub max_attempts: i32,
-    /// First retry delay; doubles with each attempt, capped at 5 minutes.
+    /// Transient failures are retried until this long after the first one (`NOTIFIER_RETRY_FOR`).
+    pub retry_for: Duration,
+    /// First retry delay; doubles with each attempt, capped at 5 minutes, ±20 % jitter.
     pub retry_backoff: Duration,
+    /// On SIGTERM: sends in flight may finish within this (`NOTIFIER_SHUTDOWN_GRACE`); those not
+    /// started are handed back to the queue at once.
+    pub shutdown_grace: Duration,
     /// A claimed notification not finished after this long is assumed abandoned by a crashed
     /// worker and sent again (see `dispatch`). Kept at or above five WeChat timeouts.
     pub stale_after: Duration,
@@ -127,6 +152,9 @@ pub struct NotifierConfig {
     /// The sweep (release of waiting notifications, recovery of abandoned sends) runs this
     /// often, and at once when a subscription change arrives in this process.
     pub sweep_every: Duration,
+    /// Settings that are set but no longer read; `run` warns about each (logging starts after
+    /// the configuration is read).
+    pub obsolete: Vec<&'static str>,
 }
 
 impl NotifierConfig {
@@ -197,14 +225,25 @@ impl NotifierConfig {
                 .collect(),
             miniprogram_state: state,
             lang,
-            workers: env.parse(NOTIFIER_WORKERS, 4usize)?.clamp(1, 64),
+            max_in_flight: env
+                .parse(NOTIFIER_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?
+                .clamp(1, 4096),
+            claim_batch: env
+                .parse(NOTIFIER_CLAIM_BATCH, DEFAULT_CLAIM_BATCH)?
+                .clamp(1, 1024),
             max_waiting: env.parse(NOTIFIER_MAX_WAITING, 50i64)?.max(1),
             anonymous_per_hour: env.parse(NOTIFIER_ANONYMOUS_PER_HOUR, 20i64)?.max(0),
             max_attempts: env.parse(NOTIFIER_MAX_ATTEMPTS, 6i32)?.clamp(1, 50),
+            retry_for: env.duration(NOTIFIER_RETRY_FOR, DEFAULT_RETRY_FOR)?,
             retry_backoff: env.duration(NOTIFIER_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF)?,
+            shutdown_grace: env.duration(NOTIFIER_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
             stale_after: env.duration(NOTIFIER_STALE_AFTER, DEFAULT_STALE_AFTER)?,
             poll_every: Duration::from_millis(500),
             sweep_every: Duration::from_secs(2),
+            obsolete: [NOTIFIER_WORKERS]
+                .into_iter()
+                .filter(|v| env.get(v).is_some())
+                .collect(),
         })
     }
 

@@ -16,14 +16,34 @@ pub struct Account<'a> {
     pub template_id: &'a str,
 }
 
-/// Reserve one credit for a send (the claim; the caller holds the row lock and saw a credit).
-pub async fn reserve(conn: &mut PgConnection, a: Account<'_>) -> Result<(), sqlx::Error> {
+/// [`adjust`] for several sends at once (an account may appear more than once): `-1` reserves
+/// a credit for each of a claim's sends (the caller holds the rows' locks and saw the credits),
+/// `+1` gives back those of sends handed back unsent.
+pub async fn adjust_many(
+    conn: &mut PgConnection,
+    accounts: &[Account<'_>],
+    delta: i32,
+) -> Result<(), sqlx::Error> {
+    let mut per: std::collections::BTreeMap<(&str, &str, &str), i32> = Default::default();
+    for a in accounts {
+        *per.entry((a.advisor_id, a.openid, a.template_id))
+            .or_default() += delta;
+    }
+    if per.is_empty() {
+        return Ok(());
+    }
+    let advisors: Vec<&str> = per.keys().map(|k| k.0).collect();
+    let openids: Vec<&str> = per.keys().map(|k| k.1).collect();
+    let templates: Vec<&str> = per.keys().map(|k| k.2).collect();
+    let counts: Vec<i32> = per.values().copied().collect();
     sqlx::query!(
-        "UPDATE subscriptions SET credits = credits - 1, updated_at = now()
-         WHERE advisor_id = $1 AND openid = $2 AND template_id = $3 AND credits > 0 AND NOT long_term",
-        a.advisor_id,
-        a.openid,
-        a.template_id
+        "UPDATE subscriptions s SET credits = GREATEST(s.credits + u.n, 0), updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(advisor_id, openid, template_id, n)
+         WHERE s.advisor_id = u.advisor_id AND s.openid = u.openid AND s.template_id = u.template_id AND NOT s.long_term",
+        &advisors as &[&str],
+        &openids as &[&str],
+        &templates as &[&str],
+        &counts
     )
     .execute(conn)
     .await?;

@@ -1,22 +1,38 @@
-//! Sending: workers claim due notifications from the queue table and send them to WeChat.
+//! Sending: claim due notifications in batches, send many at once, record the answers in
+//! batches.
 //!
-//! The queue is the `notifications` table, claimed with `FOR UPDATE SKIP LOCKED`, so any number
-//! of workers in any number of processes send each notification once. A credit is reserved in
-//! the same transaction as the claim and given back if WeChat does not accept the message.
+//! The queue is the `notifications` table. One loop per process claims up to
+//! `NOTIFIER_CLAIM_BATCH` due rows at a time with `FOR UPDATE SKIP LOCKED`, reserving a credit for
+//! each in the same transaction, so any number of processes send each notification once. The
+//! process holds at most `NOTIFIER_MAX_IN_FLIGHT` claimed rows (a semaphore permit each, released
+//! once the answer is recorded), so a slow WeChat or a slow database holds the claims back
+//! rather than piling up work. Claimed rows go out in lanes, one per advisor: an advisor's
+//! messages are sent one after another, oldest first, and a claim skips advisors with a send in
+//! flight, so no advisor gets a later message (or a digest) before an earlier one. Answers go to
+//! one recorder that writes whatever has arrived in one transaction. Sends share one HTTP
+//! keep-alive pool (the WeChat client's).
 //!
 //! Failures:
-//! - retryable (-1 busy, 45011 minute quota, HTTP 5xx, timeouts, transport errors): back to the
-//!   queue with exponential backoff, up to `max_attempts`, then failed;
+//! - transient (-1 busy, 45011 minute quota, HTTP 5xx, timeouts, transport errors): back to the
+//!   queue with exponential backoff (±20 % jitter, at most 5 minutes), for `NOTIFIER_RETRY_FOR`
+//!   (1 h) after the first such failure, then failed: a WeChat outage of minutes fails nothing;
 //! - 43101 (the user has no credit left at WeChat): our count is wrong, so it is set to zero and
 //!   the notification waits for the next accept;
 //! - 45009 (daily quota): sending pauses for everyone until midnight Asia/Shanghai (when the
-//!   quota resets) or until an operator resumes; the backlog stays queued;
+//!   quota resets) or until an operator resumes; the backlog stays queued, and sends of this
+//!   process not yet started are handed back at once;
 //! - anything else (40003, 40037, 47003, 41030, 48001, …): failed, with WeChat's errcode and errmsg.
 //!
 //! Where WeChat's outcome is unknown we choose to send again rather than lose the notification:
-//! a timeout is retried, and a notification a crashed worker left in `sending` is re-queued after
+//! a timeout is retried, and a notification a crashed process left in `sending` is re-queued after
 //! `stale_after`. These are the only ways an advisor can receive a message twice; a missed
 //! customer costs the company more than a duplicate message. Every such case is in the delivery log.
+//!
+//! Shutdown: claiming stops at once, claimed sends not started are handed back (queued, credit
+//! back, the attempt not counted), sends in flight have `NOTIFIER_SHUTDOWN_GRACE` to finish and
+//! be recorded. A send still in flight when the grace is nearly spent is cut off and recorded
+//! like a timeout (retried); with the default grace above WeChat's request timeout that does
+//! not happen. No row is left `sending`.
 //!
 //! Credits in those cases: the reservation is given back when the attempt ends without WeChat's
 //! "ok" (timeout, crash) and taken again by the next attempt, so our count follows the attempts
@@ -24,41 +40,59 @@
 //! counted; the next send beyond WeChat's real count gets 43101, which sets our count to zero and
 //! parks that notification until the next accept (self-correcting, never a lost notification).
 //!
-//! `stale_after` is kept at or above five WeChat timeouts (see `crate::run`), so a live worker's send is
+//! `stale_after` is kept at or above five WeChat timeouts (see `crate::run`), so a live send is
 //! never presumed abandoned while WeChat may still answer it. Should an answer still arrive after
-//! the row was re-queued (a worker stalled on the database, or processes configured differently),
-//! the attempt no longer owns the row ([`store::ownership`]): it records what WeChat said without
-//! overwriting a later attempt, and an "ok" takes back the credit given back at re-queueing.
+//! the row was re-queued (a process stalled on the database, or processes configured
+//! differently), the attempt no longer owns the row ([`store::Current::owned_by`]): it records
+//! what WeChat said without overwriting a later attempt, and an "ok" takes back the credit given
+//! back at re-queueing.
 //!
 //! The sweep also releases notifications waiting for credit once a credit exists: one waiting
 //! notification is simply re-queued; several become one digest that says how many customer
 //! actions wait. A digest that found no credit either (43101) waits like any notification and is
 //! folded into the next digest with its count and its members. Parking is serialised per advisor
-//! so that `max_waiting` holds with any number of workers.
+//! so that `max_waiting` holds with any number of processes.
+//!
+//! The claim loop, the recorder and the sweep each run supervised: one that panics is logged
+//! and started again.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
+use ande_platform::shutdown::supervise;
+use ande_wechat::{SendReceipt, SubscribeMessage, WechatClient, WechatError};
 use chrono::{DateTime, Duration as ChronoDuration, FixedOffset, TimeZone, Utc};
+use rand::Rng;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::NotifierConfig;
 use crate::content;
 use crate::credits;
-use crate::store::{self, Claim, Claimed, LogEntry, NotificationKind, NotificationState, Summary};
+use crate::store::{
+    self, ClaimLimits, Claimed, LogEntry, NotificationKind, NotificationState, Summary,
+};
 
 /// WeChat's "daily API quota reached": pause until it resets.
 pub const ERRCODE_DAILY_QUOTA: i64 = 45009;
 
 /// Retry delays never exceed this.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Retrying to record WeChat's answer: the first pause, and the longest.
+/// Retrying to record WeChat's answers: the first pause, and the longest.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most answers recorded in one transaction.
+const RECORD_BATCH: usize = 512;
+/// Most notifications of one advisor in one claim (sent one after another).
+const PER_ADVISOR_PER_CLAIM: usize = 4;
+/// A loop that panicked is started again after this.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// Of the shutdown grace, this much is kept for recording the last answers.
+const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 pub struct Dispatcher {
     pub pool: PgPool,
@@ -71,52 +105,208 @@ pub struct Dispatcher {
     pub sweep_now: Arc<Notify>,
 }
 
+/// What became of one claimed notification, for the recorder; its permit is released once it
+/// is recorded.
+struct Answer {
+    claimed: Claimed,
+    /// WeChat's answer, or why it was never sent.
+    result: Result<Result<SendReceipt, WechatError>, &'static str>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the lanes of one process share.
+struct Lanes {
+    answers: mpsc::Sender<Answer>,
+    /// Cancelled on shutdown: no send starts after it.
+    stopping: CancellationToken,
+    /// Cancelled when the shutdown grace is nearly spent: sends in flight are cut off.
+    cut_off: CancellationToken,
+    /// Set on a 45009 until the recorder has written the pause to the database (where every
+    /// claim sees it): meanwhile sends not yet started are handed back and nothing is claimed.
+    held: Arc<AtomicBool>,
+}
+
+impl Lanes {
+    /// Why a send must not start now, if it must not.
+    fn stop_reason(&self) -> Option<&'static str> {
+        if self.stopping.is_cancelled() {
+            return Some("shutting down before sending");
+        }
+        self.held
+            .load(Ordering::SeqCst)
+            .then_some("sending paused (45009) before sending")
+    }
+}
+
 impl Dispatcher {
-    /// Run `config.workers` workers and the sweep until shutdown.
+    /// Claim, send and record until `shutdown`, then hand back what was not started, let what
+    /// is in flight finish within the grace, and record it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tasks = Vec::new();
-        for _ in 0..self.config.workers {
+        let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let (tx, rx) = mpsc::channel(self.config.max_in_flight.max(1));
+        let lanes = Arc::new(Lanes {
+            answers: tx,
+            stopping: shutdown.clone(),
+            cut_off: CancellationToken::new(),
+            held: Arc::new(AtomicBool::new(false)),
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let recorder = {
+            let (me, rx, never) = (self.clone(), rx.clone(), CancellationToken::new());
+            let held = lanes.held.clone();
+            // Not stopped by shutdown: it ends when every answer is in (all senders gone).
+            tokio::spawn(async move {
+                supervise("notifier recorder", &never, RESTART_PAUSE, move || {
+                    me.clone().record_loop(rx.clone(), held.clone())
+                })
+                .await
+            })
+        };
+        let sweeper = {
             let (me, stop) = (self.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move { me.worker(stop).await }));
+            tokio::spawn(async move {
+                supervise("notifier sweep", &stop.clone(), RESTART_PAUSE, move || {
+                    let (me, stop) = (me.clone(), stop.clone());
+                    async move { me.sweeper(stop).await }
+                })
+                .await
+            })
+        };
+        {
+            let (me, lanes, slots) = (self.clone(), lanes.clone(), slots.clone());
+            supervise("notifier claims", &shutdown, RESTART_PAUSE, move || {
+                me.clone().claim_loop(lanes.clone(), slots.clone())
+            })
+            .await;
         }
-        let (me, stop) = (self.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move { me.sweeper(stop).await }));
-        for t in tasks {
-            let _ = t.await;
+        // Shutdown: lanes hand back what they have not started; the rest gets the grace.
+        let grace = self.config.shutdown_grace;
+        let cut_off = lanes.cut_off.clone();
+        drop(lanes);
+        let _ = tokio::time::timeout(grace.saturating_sub(RECORD_MARGIN), async {
+            let _ = slots.acquire_many(to_u32(self.config.max_in_flight)).await;
+        })
+        .await;
+        cut_off.cancel();
+        let _ = tokio::time::timeout(RECORD_MARGIN, recorder).await;
+        let _ = sweeper.await;
+    }
+
+    /// Claim as many notifications as there are free slots (up to a batch) and start their
+    /// lanes; wait for work when there is none.
+    async fn claim_loop(self: Arc<Self>, lanes: Arc<Lanes>, slots: Arc<Semaphore>) {
+        let stop = lanes.stopping.clone();
+        while !stop.is_cancelled() {
+            if lanes.held.load(Ordering::SeqCst) {
+                self.idle(&stop).await; // a 45009 is being recorded
+                continue;
+            }
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = stop.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.config.claim_batch {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let limits = ClaimLimits {
+                limit: permits.len(),
+                per_advisor: PER_ADVISOR_PER_CLAIM,
+                in_flight_hold: self.config.wechat.timeout,
+                max_waiting: self.config.max_waiting,
+            };
+            let mut conn = match self.pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim notifications; retrying");
+                    self.idle(&stop).await;
+                    continue;
+                }
+            };
+            let batch = match store::claim(&mut conn, limits).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim notifications; retrying");
+                    drop(conn);
+                    self.idle(&stop).await;
+                    continue;
+                }
+            };
+            drop(conn);
+            let more = batch.full(limits.limit) && !batch.paused;
+            self.start_lanes(&lanes, batch.claimed, permits);
+            if !more {
+                self.idle(&stop).await;
+            }
         }
     }
 
-    async fn worker(&self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match self.step().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "dispatch step failed; retrying"),
+    /// Until new work is announced in this process, the poll interval passes, or shutdown.
+    async fn idle(&self, stop: &CancellationToken) {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(self.config.poll_every) => {}
+        }
+    }
+
+    /// One lane per advisor, in claim order; each claimed row takes one permit (the unused ones
+    /// are released here).
+    fn start_lanes(
+        self: &Arc<Self>,
+        lanes: &Arc<Lanes>,
+        claimed: Vec<Claimed>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) {
+        let mut by_advisor: BTreeMap<String, Vec<(Claimed, OwnedSemaphorePermit)>> =
+            BTreeMap::new();
+        for c in claimed {
+            let permit = permits.pop().expect("a permit for each claimed row");
+            by_advisor
+                .entry(c.advisor_id.clone())
+                .or_default()
+                .push((c, permit));
+        }
+        for (_, lane) in by_advisor {
+            let (me, lanes) = (self.clone(), lanes.clone());
+            tokio::spawn(async move { me.lane(lane, lanes).await });
+        }
+    }
+
+    /// Send one advisor's claimed notifications in order. Each answer goes to the recorder;
+    /// once no send may start, the rest are handed back unsent.
+    async fn lane(&self, rows: Vec<(Claimed, OwnedSemaphorePermit)>, lanes: Arc<Lanes>) {
+        for (claimed, permit) in rows {
+            let result = match lanes.stop_reason() {
+                Some(why) => Err(why),
+                None => Ok(self.send(&claimed, &lanes.cut_off).await),
+            };
+            if quota_reached(&result) {
+                lanes.held.store(true, Ordering::SeqCst);
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.config.poll_every) => {}
+            let answer = Answer {
+                claimed,
+                result,
+                _permit: permit,
+            };
+            if lanes.answers.send(answer).await.is_err() {
+                // Only when the recorder is gone for good; the sweep re-queues the rows.
+                tracing::error!(
+                    "the recorder is gone; answers are lost until the sweep re-queues them"
+                );
+                return;
             }
         }
     }
 
-    /// Claim and handle one notification. `Ok(true)` when there may be more work right away.
-    pub async fn step(&self) -> Result<bool, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        match store::claim(&mut conn, self.config.max_waiting).await? {
-            Claim::Nothing | Claim::Paused => Ok(false),
-            Claim::Parked => Ok(true),
-            Claim::Send(c) => {
-                drop(conn);
-                self.send(c).await?;
-                Ok(true)
-            }
-        }
-    }
-
-    #[tracing::instrument(skip_all, fields(notification = %c.id, action_id = %c.action_id, advisor = %c.advisor_id, attempt = c.attempts))]
-    async fn send(&self, c: Claimed) -> Result<(), sqlx::Error> {
+    async fn send(
+        &self,
+        c: &Claimed,
+        cut_off: &CancellationToken,
+    ) -> Result<SendReceipt, WechatError> {
         let msg = SubscribeMessage {
             touser: c.openid.clone(),
             template_id: c.template_id.clone(),
@@ -125,77 +315,136 @@ impl Dispatcher {
             miniprogram_state: Some(self.config.miniprogram_state.clone()),
             lang: Some(self.config.lang.clone()),
         };
-        let result = self.wechat.send_subscribe(&msg).await;
-        // WeChat has answered: what it said must be recorded. Losing it would leave the row in
-        // `sending` for the sweep to re-queue, sending an accepted message a second time; so a
-        // database hiccup here is retried for as long as the claim is not presumed abandoned.
-        let started = std::time::Instant::now();
-        let mut pause = RECORD_RETRY_FIRST;
-        loop {
-            match self.record(&c, result.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if started.elapsed() + pause < self.config.stale_after / 2 => {
-                    tracing::warn!(error = %e, "cannot record WeChat's answer yet; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+        tokio::select! {
+            r = self.wechat.send_subscribe(&msg) => r,
+            _ = cut_off.cancelled() => Err(WechatError::Transport(
+                "cut off at the end of the shutdown grace; outcome unknown".into(),
+            )),
+        }
+    }
+
+    /// Record answers as they come, whatever has arrived in one transaction.
+    async fn record_loop(
+        self: Arc<Self>,
+        rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Answer>>>,
+        held: Arc<AtomicBool>,
+    ) {
+        let mut rx = rx.lock().await;
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
                 }
-                Err(e) => return Err(e),
+            }
+            self.record_with_retries(&batch).await;
+            if batch.iter().any(|a| quota_reached(&a.result)) {
+                held.store(false, Ordering::SeqCst); // the pause is in the database now
             }
         }
     }
 
-    /// Record WeChat's answer to an attempt, in one transaction.
-    async fn record(
-        &self,
-        c: &Claimed,
-        result: Result<ande_wechat::SendReceipt, WechatError>,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let (owned, state) = store::ownership(&mut tx, c.id, c.attempts).await?;
-        if !owned {
-            self.record_late(&mut tx, c, result, state).await?;
-            return tx.commit().await;
-        }
-        let e = match result {
-            Ok(receipt) => {
-                tracing::info!(msgid = %receipt.msgid, "sent");
-                let sent = Outcome::new(NotificationState::Sent, "sent")
-                    .msgid(&receipt.msgid)
-                    .errcode(Some(0));
-                sent.record(&mut tx, c).await?;
-                return tx.commit().await;
+    /// WeChat has answered: what it said must be recorded. Losing it would leave the rows in
+    /// `sending` for the sweep to re-queue, sending accepted messages a second time; so a
+    /// database hiccup here is retried for as long as the claims are not presumed abandoned.
+    async fn record_with_retries(&self, batch: &[Answer]) {
+        let started = Instant::now();
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match self.record(batch).await {
+                Ok(()) => return,
+                Err(e) if started.elapsed() + pause < self.config.stale_after / 2 => {
+                    tracing::warn!(error = %e, answers = batch.len(), "cannot record WeChat's answers yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, answers = batch.len(), "WeChat's answers could not be recorded; the sweep re-queues them");
+                    return;
+                }
             }
-            Err(e) => e,
-        };
+        }
+    }
+
+    /// Record a batch of answers in one transaction.
+    async fn record(&self, batch: &[Answer]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = batch.iter().map(|a| a.claimed.id).collect();
+        let current = store::lock_for_recording(&mut tx, &ids).await?;
+        let mut sent = Vec::new();
+        let mut unsent: BTreeMap<&str, Vec<&Claimed>> = BTreeMap::new();
+        for a in batch {
+            let c = &a.claimed;
+            let Some(now) = current.get(&c.id) else {
+                continue; // purged meanwhile: nothing left to record
+            };
+            match &a.result {
+                Err(why) => unsent.entry(why).or_default().push(c),
+                Ok(Ok(receipt)) if now.owned_by(c.attempts) => {
+                    sent.push((c, receipt.msgid.as_str()));
+                }
+                Ok(result) if !now.owned_by(c.attempts) => {
+                    self.record_late(&mut tx, c, result.clone(), now.state)
+                        .await?;
+                }
+                Ok(result) => {
+                    let e = result
+                        .clone()
+                        .expect_err("an ok owned answer is handled above");
+                    self.record_failure(&mut tx, c, e, now).await?;
+                }
+            }
+        }
+        store::mark_sent(&mut tx, &sent).await?;
+        for (why, rows) in unsent {
+            store::hand_back(&mut tx, &rows, why).await?;
+        }
+        tx.commit().await?;
+        tracing::debug!(answers = batch.len(), sent = sent.len(), "recorded");
+        Ok(())
+    }
+
+    /// Record WeChat's refusal of (or failure on) an attempt that still owns its row.
+    async fn record_failure(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        c: &Claimed,
+        e: WechatError,
+        now: &store::Current,
+    ) -> Result<(), sqlx::Error> {
         // WeChat did not take this attempt: the credit it reserved goes back.
         // (Long-term subscriptions reserve nothing: `adjust` leaves them alone.)
-        credits::adjust(&mut tx, c.account(), 1).await?;
+        credits::adjust(tx, c.account(), 1).await?;
         let (code, text) = (e.errcode(), e.to_string());
         let failed = |state, event| Outcome::new(state, event).errcode(code).errmsg(&text);
-        let outcome = if store::msgid(&mut tx, c.id).await?.is_some() {
+        let retrying_since = now.retrying_since.unwrap_or_else(Utc::now);
+        let budget = ChronoDuration::from_std(self.config.retry_for).unwrap_or(ChronoDuration::MAX);
+        let outcome = if now.msgid.is_some() {
             // An earlier attempt, presumed abandoned, was delivered after all (its late answer
             // left the msgid): this one failing changes nothing for the advisor.
             failed(NotificationState::Sent, "sent").detail("delivered by an earlier attempt")
         } else if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
-            credits::no_credit_at_wechat(&mut tx, c.account(), c.accepts_at_claim).await?;
+            credits::no_credit_at_wechat(tx, c.account(), c.accepts_at_claim).await?;
             failed(NotificationState::WaitingCredit, "no_credit_at_wechat")
                 .detail("credit count set to zero")
         } else if code == Some(ERRCODE_DAILY_QUOTA) {
             let until = next_quota_reset(Utc::now());
-            store::pause_until(&mut tx, Some(until), "45009 daily quota reached").await?;
+            store::pause_until(tx, Some(until), "45009 daily quota reached").await?;
             tracing::warn!(until = %until, "daily quota reached; sending paused");
             failed(NotificationState::Queued, "paused_daily_quota").next(until)
-        } else if retryable(&e) && c.attempts < self.config.max_attempts {
-            let delay = backoff(self.config.retry_backoff, c.attempts);
+        } else if retryable(&e) && Utc::now() - retrying_since < budget {
+            let delay = jittered(backoff(self.config.retry_backoff, c.attempts));
             let next = Utc::now() + ChronoDuration::from_std(delay).unwrap_or_default();
-            tracing::info!(error = %text, "send failed; will retry");
-            failed(NotificationState::Queued, "retry").next(next)
+            tracing::info!(notification = %c.id, error = %text, "send failed; will retry");
+            let mut retry = failed(NotificationState::Queued, "retry").next(next);
+            retry.retrying = true;
+            retry
         } else {
-            tracing::warn!(error = %text, "send failed for good");
+            tracing::warn!(notification = %c.id, error = %text, "send failed for good");
             failed(NotificationState::Failed, "failed")
         };
-        outcome.record(&mut tx, c).await?;
-        tx.commit().await
+        outcome.record(tx, c).await
     }
 
     /// The answer to an attempt that was presumed abandoned (`stale_after`) and re-queued, which
@@ -286,17 +535,11 @@ impl Dispatcher {
         match waiting.as_slice() {
             [] => return Ok(()),
             [w] => {
-                let now = Some(Utc::now());
-                store::set_state(
-                    &mut tx,
-                    w.id,
-                    NotificationState::Queued,
-                    now,
-                    None,
-                    None,
-                    None,
-                )
-                .await?;
+                let due_now = store::StateChange {
+                    next_attempt_at: Some(Utc::now()),
+                    ..Default::default()
+                };
+                store::set_state(&mut tx, w.id, NotificationState::Queued, due_now).await?;
                 LogEntry::about(w.id, w.action_id, advisor_id, "released_on_credit")
                     .write(&mut tx)
                     .await?;
@@ -386,6 +629,8 @@ struct Outcome<'a> {
     errcode: Option<i64>,
     errmsg: Option<&'a str>,
     detail: Option<String>,
+    /// A transient failure: the retry budget runs from the first one.
+    retrying: bool,
 }
 
 impl<'a> Outcome<'a> {
@@ -398,6 +643,7 @@ impl<'a> Outcome<'a> {
             errcode: None,
             errmsg: None,
             detail: None,
+            retrying: false,
         }
     }
     fn msgid(mut self, m: &'a str) -> Self {
@@ -431,7 +677,14 @@ impl<'a> Outcome<'a> {
         } else {
             (self.errcode, self.errmsg)
         };
-        store::set_state(tx, c.id, self.state, self.next, self.msgid, errcode, errmsg).await?;
+        let change = store::StateChange {
+            next_attempt_at: self.next,
+            msgid: self.msgid,
+            errcode,
+            errmsg,
+            retrying: self.retrying,
+        };
+        store::set_state(tx, c.id, self.state, change).await?;
         self.log(tx, c).await
     }
 
@@ -459,6 +712,19 @@ fn backoff(first: Duration, attempts: i32) -> Duration {
     first
         .saturating_mul(1u32 << (attempts.clamp(1, 16) - 1))
         .min(MAX_BACKOFF)
+}
+
+/// ±20 %, so that notifications that failed together (an outage) do not all retry together.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
+}
+
+fn quota_reached(result: &Result<Result<SendReceipt, WechatError>, &str>) -> bool {
+    matches!(result, Ok(Err(e)) if e.errcode() == Some(ERRCODE_DAILY_QUOTA))
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// WeChat's daily quotas reset at midnight Beijing time (UTC+8, no daylight saving).

@@ -62,13 +62,10 @@ fn raise_stale_after(config: &mut NotifierConfig) {
     }
 }
 
-/// The pool: every worker may hold a connection while recording; the consumers, queries and the
-/// sweep need theirs too.
+/// The pool: the claim loop, the recorder, the sweep, two consumers and the request/reply
+/// handlers each need a connection at times; sends hold none.
 async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
-    let connections = u32::try_from(config.workers)
-        .unwrap_or(64)
-        .saturating_add(4)
-        .max(8);
+    let connections = 12;
     let pool = ande_platform::db::connect(
         &config.common.database_url,
         SCHEMA,
@@ -112,9 +109,16 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         config.common.retention,
         shutdown.clone(),
     ));
-    tracing::info!(workers = config.workers, template = %config.template_id, "notifier running");
-    // One part failing stops all of them: the dispatcher's workers must not go on sending
-    // after `run` has returned an error.
+    for var in &config.obsolete {
+        tracing::warn!(
+            variable = var,
+            "set but no longer read; see deploy/ande.env.example"
+        );
+    }
+    tracing::info!(max_in_flight = config.max_in_flight, claim_batch = config.claim_batch, template = %config.template_id, "notifier running");
+    // One part failing stops all of them: the dispatcher must not go on sending after `run` has
+    // returned an error. `join!`, not `try_join!`: an error exit still waits for the dispatcher
+    // to finish or hand back its sends in flight and record them (within the shutdown grace).
     let stop = shutdown.child_token();
     let dispatching = async {
         dispatcher.run(stop.clone()).await;
@@ -126,7 +130,7 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         }
         r
     };
-    let result = tokio::try_join!(
+    let (consuming_outcomes, consuming_subscriptions, serving, dispatched) = tokio::join!(
         async {
             stop_on_error(consumer::run(bus.clone(), outcomes, outcome_handler, stop.clone()).await)
         },
@@ -150,7 +154,11 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         dispatching,
     );
     stop.cancel();
-    result.context("notifier")?;
+    consuming_outcomes
+        .and(consuming_subscriptions)
+        .and(serving)
+        .and(dispatched)
+        .context("notifier")?;
     pool.close().await;
     Ok(())
 }

@@ -212,14 +212,22 @@ pub struct Claimed {
     pub accepts_at_claim: i32,
 }
 
-/// What became of the attempt to claim work.
-pub enum Claim {
-    Nothing,
-    Paused,
-    /// Claimed and a credit reserved: send it.
-    Send(Claimed),
-    /// Looked at, no credit: now waiting (or dropped); nothing to send.
-    Parked,
+/// What one claim found.
+#[derive(Default)]
+pub struct Batch {
+    /// Sending is paused (45009 or an operator): nothing was claimed.
+    pub paused: bool,
+    /// Claimed with a credit reserved, in the order to send them (per advisor, oldest first).
+    pub claimed: Vec<Claimed>,
+    /// Looked at, no credit: now waiting (or dropped).
+    pub parked: usize,
+}
+
+impl Batch {
+    /// More may be due right now: the claim took all it was allowed.
+    pub fn full(&self, limit: usize) -> bool {
+        self.claimed.len() + self.parked >= limit
+    }
 }
 
 impl Claimed {
@@ -244,8 +252,37 @@ struct Due {
     anonymous: bool,
 }
 
-/// Claim one due notification and reserve a credit for it, in one transaction.
-pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, sqlx::Error> {
+/// A subscription that can take a send, locked for this transaction.
+struct Usable {
+    advisor_id: String,
+    template_id: String,
+    openid: String,
+    long_term: bool,
+    credits: i32,
+    accepts: i32,
+    /// Order of preference within (advisor, template): long-term first, then most recently
+    /// updated (a reservation updates it), then by openid.
+    rank: i64,
+}
+
+/// How a claim chooses its notifications.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// Most notifications in this claim.
+    pub limit: usize,
+    /// Most notifications of one advisor in this claim: one advisor's backlog does not hold up
+    /// the others'.
+    pub per_advisor: usize,
+    /// An advisor with a send claimed less than this long ago is skipped: their messages go out
+    /// one after another, in order. (An older claim is presumed hung and does not block them.)
+    pub in_flight_hold: std::time::Duration,
+    /// `NOTIFIER_MAX_WAITING`.
+    pub max_waiting: i64,
+}
+
+/// Claim due notifications and reserve a credit for each, in one transaction. Those whose
+/// advisor has no usable credit are parked (waiting for one, or dropped).
+pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let paused: Option<bool> =
         sqlx::query_scalar!("SELECT paused_until > now() FROM control WHERE key = 'sending'")
@@ -253,62 +290,160 @@ pub async fn claim(conn: &mut PgConnection, max_waiting: i64) -> Result<Claim, s
             .await?
             .flatten();
     if paused == Some(true) {
-        return Ok(Claim::Paused);
+        return Ok(Batch {
+            paused: true,
+            ..Batch::default()
+        });
     }
-    let Some(due) = sqlx::query_as!(
+    // Candidates: the oldest due notifications, at most `per_advisor` of each advisor, none of
+    // an advisor with a send in flight. Then lock what no other claim holds; a candidate another
+    // process claimed meanwhile no longer matches `state = 'queued'` and is passed over.
+    let due = sqlx::query_as!(
         Due,
         r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page, anonymous
          FROM notifications
-         WHERE state = 'queued' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"#
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, next_attempt_at,
+                        row_number() OVER (PARTITION BY advisor_id ORDER BY next_attempt_at, created_at, id) AS nth
+                 FROM notifications q
+                 WHERE state = 'queued' AND next_attempt_at <= now()
+                   AND NOT EXISTS (SELECT 1 FROM notifications s WHERE s.advisor_id = q.advisor_id AND s.state = 'sending'
+                                     AND s.claimed_at > now() - make_interval(secs => $3))
+             ) c WHERE nth <= $2 ORDER BY next_attempt_at LIMIT $1 * 4)
+           AND state = 'queued' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+        i32::try_from(l.limit).unwrap_or(i32::MAX),
+        i64::try_from(l.per_advisor).unwrap_or(i64::MAX),
+        l.in_flight_hold.as_secs_f64()
     )
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(Claim::Nothing);
-    };
-    let sub = sqlx::query!(
-        "SELECT openid, long_term, accepts FROM subscriptions
-         WHERE advisor_id = $1 AND template_id = $2 AND (credits > 0 OR long_term) AND last_status <> 'ban'
-           AND EXISTS (SELECT 1 FROM advisor_bindings b WHERE b.advisor_id = subscriptions.advisor_id AND b.openid = subscriptions.openid)
-         ORDER BY long_term DESC, updated_at DESC, openid LIMIT 1 FOR UPDATE",
-        &due.advisor_id,
-        &due.template_id
-    )
-    .fetch_optional(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let Some(sub) = sub else {
-        park(&mut tx, &due, max_waiting).await?;
-        tx.commit().await?;
-        return Ok(Claim::Parked);
-    };
-    let claimed = Claimed {
-        id: due.id,
-        action_id: due.action_id,
-        advisor_id: due.advisor_id,
-        template_id: due.template_id,
-        data: due.data.0,
-        page: due.page,
-        openid: sub.openid,
-        long_term: sub.long_term,
-        attempts: 0,
-        accepts_at_claim: sub.accepts,
-    };
-    // Long-term subscriptions reserve nothing: `reserve` leaves them alone.
-    credits::reserve(&mut tx, claimed.account()).await?;
-    let attempts: i32 = sqlx::query_scalar!(
-        "UPDATE notifications SET state = 'sending', openid = $2, claimed_at = clock_timestamp(), attempts = attempts + 1, updated_at = now()
-         WHERE id = $1 RETURNING attempts",
-        claimed.id,
-        &claimed.openid
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    if due.is_empty() {
+        return Ok(Batch::default());
+    }
+    let mut subs = usable_subscriptions(&mut tx, &due).await?;
+    let mut batch = Batch::default();
+    let mut no_credit = Vec::new();
+    for d in due {
+        let best = subs
+            .iter_mut()
+            .filter(|s| s.advisor_id == d.advisor_id && s.template_id == d.template_id)
+            .filter(|s| s.long_term || s.credits > 0)
+            .min_by_key(|s| s.rank);
+        let Some(sub) = best else {
+            no_credit.push(d);
+            continue;
+        };
+        if !sub.long_term {
+            sub.credits -= 1;
+            sub.rank = -1; // just updated: preferred next, as `updated_at DESC` would have it
+        }
+        batch.claimed.push(Claimed {
+            id: d.id,
+            action_id: d.action_id,
+            advisor_id: d.advisor_id,
+            template_id: d.template_id,
+            data: d.data.0,
+            page: d.page,
+            openid: sub.openid.clone(),
+            long_term: sub.long_term,
+            attempts: 0,
+            accepts_at_claim: sub.accepts,
+        });
+    }
+    reserve_and_mark_sending(&mut tx, &mut batch.claimed).await?;
+    // Parking takes a per-advisor lock: always in advisor order, so two claims cannot deadlock.
+    no_credit.sort_by(|a, b| a.advisor_id.cmp(&b.advisor_id));
+    for d in &no_credit {
+        park(&mut tx, d, l.max_waiting).await?;
+    }
+    batch.parked = no_credit.len();
     tx.commit().await?;
-    Ok(Claim::Send(Claimed {
-        attempts,
-        ..claimed
-    }))
+    Ok(batch)
+}
+
+/// The subscriptions that could carry the due notifications, locked in key order (so that
+/// concurrent claims cannot deadlock), each with its rank among those of its advisor and
+/// template.
+async fn usable_subscriptions(
+    conn: &mut PgConnection,
+    due: &[Due],
+) -> Result<Vec<Usable>, sqlx::Error> {
+    let advisors: Vec<&str> = due.iter().map(|d| d.advisor_id.as_str()).collect();
+    let templates: Vec<&str> = due.iter().map(|d| d.template_id.as_str()).collect();
+    let rows = sqlx::query!(
+        r#"SELECT advisor_id, template_id, openid, long_term, credits, accepts, updated_at
+         FROM subscriptions
+         WHERE (advisor_id, template_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+           AND (credits > 0 OR long_term) AND last_status <> 'ban'
+           AND EXISTS (SELECT 1 FROM advisor_bindings b WHERE b.advisor_id = subscriptions.advisor_id AND b.openid = subscriptions.openid)
+         ORDER BY advisor_id, openid, template_id FOR UPDATE"#,
+        &advisors as &[&str],
+        &templates as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut subs: Vec<(Usable, DateTime<Utc>)> = rows
+        .into_iter()
+        .map(|r| {
+            let u = Usable {
+                advisor_id: r.advisor_id,
+                template_id: r.template_id,
+                openid: r.openid,
+                long_term: r.long_term,
+                credits: r.credits,
+                accepts: r.accepts,
+                rank: 0,
+            };
+            (u, r.updated_at)
+        })
+        .collect();
+    subs.sort_by(|(a, at), (b, bt)| {
+        (b.long_term, bt)
+            .cmp(&(a.long_term, at))
+            .then_with(|| a.openid.cmp(&b.openid))
+    });
+    Ok(subs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut u, _))| {
+            u.rank = i64::try_from(i).unwrap_or(i64::MAX);
+            u
+        })
+        .collect())
+}
+
+/// Reserve one credit for each claimed notification (none for long-term subscriptions) and
+/// mark them `sending`, each attempt numbered.
+async fn reserve_and_mark_sending(
+    conn: &mut PgConnection,
+    claimed: &mut [Claimed],
+) -> Result<(), sqlx::Error> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<_> = claimed.iter().map(Claimed::account).collect();
+    // Long-term subscriptions reserve nothing: `adjust_many` leaves them alone.
+    credits::adjust_many(conn, &accounts, -1).await?;
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.id).collect();
+    let openids: Vec<&str> = claimed.iter().map(|c| c.openid.as_str()).collect();
+    let rows = sqlx::query!(
+        "UPDATE notifications n SET state = 'sending', openid = u.openid, claimed_at = clock_timestamp(),
+                attempts = n.attempts + 1, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[]) AS u(id, openid) WHERE n.id = u.id
+         RETURNING n.id, n.attempts",
+        &ids,
+        &openids as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    let attempts: std::collections::HashMap<Uuid, i32> =
+        rows.into_iter().map(|r| (r.id, r.attempts)).collect();
+    for c in claimed.iter_mut() {
+        c.attempts = attempts.get(&c.id).copied().unwrap_or(1);
+    }
+    Ok(())
 }
 
 /// No credit for a due notification: it waits for one, or is dropped when too many already wait
@@ -357,21 +492,112 @@ async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<()
         .await
 }
 
-/// Lock a notification and tell whether the attempt numbered `attempts` still owns it (still
-/// `sending` and not claimed again since), and its current state.
-pub async fn ownership(
+/// A notification as an attempt's answer finds it.
+pub struct Current {
+    pub state: NotificationState,
+    pub attempts: i32,
+    pub msgid: Option<String>,
+    pub retrying_since: Option<DateTime<Utc>>,
+}
+
+impl Current {
+    /// The attempt numbered `attempts` still owns it: still `sending`, not claimed again since.
+    pub fn owned_by(&self, attempts: i32) -> bool {
+        self.state == NotificationState::Sending && self.attempts == attempts
+    }
+}
+
+/// Lock the notifications whose attempts are being recorded (in id order: two recorders cannot
+/// deadlock) and read them.
+pub async fn lock_for_recording(
     conn: &mut PgConnection,
-    id: Uuid,
-    attempts: i32,
-) -> Result<(bool, NotificationState), sqlx::Error> {
-    let row = sqlx::query!(
-        r#"SELECT state AS "state: NotificationState", attempts FROM notifications WHERE id = $1 FOR UPDATE"#,
-        id
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Current>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id, state AS "state: NotificationState", attempts, msgid, retrying_since
+         FROM notifications WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
+        ids
     )
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    let owned = row.state == NotificationState::Sending && row.attempts == attempts;
-    Ok((owned, row.state))
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let current = Current {
+                state: r.state,
+                attempts: r.attempts,
+                msgid: r.msgid,
+                retrying_since: r.retrying_since,
+            };
+            (r.id, current)
+        })
+        .collect())
+}
+
+/// Mark sent the notifications WeChat accepted (id, msgid), and log each.
+pub async fn mark_sent(
+    conn: &mut PgConnection,
+    sent: &[(&Claimed, &str)],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = sent.iter().map(|(c, _)| c.id).collect();
+    let msgids: Vec<&str> = sent.iter().map(|(_, m)| *m).collect();
+    sqlx::query!(
+        "UPDATE notifications n SET state = 'sent', msgid = u.msgid, errcode = NULL, errmsg = NULL, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[]) AS u(id, msgid) WHERE n.id = u.id",
+        &ids,
+        &msgids as &[&str]
+    )
+    .execute(&mut *conn)
+    .await?;
+    let actions: Vec<Uuid> = sent.iter().map(|(c, _)| c.action_id).collect();
+    let advisors: Vec<&str> = sent.iter().map(|(c, _)| c.advisor_id.as_str()).collect();
+    sqlx::query!(
+        "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, errcode, msgid)
+         SELECT id, action_id, advisor_id, 'sent', 0, msgid
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS u(id, action_id, advisor_id, msgid)",
+        &ids,
+        &actions,
+        &advisors as &[&str],
+        &msgids as &[&str]
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claimed notifications that were never sent (shutdown, a pause) go back to the queue as they
+/// were: their credit back, the attempt not counted, due at once.
+pub async fn hand_back(
+    conn: &mut PgConnection,
+    unsent: &[&Claimed],
+    why: &str,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = unsent.iter().map(|c| c.id).collect();
+    let attempts: Vec<i32> = unsent.iter().map(|c| c.attempts).collect();
+    let back = sqlx::query_scalar!(
+        "UPDATE notifications n SET state = 'queued', attempts = n.attempts - 1, claimed_at = NULL, updated_at = now()
+         FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
+         WHERE n.id = u.id AND n.state = 'sending' AND n.attempts = u.attempts RETURNING n.id",
+        &ids,
+        &attempts
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // Only those this attempt still owned (a re-queued one gave its credit back already).
+    let owned: Vec<&Claimed> = unsent
+        .iter()
+        .copied()
+        .filter(|c| back.contains(&c.id))
+        .collect();
+    let accounts: Vec<_> = owned.iter().map(|c| c.account()).collect();
+    credits::adjust_many(conn, &accounts, 1).await?;
+    for c in owned {
+        LogEntry::about(c.id, c.action_id, &c.advisor_id, "handed_back")
+            .detail(why)
+            .write(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Keep the msgid of a delivery without changing the notification's state.
@@ -386,31 +612,36 @@ pub async fn note_msgid(conn: &mut PgConnection, id: Uuid, msgid: &str) -> Resul
     Ok(())
 }
 
-/// The msgid WeChat gave a delivery of this notification, if any.
-pub async fn msgid(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar!("SELECT msgid FROM notifications WHERE id = $1", id)
-        .fetch_one(conn)
-        .await
+/// What an attempt's end changes besides the state (`None` keeps the column as it is, except
+/// the error, which is the attempt's).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StateChange<'a> {
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub msgid: Option<&'a str>,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<&'a str>,
+    /// A transient failure: start the retry budget's clock unless it runs already.
+    pub retrying: bool,
 }
 
 pub async fn set_state(
     conn: &mut PgConnection,
     id: Uuid,
     state: NotificationState,
-    next_attempt_at: Option<DateTime<Utc>>,
-    msgid: Option<&str>,
-    errcode: Option<i64>,
-    errmsg: Option<&str>,
+    c: StateChange<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE notifications SET state = $2, next_attempt_at = COALESCE($3, next_attempt_at), msgid = COALESCE($4, msgid),
-            errcode = $5, errmsg = $6, updated_at = now() WHERE id = $1",
+            errcode = $5, errmsg = $6, updated_at = now(),
+            retrying_since = CASE WHEN $7 THEN COALESCE(retrying_since, now()) ELSE retrying_since END
+         WHERE id = $1",
         id,
         state.as_str(),
-        next_attempt_at,
-        msgid,
-        errcode,
-        errmsg
+        c.next_attempt_at,
+        c.msgid,
+        c.errcode,
+        c.errmsg,
+        c.retrying
     )
     .execute(conn)
     .await?;
@@ -441,19 +672,20 @@ pub async fn pause_until(
 pub async fn requeue_stale(
     conn: &mut PgConnection,
     older_than: std::time::Duration,
-    max_attempts: i32,
+    max_crashes: i32,
 ) -> Result<u64, sqlx::Error> {
-    // One that was abandoned on each of its `max_attempts` attempts is failed rather than
-    // re-queued: whatever it does to the worker sending it, it must not do it forever.
+    // One abandoned `max_crashes` times is failed rather than re-queued: whatever it does to
+    // the process sending it, it must not do it forever.
     let rows = sqlx::query!(
         "UPDATE notifications SET
-            state = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,
-            errmsg = CASE WHEN attempts >= $2 THEN 'abandoned by a crashed or hung worker on every attempt' ELSE errmsg END,
+            crashes = crashes + 1,
+            state = CASE WHEN crashes + 1 >= $2 THEN 'failed' ELSE 'queued' END,
+            errmsg = CASE WHEN crashes + 1 >= $2 THEN 'abandoned by a crashed or hung process on every attempt' ELSE errmsg END,
             next_attempt_at = now(), updated_at = now()
          WHERE state = 'sending' AND claimed_at < now() - make_interval(secs => $1)
          RETURNING id, action_id, advisor_id, openid, template_id, state AS \"state: NotificationState\"",
         older_than.as_secs_f64(),
-        max_attempts
+        max_crashes
     )
     .fetch_all(&mut *conn)
     .await?;
