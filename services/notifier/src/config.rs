@@ -38,9 +38,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Sends in flight per process: at WeChat's ~20 ms from China that allows ~12,800 sends/s,
 /// well above what one process's Postgres round trips allow; the pool of HTTP connections
 /// grows to this.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// Notifications claimed per transaction.
-pub const DEFAULT_CLAIM_BATCH: usize = 128;
+pub const DEFAULT_CLAIM_BATCH: usize = 256;
 
 /// Which keyword of the template carries which piece of the notification.
 #[derive(Clone, Debug, PartialEq)]

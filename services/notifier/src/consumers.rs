@@ -33,7 +33,7 @@ impl Handler for OutcomeHandler {
 
     async fn handle(&self, batch: &[Delivery<LeadOutcome>]) -> anyhow::Result<Vec<Disposition>> {
         let out = apply_batch(&self.pool, batch, self).await?;
-        self.wake.notify_waiters();
+        self.wake.notify_one();
         Ok(out)
     }
 }

@@ -85,10 +85,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Retrying to record WeChat's answers: the first pause, and the longest.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Claim loops per process.
+const CLAIM_LOOPS: usize = 2;
+/// When the first answer arrives alone, the recorder waits this long for others.
+const RECORD_GATHER: Duration = Duration::from_millis(2);
 /// Most answers recorded in one transaction.
 const RECORD_BATCH: usize = 512;
 /// Most notifications of one advisor in one claim (sent one after another).
-const PER_ADVISOR_PER_CLAIM: usize = 4;
+const PER_ADVISOR_PER_CLAIM: usize = 1;
 /// A loop that panicked is started again after this.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// Of the shutdown grace, this much is kept for recording the last answers.
@@ -172,12 +176,22 @@ impl Dispatcher {
                 .await
             })
         };
-        {
-            let (me, lanes, slots) = (self.clone(), lanes.clone(), slots.clone());
-            supervise("notifier claims", &shutdown, RESTART_PAUSE, move || {
-                me.clone().claim_loop(lanes.clone(), slots.clone())
+        // Two claim loops: while one waits on its transaction, the other can fill the slots
+        // that answers freed meanwhile (one loop made each send wait for a claim in progress).
+        let claimers: Vec<_> = (0..CLAIM_LOOPS)
+            .map(|_| {
+                let (me, lanes, slots, stop) =
+                    (self.clone(), lanes.clone(), slots.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    supervise("notifier claims", &stop, RESTART_PAUSE, move || {
+                        me.clone().claim_loop(lanes.clone(), slots.clone())
+                    })
+                    .await
+                })
             })
-            .await;
+            .collect();
+        for c in claimers {
+            let _ = c.await;
         }
         // Shutdown: lanes hand back what they have not started; the rest gets the grace.
         let grace = self.config.shutdown_grace;
@@ -201,12 +215,15 @@ impl Dispatcher {
                 self.idle(&stop).await; // a 45009 is being recorded
                 continue;
             }
-            let first = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            // Claim when a quarter of a batch is free, not per freed slot: a claim is a
+            // transaction, and one per send would make Postgres the bottleneck again.
+            let batch = self.config.claim_batch.min(self.config.max_in_flight);
+            let some = tokio::select! {
+                p = slots.clone().acquire_many_owned(to_u32((batch / 4).max(1))) => p.expect("the semaphore is never closed"),
                 _ = stop.cancelled() => break,
             };
-            let mut permits = vec![first];
-            while permits.len() < self.config.claim_batch {
+            let mut permits: Vec<OwnedSemaphorePermit> = split(some);
+            while permits.len() < batch {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
@@ -226,6 +243,7 @@ impl Dispatcher {
                     continue;
                 }
             };
+            let t0 = Instant::now();
             let batch = match store::claim(&mut conn, limits).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -236,6 +254,14 @@ impl Dispatcher {
                 }
             };
             drop(conn);
+            if !batch.claimed.is_empty() {
+                tracing::debug!(
+                    limit = limits.limit,
+                    claimed = batch.claimed.len(),
+                    took_ms = t0.elapsed().as_millis() as u64,
+                    "claimed"
+                );
+            }
             let more = batch.full(limits.limit) && !batch.paused;
             self.start_lanes(&lanes, batch.claimed, permits);
             if !more {
@@ -331,6 +357,10 @@ impl Dispatcher {
     ) {
         let mut rx = rx.lock().await;
         while let Some(first) = rx.recv().await {
+            if rx.is_empty() {
+                // Sends finish in clusters: a moment's wait makes one transaction of many.
+                tokio::time::sleep(RECORD_GATHER).await;
+            }
             let mut batch = vec![first];
             while batch.len() < RECORD_BATCH {
                 match rx.try_recv() {
@@ -339,6 +369,8 @@ impl Dispatcher {
                 }
             }
             self.record_with_retries(&batch).await;
+            // Slots are free again and advisors no longer in flight: worth another claim.
+            self.wake.notify_one();
             if batch.iter().any(|a| quota_reached(&a.result)) {
                 held.store(false, Ordering::SeqCst); // the pause is in the database now
             }
@@ -550,7 +582,7 @@ impl Dispatcher {
             }
         }
         tx.commit().await?;
-        self.wake.notify_waiters();
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -721,6 +753,16 @@ fn jittered(d: Duration) -> Duration {
 
 fn quota_reached(result: &Result<Result<SendReceipt, WechatError>, &str>) -> bool {
     matches!(result, Ok(Err(e)) if e.errcode() == Some(ERRCODE_DAILY_QUOTA))
+}
+
+/// One permit per slot of `many`.
+fn split(mut many: OwnedSemaphorePermit) -> Vec<OwnedSemaphorePermit> {
+    let mut one_each = Vec::with_capacity(many.num_permits());
+    while many.num_permits() > 1 {
+        one_each.push(many.split(1).expect("more than one permit left"));
+    }
+    one_each.push(many);
+    one_each
 }
 
 fn to_u32(n: usize) -> u32 {

@@ -67,11 +67,18 @@ fn action(phone: &str) -> ActionRecorded {
     }
 }
 
-/// Run every measurement and print the report.
-pub async fn run(n: usize) -> anyhow::Result<()> {
+/// Run every measurement (or only `part`) and print the report.
+pub async fn run(n: usize, part: Option<u8>) -> anyhow::Result<()> {
     let n = n.max(50);
     let lat_n = (n / 4).max(50);
     println!("andectl bench: {n} events for throughput, {lat_n} requests for latency\n");
+    match part {
+        Some(2) => {
+            return leads_throughput(&ande_platform::testing::isolated_config().await, n).await
+        }
+        Some(4) => return crate::bench_notifier::run(n).await,
+        _ => {}
+    }
 
     // Parts 1 and 3 share one stack; part 2 runs leads alone, each time on a fresh database.
     let common = ande_platform::testing::isolated_config().await;
@@ -85,6 +92,9 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let raw = record_latency(&common, &stack, &bus, &http, lat_n).await?;
     end_to_end_latency(&stack, &http, lat_n, &raw).await?;
     stack.stop().await?;
+    if part.is_some() {
+        return Ok(()); // parts 1 and 3 run together
+    }
     leads_throughput(&common, n).await?;
     crate::bench_notifier::run(n).await
 }

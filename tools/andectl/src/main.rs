@@ -56,6 +56,9 @@ enum Cmd {
         /// Events for the throughput part (a quarter as many requests for latency).
         #[arg(long, default_value_t = 2000)]
         events: usize,
+        /// Only this part (1 gateway, 2 leads, 3 end to end, 4 notifier); all when absent.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+        part: Option<u8>,
     },
 }
 
@@ -298,11 +301,11 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
                 }
             }
         }
-        Cmd::Bench { events } => {
+        Cmd::Bench { events, part } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 ande_platform::telemetry::init("andectl", false);
             }
-            andectl::bench::run(events).await?
+            andectl::bench::run(events, part).await?
         }
     }
     Ok(exit::SUCCESS)
