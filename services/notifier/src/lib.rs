@@ -7,7 +7,8 @@
 //!   the result; retries, pauses, digests;
 //! - [`content`]: the message texts, fitted to WeChat's keyword limits;
 //! - [`store`]: the schema's reads and writes (migrations in `migrations/`);
-//! - [`queries`]: request/reply: journey, digest, direct send, resume.
+//! - [`queries`]: request/reply: journey, digest, direct send, resume;
+//! - [`queue`]: the queue for operators: pause, status, lists, retry of failed notifications.
 //!
 //! Scaling out: run more `notifier` processes. They share the durable consumers (NATS splits the
 //! messages) and the queue table (rows are claimed with SKIP LOCKED), and they all get access
@@ -20,6 +21,7 @@ pub mod content;
 pub mod credits;
 pub mod dispatch;
 pub mod queries;
+pub mod queue;
 pub mod send_keys;
 pub mod store;
 

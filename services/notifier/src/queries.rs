@@ -5,6 +5,7 @@
 //! - `send`: a direct send (staff), through this service's token cache so there is one cache;
 //! - `phone`: a phone number by the phone button's code (needs the access token);
 //! - `resume`: lift a pause (after 45009, or an operator's);
+//! - `pause`, `queue`, `notifications`, `retry`: the queue for operators ([`crate::queue`]);
 //! - `bind`, `unbind`, `bindings`, `pair`, `redeem`, `check_binding`: advisor bindings
 //!   ([`crate::bindings`]).
 
@@ -14,6 +15,7 @@ use ande_contracts::notifier::{
     DigestContents, DigestQuery, DirectSend, GetDigest, Journey, NotifierJourney, Phone,
     PhoneNumber, PhoneQuery, Resume, ResumeRequest, Resumed, Send, Sent,
 };
+use ande_contracts::notifier::{ListNotifications, Pause, QueueQuery, QueueStatus, Retry};
 
 use ande_platform::rpc::{self, Failure, RpcError};
 use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bindings;
 use crate::credits;
+use crate::queue;
 use crate::send_keys;
 use crate::store::{self, LogEntry};
 
@@ -190,6 +193,14 @@ pub async fn serve(
         .method::<Send, _, _>(|(p, w): Shared, m| async move { send(&p, &w, m).await })
         .method::<Phone, _, _>(|(_, w): Shared, q| async move { phone(&w, q).await })
         .method::<Resume, _, _>(|(p, _): Shared, _: ResumeRequest| async move { resume(&p).await })
+        .method::<Pause, _, _>(|(p, _): Shared, r| async move { queue::pause(&p, r).await })
+        .method::<QueueStatus, _, _>(|(p, _): Shared, _: QueueQuery| async move {
+            queue::report(&p).await
+        })
+        .method::<ListNotifications, _, _>(
+            |(p, _): Shared, f| async move { queue::list(&p, f).await },
+        )
+        .method::<Retry, _, _>(|(p, _): Shared, r| async move { queue::retry(&p, r).await })
         .method::<Bind, _, _>(|(p, _): Shared, r| async move { bindings::bind(&p, r).await })
         .method::<Unbind, _, _>(|(p, _): Shared, k| async move { bindings::unbind(&p, k).await })
         .method::<ListBindings, _, _>(

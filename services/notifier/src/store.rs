@@ -833,7 +833,31 @@ impl From<ViewRow> for NotificationView {
     }
 }
 
-// The three queries below select the same columns (each macro needs its query as one literal).
+// The four queries below select the same columns (each macro needs its query as one literal).
+
+/// Notifications in a state, of one advisor or all, oldest first (operators' lists).
+pub async fn by_state(
+    conn: &mut PgConnection,
+    state: NotificationState,
+    advisor_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<NotificationView>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        ViewRow,
+        r#"SELECT id, action_id, advisor_id, kind AS "kind: NotificationKind", state AS "state: NotificationState",
+                template_id, openid, attempts, msgid, errcode, errmsg, digest_id,
+                data AS "data: Json<BTreeMap<String, String>>", page, summary AS "summary: Json<Summary>",
+                created_at, updated_at
+         FROM notifications WHERE state = $1 AND ($2::text IS NULL OR advisor_id = $2)
+         ORDER BY updated_at, id LIMIT $3"#,
+        state.as_str(),
+        advisor_id,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
 
 /// Notifications of an action, with the digest that carried them if any, and the log.
 pub async fn journey(

@@ -33,6 +33,84 @@ method! {
     Resume: "notifier"."resume", ResumeRequest => Resumed
 }
 
+method! {
+    /// Pause sending (operators): until a time, or until resumed.
+    Pause: "notifier"."pause", PauseRequest => PauseState
+}
+method! {
+    /// The queue at a glance: notifications by state, the oldest due one's age, the pause.
+    QueueStatus: "notifier"."queue", QueueQuery => QueueReport
+}
+method! {
+    /// Notifications in a state (operators), oldest first.
+    ListNotifications: "notifier"."notifications", NotificationFilter => Notifications
+}
+method! {
+    /// Queue failed notifications again (operators): one by id, or every failed one. Each gets a
+    /// fresh retry budget.
+    Retry: "notifier"."retry", RetryRequest => Retried
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRequest {
+    /// Until when; until resumed when absent.
+    pub until: Option<DateTime<Utc>>,
+    /// Why, for the status and the journey (`operator` when absent).
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseState {
+    /// Paused until then (far in the future for "until resumed"); `None` when sending.
+    pub paused_until: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueueQuery {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueReport {
+    /// Notifications by state (finished ones until retention forgets them).
+    pub by_state: BTreeMap<NotificationState, i64>,
+    /// Seconds the oldest due queued notification has waited (0 when none is due).
+    pub oldest_queued_secs: i64,
+    pub pause: PauseState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationFilter {
+    pub state: NotificationState,
+    pub advisor_id: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    pub notifications: Vec<NotificationView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RetryRequest {
+    /// One failed notification. `NotFound` when there is none; `Conflict` when it is not failed.
+    One(Uuid),
+    /// Every failed notification.
+    AllFailed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retried {
+    pub requeued: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DigestQuery {

@@ -13,6 +13,22 @@ pub async fn bus(common: &CommonConfig) -> anyhow::Result<Bus> {
     Ok(Bus::connect(common, "andectl").await?)
 }
 
+/// Ask a service (`M::SERVICE`) a request/reply question; services answer from their database,
+/// so a few seconds is plenty.
+pub async fn ask<M: ande_platform::rpc::Method>(
+    bus: &Bus,
+    query: &M::Request,
+) -> anyhow::Result<M::Reply> {
+    ande_platform::rpc::call::<M>(
+        &bus.client,
+        &bus.subjects,
+        query,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{} service: {e}", M::SERVICE))
+}
+
 /// The environment's event stream, or an error naming it and how it gets created.
 pub async fn events_stream(bus: &Bus) -> anyhow::Result<Stream> {
     stream(bus, &bus.subjects.stream()).await

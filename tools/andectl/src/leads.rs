@@ -2,20 +2,11 @@
 //! printed as JSON: a lead by id or phone, a page of leads, an action's journey.
 
 use std::io::Write;
-use std::time::Duration;
 
 use ande_contracts::leads::{ActionQuery, GetLead, Journey, LeadKey, ListLeads, ListQuery};
 use ande_platform::bus::Bus;
-use ande_platform::rpc::{self, Method};
 
-/// The leads service answers from its database; this is plenty.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn ask<M: Method>(bus: &Bus, query: &M::Request) -> anyhow::Result<M::Reply> {
-    rpc::call::<M>(&bus.client, &bus.subjects, query, QUERY_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!("leads service: {e}"))
-}
+use crate::conn::ask;
 
 /// One lead, by its id or its phone number.
 pub async fn show(

@@ -24,6 +24,7 @@ pub mod events;
 pub mod exit;
 pub mod infra;
 pub mod leads;
+pub mod notifier;
 pub mod replay;
 pub mod stack;
 pub mod status;

@@ -8,6 +8,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ande_contracts::notifier::RetryRequest;
+use ande_contracts::vocab::{NotificationState, Vocabulary};
 use ande_platform::config::{CommonConfig, Env};
 use ande_platform::rpc::RpcError;
 use andectl::events::{ShowQuery, Start, TailOptions};
@@ -51,6 +53,9 @@ enum Cmd {
     /// Ask the leads service: a lead, a page of leads, an action's journey.
     #[command(subcommand)]
     Leads(LeadsCmd),
+    /// The notification queue: list by state, retry failed ones, pause and resume sending.
+    #[command(subcommand)]
+    Notifier(NotifierCmd),
     /// Measure the pipeline against raw JetStream and Postgres in the same run (build with --release).
     Bench {
         /// Events for the throughput part (a quarter as many requests for latency).
@@ -88,6 +93,41 @@ enum LeadsCmd {
     },
     /// The action as leads stored it, and its outcome.
     Journey { action_id: String },
+}
+
+#[derive(Subcommand)]
+enum NotifierCmd {
+    /// Notifications in a state, oldest first, as JSON lines.
+    Ls {
+        /// queued, sending, sent, failed, waiting_credit, digested or dropped.
+        #[arg(long, value_parser = notification_state)]
+        state: NotificationState,
+        /// Only this advisor's.
+        #[arg(long)]
+        advisor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Queue failed notifications again, each with a fresh retry budget.
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "all_failed"])))]
+    Retry {
+        /// One failed notification, by its id.
+        id: Option<uuid::Uuid>,
+        /// Every failed notification.
+        #[arg(long)]
+        all_failed: bool,
+    },
+    /// Stop sending (every notifier process); the queue keeps filling.
+    Pause {
+        /// Until this time (RFC 3339, or a duration from now: 30m); until resumed when absent.
+        #[arg(long, value_parser = future_time_arg)]
+        until: Option<DateTime<Utc>>,
+        /// Why, shown by `andectl status`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a pause (an operator's, or WeChat's 45009 daily quota once it was raised).
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +263,21 @@ fn time_arg(s: &str) -> Result<DateTime<Utc>, String> {
     andectl::decode::parse_time(s, Utc::now())
 }
 
+/// A time, or a duration from now (`30m`).
+fn future_time_arg(s: &str) -> Result<DateTime<Utc>, String> {
+    match ande_platform::config::parse_duration(s) {
+        Ok(d) => Ok(Utc::now() + chrono::Duration::from_std(d).map_err(|e| e.to_string())?),
+        Err(_) => andectl::decode::parse_time(s, Utc::now()),
+    }
+}
+
+fn notification_state(s: &str) -> Result<NotificationState, String> {
+    s.parse().map_err(|_| {
+        let all: Vec<&str> = NotificationState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("one of {}", all.join(", "))
+    })
+}
+
 fn duration_arg(s: &str) -> Result<Duration, String> {
     ande_platform::config::parse_duration(s)
 }
@@ -281,6 +336,25 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
         }
         Cmd::User(c) => user(&common, c, &mut out).await?,
         Cmd::Advisor(c) => advisor(&common, c, &mut out).await?,
+        Cmd::Notifier(c) => {
+            let bus = andectl::conn::bus(&common).await?;
+            use andectl::notifier as n;
+            match c {
+                NotifierCmd::Ls {
+                    state,
+                    advisor,
+                    limit,
+                } => n::list(&bus, state, advisor, limit, &mut out).await?,
+                NotifierCmd::Retry { id, .. } => {
+                    let which = id.map_or(RetryRequest::AllFailed, RetryRequest::One);
+                    n::retry(&bus, which, &mut out).await?
+                }
+                NotifierCmd::Pause { until, reason } => {
+                    n::pause(&bus, until, reason, &mut out).await?
+                }
+                NotifierCmd::Resume => n::resume(&bus, &mut out).await?,
+            }
+        }
         Cmd::Leads(c) => {
             let bus = andectl::conn::bus(&common).await?;
             match c {

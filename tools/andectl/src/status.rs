@@ -5,6 +5,8 @@
 //!   redelivered, waiting pulls (processes pulling now), ack floor; the services' durables that
 //!   are missing are listed as such;
 //! - dead letters per consumer;
+//! - the notification queue: notifications by state, the age of the oldest due one, and a
+//!   pause (an operator's, or WeChat's 45009 daily quota) with its end;
 //! - each service: the gateway's `GET /api/health` (at `API_HOST:API_PORT`), and leads and
 //!   notifier through a request/reply query for an action that does not exist (a `not_found`
 //!   answer means the service is up and its database answers) — no new RPC needed.
@@ -48,14 +50,33 @@ pub async fn report(bus: &Bus, env: &Env) -> anyhow::Result<Report> {
     for s in [&gateway, &leads, &notifier] {
         healthy &= s["status"] == "ok";
     }
+    let queue = queue_status(bus).await;
     let json = json!({
         "prefix": bus.subjects.prefix(),
         "stream": events,
         "deadLetters": dlq,
+        "notifications": queue,
         "services": { "gateway": gateway, "leads": leads, "notifier": notifier },
         "healthy": healthy,
     });
     Ok(Report { json, healthy })
+}
+
+/// The notifier's queue, or why it could not be read (the notifier's health says whether that
+/// is a problem).
+async fn queue_status(bus: &Bus) -> Value {
+    use ande_contracts::notifier::{QueueQuery, QueueStatus};
+    match rpc::call::<QueueStatus>(&bus.client, &bus.subjects, &QueueQuery {}, PROBE_TIMEOUT).await
+    {
+        Ok(q) => json!({
+            "byState": q.by_state,
+            "oldestQueuedSeconds": q.oldest_queued_secs,
+            "pausedUntil": q.pause.paused_until,
+            "pauseReason": q.pause.reason,
+            "sending": crate::notifier::describe(&q.pause),
+        }),
+        Err(e) => json!({"unavailable": e.to_string()}),
+    }
 }
 
 /// The event stream and its consumers; unhealthy when the stream or a service's durable is missing.
@@ -228,6 +249,7 @@ pub fn print_text<W: Write>(r: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "prefix {}", j["prefix"].as_str().unwrap_or("?"))?;
     print_stream(&j["stream"], out)?;
     print_dead_letters(&j["deadLetters"], out)?;
+    print_queue(&j["notifications"], out)?;
     print_services(&j["services"], out)?;
     writeln!(
         out,
@@ -322,6 +344,24 @@ fn print_dead_letters<W: Write>(d: &Value, out: &mut W) -> std::io::Result<()> {
         "\ndead letters: {} ({})",
         d["messages"],
         per.join(", ")
+    )
+}
+
+/// The queue's lines: counts by state, the oldest due one, sending or paused.
+fn print_queue<W: Write>(q: &Value, out: &mut W) -> std::io::Result<()> {
+    if let Some(why) = q["unavailable"].as_str() {
+        return writeln!(out, "\nnotifications: unavailable ({why})");
+    }
+    let states: Vec<String> = q["byState"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    writeln!(out, "\nnotifications: {}", states.join(", "))?;
+    writeln!(
+        out,
+        "oldest due: {} ago; {}",
+        age(q["oldestQueuedSeconds"].as_i64().unwrap_or(0)),
+        q["sending"].as_str().unwrap_or("?")
     )
 }
 

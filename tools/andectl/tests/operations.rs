@@ -1116,3 +1116,101 @@ async fn advisors_are_bound_listed_paired_and_unbound_through_the_binary() {
     let bad = run(&["advisor", "bind", "adv-9", " spaced "]);
     assert!(!bad.status.success());
 }
+
+/// The queue through the binary: a notification WeChat refused for good is listed as failed and
+/// counted by `status`; while sending is paused a retry queues it (and nothing is sent); a retry
+/// of what is not failed is refused; resuming sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_notifications_are_listed_retried_and_sending_paused_through_the_binary() {
+    let _stack = STACKS.acquire().await.unwrap();
+    let t = common::start().await;
+    let common = t.stack.common.clone();
+    let run = |args: &[&str]| andectl(&common).args(args).output().unwrap();
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let (advisor, openid) = ("adv-ops", "o_advisor_ops");
+    t.advisor_accepts(advisor, openid, ande_wechat::DEV_TEMPLATE_ID)
+        .await;
+    let fault = json!({"endpoint": "subscribe_send", "errcode": 40003, "count": 1});
+    let r = t
+        .http
+        .post(t.sim("/sim/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (status, body) = t
+        .post(
+            "/api/customer/action",
+            json!({"customerId": "cust-ops", "advisorId": advisor, "actionType": "view_resume",
+                   "actionData": {"resumeId": "r-1"}, "customerName": "张三", "customerPhone": "13800138000"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let failed = eventually(30, "the notification to fail", || async {
+        let o = run(&["notifier", "ls", "--state", "failed"]);
+        let line = text(&o);
+        (!line.trim().is_empty()).then_some(line)
+    })
+    .await;
+    let n: Value = serde_json::from_str(failed.trim()).unwrap();
+    assert_eq!(
+        (n["advisorId"].as_str(), n["errcode"].as_i64()),
+        (Some(advisor), Some(40003))
+    );
+    let id = n["id"].as_str().unwrap().to_string();
+    assert!(text(&run(&[
+        "notifier",
+        "ls",
+        "--state",
+        "failed",
+        "--advisor",
+        "adv-other"
+    ]))
+    .is_empty());
+
+    let paused = run(&["notifier", "pause", "--reason", "maintenance"]);
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    assert_eq!(text(&paused).trim(), "paused until resumed (maintenance)");
+    let status = text(&run(&["status"]));
+    assert!(status.contains("failed 1"), "{status}");
+    assert!(
+        status.contains("paused until resumed (maintenance)"),
+        "{status}"
+    );
+    let report: Value = serde_json::from_str(&text(&run(&["status", "--json"]))).unwrap();
+    assert_eq!(report["notifications"]["byState"]["failed"], 1, "{report}");
+
+    let retried = run(&["notifier", "retry", &id]);
+    assert_eq!(
+        text(&retried).trim(),
+        "1 failed notification(s) queued again"
+    );
+    let again = run(&["notifier", "retry", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("only failed ones are retried"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let queued = text(&run(&["notifier", "ls", "--state", "queued"]));
+    assert!(queued.contains(&id), "{queued}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        t.messages(openid).await.is_empty(),
+        "nothing is sent while paused"
+    );
+
+    let resumed = run(&["notifier", "resume"]);
+    assert!(resumed.status.success());
+    assert_eq!(t.wait_messages(openid, 1).await.len(), 1);
+    let none = run(&["notifier", "retry", "--all-failed"]);
+    assert_eq!(text(&none).trim(), "0 failed notification(s) queued again");
+    let bad = run(&["notifier", "ls", "--state", "lost"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    t.stack.stop().await.unwrap();
+}
