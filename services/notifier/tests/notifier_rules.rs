@@ -1413,8 +1413,9 @@ async fn busy_and_minute_quota_are_retried_with_backoff_for_the_retry_budget() {
     .fetch_one(&h.db)
     .await
     .unwrap();
+    // At the first failure after the budget: at most one (doubling) backoff later.
     assert!(
-        span >= budget.as_secs_f64() && span < budget.as_secs_f64() + 1.5,
+        span >= budget.as_secs_f64() && span < budget.as_secs_f64() * 3.0,
         "failed once the budget was spent, {span} s after the first failure"
     );
     h.clear_faults().await;
