@@ -183,22 +183,12 @@ impl NotifierConfig {
         let fields_raw = env.string(NOTIFIER_TEMPLATE_FIELDS, "");
         let fields = TemplateFields::parse(&fields_raw)
             .map_err(|r| bad(NOTIFIER_TEMPLATE_FIELDS, &fields_raw, r))?;
-        let state = env.string(NOTIFIER_MINIPROGRAM_STATE, "formal");
-        if !["developer", "trial", "formal"].contains(&state.as_str()) {
-            return Err(bad(
-                NOTIFIER_MINIPROGRAM_STATE,
-                &state,
-                "expected developer, trial or formal".into(),
-            ));
-        }
-        let lang = env.string(NOTIFIER_LANG, "zh_CN");
-        if !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str()) {
-            return Err(bad(
-                NOTIFIER_LANG,
-                &lang,
-                "expected zh_CN, en_US, zh_HK or zh_TW".into(),
-            ));
-        }
+        let state = one_of(
+            env,
+            NOTIFIER_MINIPROGRAM_STATE,
+            &["formal", "developer", "trial"],
+        )?;
+        let lang = one_of(env, NOTIFIER_LANG, &["zh_CN", "en_US", "zh_HK", "zh_TW"])?;
         let common = CommonConfig::from_env(env)?;
         cfg::refuse_development_wechat(
             &common,
@@ -255,6 +245,19 @@ impl NotifierConfig {
         c.wechat.base_url = wechat_base.to_string();
         c
     }
+}
+
+/// The variable's value if it is one of `allowed`; the first is the default.
+fn one_of(env: &Env, var: &str, allowed: &[&str]) -> Result<String, ConfigError> {
+    let value = env.string(var, allowed[0]);
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    Err(ConfigError {
+        var: var.into(),
+        shown: value,
+        reason: format!("expected one of {}", allowed.join(", ")),
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,17 @@ fn raise_stale_after(config: &mut NotifierConfig) {
     }
 }
 
+/// Log the settings that matter, and those set but no longer read.
+fn announce(config: &NotifierConfig) {
+    for var in &config.obsolete {
+        tracing::warn!(
+            variable = var,
+            "set but no longer read; see deploy/ande.env.example"
+        );
+    }
+    tracing::info!(max_in_flight = config.max_in_flight, claim_batch = config.claim_batch, template = %config.template_id, "notifier starting");
+}
+
 /// The pool: the claim loop, the recorder, the sweep, two consumers and the request/reply
 /// handlers each need a connection at times; sends hold none.
 async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
@@ -81,6 +92,7 @@ async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
 /// Run the notifier until `shutdown` is cancelled.
 pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     raise_stale_after(&mut config);
+    announce(&config);
     let pool = pool(&config).await?;
     let bus = Bus::connect(&config.common, "notifier").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
@@ -111,13 +123,6 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         config.common.retention,
         shutdown.clone(),
     ));
-    for var in &config.obsolete {
-        tracing::warn!(
-            variable = var,
-            "set but no longer read; see deploy/ande.env.example"
-        );
-    }
-    tracing::info!(max_in_flight = config.max_in_flight, claim_batch = config.claim_batch, template = %config.template_id, "notifier running");
     // One part failing stops all of them: the dispatcher must not go on sending after `run` has
     // returned an error. `join!`, not `try_join!`: an error exit still waits for the dispatcher
     // to finish or hand back its sends in flight and record them (within the shutdown grace).

@@ -327,8 +327,28 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sql
     if due.is_empty() {
         return Ok(Batch::default());
     }
-    let mut subs = usable_subscriptions(&mut tx, &due).await?;
-    let mut batch = Batch::default();
+    let subs = usable_subscriptions(&mut tx, &due).await?;
+    let (claimed, mut no_credit) = assign_credits(due, subs);
+    let mut batch = Batch {
+        claimed,
+        ..Batch::default()
+    };
+    reserve_and_mark_sending(&mut tx, &mut batch.claimed).await?;
+    // Parking takes a per-advisor lock: always in advisor order, so two claims cannot deadlock.
+    no_credit.sort_by(|a, b| a.advisor_id.cmp(&b.advisor_id));
+    for d in &no_credit {
+        park(&mut tx, d, l.max_waiting).await?;
+    }
+    batch.parked = no_credit.len();
+    tx.commit().await?;
+    Ok(batch)
+}
+
+/// Give each due notification, in order, a credit from its advisor's best usable subscription
+/// (as a claim one at a time would: a reservation makes that subscription the most recently
+/// updated). Returns the claimed ones and those left without a credit.
+fn assign_credits(due: Vec<Due>, mut subs: Vec<Usable>) -> (Vec<Claimed>, Vec<Due>) {
+    let mut claimed = Vec::new();
     let mut no_credit = Vec::new();
     for d in due {
         let best = subs
@@ -342,9 +362,9 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sql
         };
         if !sub.long_term {
             sub.credits -= 1;
-            sub.rank = -1; // just updated: preferred next, as `updated_at DESC` would have it
+            sub.rank = -1;
         }
-        batch.claimed.push(Claimed {
+        claimed.push(Claimed {
             id: d.id,
             action_id: d.action_id,
             advisor_id: d.advisor_id,
@@ -357,15 +377,7 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sql
             accepts_at_claim: sub.accepts,
         });
     }
-    reserve_and_mark_sending(&mut tx, &mut batch.claimed).await?;
-    // Parking takes a per-advisor lock: always in advisor order, so two claims cannot deadlock.
-    no_credit.sort_by(|a, b| a.advisor_id.cmp(&b.advisor_id));
-    for d in &no_credit {
-        park(&mut tx, d, l.max_waiting).await?;
-    }
-    batch.parked = no_credit.len();
-    tx.commit().await?;
-    Ok(batch)
+    (claimed, no_credit)
 }
 
 /// The subscriptions that could carry the due notifications, locked in key order (so that
