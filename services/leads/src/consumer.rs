@@ -133,5 +133,6 @@ pub fn outcome_event(o: &StoredOutcome) -> LeadOutcome {
         customer_phone: o.phone.clone().unwrap_or_default(),
         action_at: Some(to_timestamp(o.occurred_at)),
         anonymous: o.anonymous,
+        lead_owner: o.lead_owner.clone().unwrap_or_default(),
     }
 }

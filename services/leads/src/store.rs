@@ -48,7 +48,7 @@ pub async fn load_outcome(
             a.outcome_kind AS "kind: OutcomeKind", a.no_lead_reason, a.lead_id, l.customer_code AS "customer_code?",
             a.is_new_customer, COALESCE(l.name, a.customer_name) AS "customer_name?",
             COALESCE(l.phone, a.phone_normalized) AS "phone?", a.occurred_at, a.stored_at, a.outcome_event_id,
-            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = $1"#,
         action_id
     )
@@ -251,7 +251,7 @@ pub async fn record_batch(
             a.lead_id, l.customer_code AS "customer_code?", a.is_new_customer AS "is_new_customer!",
             COALESCE(l.name, a.customer_name) AS "customer_name?", COALESCE(l.phone, a.phone_normalized) AS "phone?",
             a.occurred_at AS "occurred_at!", a.stored_at AS "stored_at!", a.outcome_event_id AS "outcome_event_id!",
-            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = ANY($1)"#,
         &all
     )

@@ -316,11 +316,18 @@ async fn rules_for_new_existing_invalid_and_missing_phones() {
     assert_eq!(o2.kind(), LeadOutcomeKind::Matched);
     assert!(!o2.is_new_customer);
     assert_eq!(o2.lead_id, o1.lead_id);
+    // adv-2's customer is adv-1's lead: the outcome says whose, for the notifier's routing.
+    assert_eq!(
+        (o1.lead_owner.as_str(), o2.lead_owner.as_str()),
+        ("adv-1", "adv-1")
+    );
+    assert_eq!(o2.advisor_id, "adv-2");
     let o3 = by_action(&invalid);
     assert_eq!(
         (o3.kind(), o3.no_lead_reason.as_str()),
         (LeadOutcomeKind::None, "invalid_phone")
     );
+    assert_eq!(o3.lead_owner, "", "no lead, no owner");
     let o4 = by_action(&missing);
     assert_eq!(
         (o4.kind(), o4.no_lead_reason.as_str()),

@@ -18,6 +18,19 @@ pub const NOTIFIER_MAX_IN_FLIGHT: &str = "NOTIFIER_MAX_IN_FLIGHT";
 pub const NOTIFIER_CLAIM_BATCH: &str = "NOTIFIER_CLAIM_BATCH";
 pub const NOTIFIER_RETRY_FOR: &str = "NOTIFIER_RETRY_FOR";
 pub const NOTIFIER_SHUTDOWN_GRACE: &str = "NOTIFIER_SHUTDOWN_GRACE";
+pub const NOTIFIER_FOREIGN_LEAD: &str = "NOTIFIER_FOREIGN_LEAD";
+
+/// Who hears of an action by a customer who is another advisor's lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignLead {
+    /// Only the lead's owner (their customer is active again); the advisor whose resume was
+    /// viewed hears nothing, so a competitor never gets the customer's phone.
+    Owner,
+    /// The owner, and the viewed advisor without the customer's phone and name.
+    Both,
+    /// Only the viewed advisor, with phone and name (the original system's behaviour).
+    Viewed,
+}
 pub const NOTIFIER_ANONYMOUS_PER_HOUR: &str = "NOTIFIER_ANONYMOUS_PER_HOUR";
 pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
 pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
@@ -152,6 +165,8 @@ pub struct NotifierConfig {
     /// The sweep (release of waiting notifications, recovery of abandoned sends) runs this
     /// often, and at once when a subscription change arrives in this process.
     pub sweep_every: Duration,
+    /// `NOTIFIER_FOREIGN_LEAD` (default `owner`).
+    pub foreign_lead: ForeignLead,
     /// Settings that are set but no longer read; `run` warns about each (logging starts after
     /// the configuration is read).
     pub obsolete: Vec<&'static str>,
@@ -189,6 +204,12 @@ impl NotifierConfig {
             &["formal", "developer", "trial"],
         )?;
         let lang = one_of(env, NOTIFIER_LANG, &["zh_CN", "en_US", "zh_HK", "zh_TW"])?;
+        let foreign_lead =
+            match one_of(env, NOTIFIER_FOREIGN_LEAD, &["owner", "both", "viewed"])?.as_str() {
+                "both" => ForeignLead::Both,
+                "viewed" => ForeignLead::Viewed,
+                _ => ForeignLead::Owner,
+            };
         let common = CommonConfig::from_env(env)?;
         cfg::refuse_development_wechat(
             &common,
@@ -230,6 +251,7 @@ impl NotifierConfig {
             stale_after: env.duration(NOTIFIER_STALE_AFTER, DEFAULT_STALE_AFTER)?,
             poll_every: Duration::from_millis(500),
             sweep_every: Duration::from_secs(2),
+            foreign_lead,
             obsolete: [NOTIFIER_WORKERS]
                 .into_iter()
                 .filter(|v| env.get(v).is_some())

@@ -14,8 +14,8 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::config::NotifierConfig;
-use crate::content;
+use crate::config::{ForeignLead, NotifierConfig};
+use crate::content::{self, Audience};
 use crate::credits;
 use crate::store::{self, LogEntry, NotificationKind, NotificationState, Summary};
 
@@ -54,41 +54,102 @@ impl ApplyInTx<LeadOutcome> for OutcomeHandler {
                     "outcome without a valid action id or advisor".into(),
                 ));
             };
-            let (data, page) = content::for_outcome(&self.config, o);
-            let summary = Summary::Action(ActionSummary {
-                action_type: o.action_type.as_str().into(),
-                phone: o.customer_phone.clone(),
-                name: o.customer_name.clone(),
-                lead_id: o.lead_id.clone(),
-                customer_code: o.customer_code.clone(),
-                new_customer: o.is_new_customer,
-            });
-            let (state, event) = if o.anonymous {
-                let c = &self.config;
-                store::admit_anonymous(tx, &o.advisor_id, c.anonymous_per_hour, c.max_waiting)
-                    .await?
-            } else {
-                (NotificationState::Queued, "queued")
-            };
-            let new = store::NewNotification {
-                id: Uuid::now_v7(),
-                action_id,
-                advisor_id: &o.advisor_id,
-                kind: NotificationKind::Action,
-                template_id: &self.config.template_id,
-                data: &data,
-                page: &page,
-                summary,
-                anonymous: o.anonymous,
-                state,
-            };
-            if let Some(id) = store::enqueue(tx, &new).await? {
-                LogEntry::about(id, action_id, &o.advisor_id, event)
-                    .write(tx)
-                    .await?;
+            for (advisor_id, audience) in recipients(o, self.config.foreign_lead) {
+                self.enqueue(tx, o, action_id, advisor_id, audience).await?;
             }
             Ok(Disposition::Ack)
         }
+    }
+}
+
+/// Who hears of an outcome, and in which form (see [`ForeignLead`]).
+fn recipients(o: &LeadOutcome, mode: ForeignLead) -> Vec<(&str, Audience)> {
+    let owner = o.lead_owner.trim();
+    if owner.is_empty() || owner == o.advisor_id {
+        return vec![(&o.advisor_id, Audience::Viewed)];
+    }
+    match mode {
+        ForeignLead::Owner => vec![(owner, Audience::Owner)],
+        ForeignLead::Both => vec![
+            (owner, Audience::Owner),
+            (&o.advisor_id, Audience::Redacted),
+        ],
+        ForeignLead::Viewed => vec![(&o.advisor_id, Audience::Viewed)],
+    }
+}
+
+impl OutcomeHandler {
+    /// One notification of the outcome for one advisor, once per (action, advisor).
+    async fn enqueue(
+        &self,
+        tx: &mut PgConnection,
+        o: &LeadOutcome,
+        action_id: Uuid,
+        advisor_id: &str,
+        audience: Audience,
+    ) -> Result<(), sqlx::Error> {
+        let (data, page) = content::for_outcome(&self.config, o, audience);
+        let redacted = audience == Audience::Redacted;
+        let summary = Summary::Action(ActionSummary {
+            action_type: o.action_type.as_str().into(),
+            phone: if redacted {
+                String::new()
+            } else {
+                o.customer_phone.clone()
+            },
+            name: if redacted {
+                String::new()
+            } else {
+                o.customer_name.clone()
+            },
+            lead_id: if redacted {
+                String::new()
+            } else {
+                o.lead_id.clone()
+            },
+            customer_code: if redacted {
+                String::new()
+            } else {
+                o.customer_code.clone()
+            },
+            new_customer: o.is_new_customer,
+        });
+        let (state, event) = if o.anonymous {
+            let c = &self.config;
+            store::admit_anonymous(tx, advisor_id, c.anonymous_per_hour, c.max_waiting).await?
+        } else {
+            (NotificationState::Queued, "queued")
+        };
+        let new = store::NewNotification {
+            id: Uuid::now_v7(),
+            action_id,
+            advisor_id,
+            kind: NotificationKind::Action,
+            template_id: &self.config.template_id,
+            data: &data,
+            page: &page,
+            summary,
+            anonymous: o.anonymous,
+            state,
+        };
+        if let Some(id) = store::enqueue(tx, &new).await? {
+            let why = match audience {
+                Audience::Owner => Some(
+                    "the customer is this advisor's lead; they acted on another advisor's resume",
+                ),
+                Audience::Redacted => {
+                    Some("the customer is another advisor's lead: sent without phone and name")
+                }
+                Audience::Viewed => None,
+            };
+            LogEntry {
+                detail: why,
+                ..LogEntry::about(id, action_id, advisor_id, event)
+            }
+            .write(tx)
+            .await?;
+        }
+        Ok(())
     }
 }
 

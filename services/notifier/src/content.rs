@@ -22,25 +22,50 @@ pub fn action_text(action_type: &str, new_customer: bool) -> String {
     }
 }
 
-/// Keyword values and page of the message for one action outcome.
-pub fn for_outcome(config: &NotifierConfig, o: &LeadOutcome) -> (BTreeMap<String, String>, String) {
+/// The owner's text when their customer acted on another advisor's resume.
+pub fn owner_text(action_type: &str) -> &'static str {
+    match action_type {
+        "view_resume" => "您的客户查看了其他顾问简历",
+        "contact_advisor" => "您的客户想联系其他顾问",
+        "book_service" => "您的客户预约了其他顾问",
+        _ => "您的客户有新动态",
+    }
+}
+
+/// Who a message about an action is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The advisor whose resume the customer acted on, who owns the lead (or there is none).
+    Viewed,
+    /// The lead's owner, hearing that their customer acted on another advisor's resume.
+    Owner,
+    /// The viewed advisor when the customer is another advisor's lead: no phone, no name, and
+    /// the page names the customer, not the lead.
+    Redacted,
+}
+
+/// Keyword values and page of the message for one action outcome, for `audience`.
+pub fn for_outcome(
+    config: &NotifierConfig,
+    o: &LeadOutcome,
+    audience: Audience,
+) -> (BTreeMap<String, String>, String) {
     let f = &config.fields;
     let at = from_timestamp(o.action_at.as_ref()).unwrap_or_else(Utc::now);
+    let text = match audience {
+        Audience::Owner => owner_text(&o.action_type).to_string(),
+        _ => action_text(&o.action_type, o.is_new_customer),
+    };
+    let (phone, name) = match audience {
+        Audience::Redacted => ("", ""),
+        _ => (o.customer_phone.as_str(), o.customer_name.as_str()),
+    };
     let mut data = BTreeMap::new();
-    data.insert(
-        f.action.clone(),
-        fit(&f.action, &action_text(&o.action_type, o.is_new_customer)),
-    );
+    data.insert(f.action.clone(), fit(&f.action, &text));
     data.insert(f.time.clone(), format_time(at));
-    data.insert(
-        f.phone.clone(),
-        fit(&f.phone, or_placeholder(&o.customer_phone)),
-    );
-    data.insert(
-        f.name.clone(),
-        fit(&f.name, or_placeholder(&o.customer_name)),
-    );
-    let id = if o.lead_id.is_empty() {
+    data.insert(f.phone.clone(), fit(&f.phone, or_placeholder(phone)));
+    data.insert(f.name.clone(), fit(&f.name, or_placeholder(name)));
+    let id = if o.lead_id.is_empty() || audience == Audience::Redacted {
         &o.customer_id
     } else {
         &o.lead_id
@@ -109,7 +134,18 @@ mod tests {
             lead_id: "l 1".into(),
             ..Default::default()
         };
-        let (data, page) = for_outcome(&config, &o);
+        for audience in [Audience::Owner, Audience::Redacted] {
+            let (data, page) = for_outcome(&config, &o, audience);
+            for (k, v) in &data {
+                keywords::validate(k, v).unwrap_or_else(|e| panic!("{audience:?} {k}={v}: {e}"));
+            }
+            assert_eq!(
+                audience == Audience::Redacted,
+                !data.values().any(|v| v.contains("13800138000")) && !page.contains("l%201"),
+                "{audience:?}: only the redacted message hides the phone and the lead"
+            );
+        }
+        let (data, page) = for_outcome(&config, &o, Audience::Viewed);
         for (k, v) in &data {
             keywords::validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
         }

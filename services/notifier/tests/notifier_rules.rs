@@ -318,6 +318,7 @@ impl Harness {
             customer_phone: "13800138000".into(),
             action_at: Some(to_timestamp(Utc::now())),
             anonymous: false,
+            lead_owner: advisor.into(),
         }
     }
 
@@ -2225,4 +2226,75 @@ async fn finished_notifications_and_their_log_are_forgotten_after_the_retention_
             .await
             .unwrap();
     assert_eq!(log, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+/// A customer who is advisor A's lead acts on advisor B's resume. By `NOTIFIER_FOREIGN_LEAD`: A
+/// hears that their customer is active (`owner`, the default: B, a competitor, never gets the
+/// phone); A, and B without the customer's phone and name (`both`); only B, as the original
+/// system did (`viewed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_leads_action_reaches_its_owner_as_configured() {
+    use ande_notifier::config::ForeignLead;
+    let (a, a_openid) = ("adv-owner", "oAdvisorOwner000000000000001");
+    let (b, b_openid) = ("adv-viewed", "oAdvisorViewed00000000000001");
+    assert_eq!(
+        NotifierConfig::with_common(ande_platform::testing::isolated_config().await, "http://x")
+            .foreign_lead,
+        ForeignLead::Owner,
+        "owner is the default"
+    );
+    for mode in [ForeignLead::Owner, ForeignLead::Both, ForeignLead::Viewed] {
+        let h = Harness::start_with(1, |c| c.foreign_lead = mode).await;
+        h.accept(a, a_openid, 1).await;
+        h.accept(b, b_openid, 1).await;
+        let mut o = Harness::outcome(b);
+        o.lead_owner = a.into();
+        o.is_new_customer = false;
+        o.kind = LeadOutcomeKind::Matched as i32;
+        h.publish(&o).await;
+        h.settled().await;
+        let (to_a, to_b) = (h.messages(a_openid).await, h.messages(b_openid).await);
+        let owner_heard = |m: &[Value]| {
+            assert_eq!(m.len(), 1, "{mode:?}: the owner gets one message");
+            assert_eq!(value(&m[0], "thing1"), "您的客户查看了其他顾问简历");
+            assert_eq!(value(&m[0], "thing3"), "13800138000");
+            assert_eq!(value(&m[0], "thing7"), "张三");
+            assert!(m[0]["page"].as_str().unwrap().contains(&o.lead_id));
+        };
+        match mode {
+            ForeignLead::Owner => {
+                owner_heard(&to_a);
+                assert!(to_b.is_empty(), "the viewed advisor hears nothing");
+            }
+            ForeignLead::Both => {
+                owner_heard(&to_a);
+                assert_eq!(to_b.len(), 1);
+                assert_eq!(value(&to_b[0], "thing1"), "客户查看了您的简历");
+                assert_eq!(value(&to_b[0], "thing3"), keywords::PLACEHOLDER, "no phone");
+                assert_eq!(value(&to_b[0], "thing7"), keywords::PLACEHOLDER, "no name");
+                let page = to_b[0]["page"].as_str().unwrap();
+                assert!(
+                    !page.contains(&o.lead_id) && page.contains(&o.customer_id),
+                    "{page}"
+                );
+            }
+            ForeignLead::Viewed => {
+                assert!(to_a.is_empty(), "the owner hears nothing");
+                assert_eq!(to_b.len(), 1);
+                assert_eq!(value(&to_b[0], "thing3"), "13800138000");
+            }
+        }
+        // A replay sends nothing more.
+        h.publish_again(&o).await;
+        h.settled().await;
+        assert_eq!(
+            h.messages(a_openid).await.len() + h.messages(b_openid).await.len(),
+            to_a.len() + to_b.len(),
+            "{mode:?}: once per (action, advisor)"
+        );
+    }
 }

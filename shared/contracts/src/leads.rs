@@ -115,6 +115,9 @@ pub struct StoredOutcome {
     /// The action carried no mini-program session.
     #[serde(default)]
     pub anonymous: bool,
+    /// The advisor who owns the lead (now), when there is one.
+    #[serde(default)]
+    pub lead_owner: Option<String>,
 }
 
 /// The reply of `leads.journey`.

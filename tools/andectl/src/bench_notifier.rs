@@ -157,5 +157,6 @@ fn outcome(advisor: &str) -> LeadOutcome {
         customer_phone: "13800000000".into(),
         action_at: Some(to_timestamp(chrono::Utc::now())),
         anonymous: false,
+        lead_owner: advisor.into(),
     }
 }
