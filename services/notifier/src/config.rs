@@ -19,6 +19,76 @@ pub const NOTIFIER_CLAIM_BATCH: &str = "NOTIFIER_CLAIM_BATCH";
 pub const NOTIFIER_RETRY_FOR: &str = "NOTIFIER_RETRY_FOR";
 pub const NOTIFIER_SHUTDOWN_GRACE: &str = "NOTIFIER_SHUTDOWN_GRACE";
 pub const NOTIFIER_FOREIGN_LEAD: &str = "NOTIFIER_FOREIGN_LEAD";
+pub const NOTIFIER_PRIORITY: &str = "NOTIFIER_PRIORITY";
+
+/// Which waiting notification goes as a single message when credits are scarce: categories from
+/// the most valuable down (`NOTIFIER_PRIORITY`, default
+/// `book_service>contact_advisor>new_customer>repeat_view`; `new_customer` is a view by a
+/// customer whose lead it created, `repeat_view` any other view).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Priority(Vec<String>);
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::parse("book_service>contact_advisor>new_customer>repeat_view").expect("valid")
+    }
+}
+
+impl Priority {
+    const CATEGORIES: [&'static str; 4] = [
+        "book_service",
+        "contact_advisor",
+        "new_customer",
+        "repeat_view",
+    ];
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let order: Vec<String> = s.split('>').map(|c| c.trim().to_string()).collect();
+        for c in &order {
+            if !Self::CATEGORIES.contains(&c.as_str()) {
+                return Err(format!(
+                    "{c:?} is not one of {}",
+                    Self::CATEGORIES.join(", ")
+                ));
+            }
+        }
+        if Self::CATEGORIES
+            .iter()
+            .any(|c| !order.iter().any(|o| o == c))
+            || order.len() != 4
+        {
+            return Err(format!("name each of {} once", Self::CATEGORIES.join(", ")));
+        }
+        Ok(Self(order))
+    }
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw = env.string(NOTIFIER_PRIORITY, "");
+        if raw.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        Self::parse(&raw).map_err(|reason| ConfigError {
+            var: NOTIFIER_PRIORITY.into(),
+            shown: raw.clone(),
+            reason,
+        })
+    }
+
+    /// Higher is more valuable.
+    pub fn rank(&self, action_type: &str, new_customer: bool) -> usize {
+        let category = match action_type {
+            "book_service" | "contact_advisor" => action_type,
+            _ if new_customer => "new_customer",
+            _ => "repeat_view",
+        };
+        let at = self
+            .0
+            .iter()
+            .position(|c| c == category)
+            .unwrap_or(self.0.len());
+        self.0.len() - at
+    }
+}
 
 /// Who hears of an action by a customer who is another advisor's lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +237,8 @@ pub struct NotifierConfig {
     pub sweep_every: Duration,
     /// `NOTIFIER_FOREIGN_LEAD` (default `owner`).
     pub foreign_lead: ForeignLead,
+    /// `NOTIFIER_PRIORITY`.
+    pub priority: Priority,
     /// Settings that are set but no longer read; `run` warns about each (logging starts after
     /// the configuration is read).
     pub obsolete: Vec<&'static str>,
@@ -204,12 +276,7 @@ impl NotifierConfig {
             &["formal", "developer", "trial"],
         )?;
         let lang = one_of(env, NOTIFIER_LANG, &["zh_CN", "en_US", "zh_HK", "zh_TW"])?;
-        let foreign_lead =
-            match one_of(env, NOTIFIER_FOREIGN_LEAD, &["owner", "both", "viewed"])?.as_str() {
-                "both" => ForeignLead::Both,
-                "viewed" => ForeignLead::Viewed,
-                _ => ForeignLead::Owner,
-            };
+        let priority = Priority::from_env(env)?;
         let common = CommonConfig::from_env(env)?;
         cfg::refuse_development_wechat(
             &common,
@@ -227,13 +294,7 @@ impl NotifierConfig {
                 NOTIFIER_DIGEST_PAGE,
                 "pages/customer/pending?digest={digest}",
             ),
-            long_term_templates: env
-                .string(NOTIFIER_LONG_TERM_TEMPLATES, "")
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
+            long_term_templates: list(env, NOTIFIER_LONG_TERM_TEMPLATES),
             miniprogram_state: state,
             lang,
             max_in_flight: env
@@ -251,7 +312,8 @@ impl NotifierConfig {
             stale_after: env.duration(NOTIFIER_STALE_AFTER, DEFAULT_STALE_AFTER)?,
             poll_every: Duration::from_millis(500),
             sweep_every: Duration::from_secs(2),
-            foreign_lead,
+            foreign_lead: ForeignLead::from_env(env)?,
+            priority,
             obsolete: [NOTIFIER_WORKERS]
                 .into_iter()
                 .filter(|v| env.get(v).is_some())
@@ -266,6 +328,28 @@ impl NotifierConfig {
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
         c
+    }
+}
+
+/// A comma-separated list (empty by default).
+fn list(env: &Env, var: &str) -> Vec<String> {
+    env.string(var, "")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl ForeignLead {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(
+            match one_of(env, NOTIFIER_FOREIGN_LEAD, &["owner", "both", "viewed"])?.as_str() {
+                "both" => Self::Both,
+                "viewed" => Self::Viewed,
+                _ => Self::Owner,
+            },
+        )
     }
 }
 
@@ -308,6 +392,21 @@ mod tests {
             "two roles on thing1"
         );
         assert!(TemplateFields::parse("mood=thing1").is_err());
+    }
+
+    #[test]
+    fn priorities_parse_and_rank() {
+        let p = Priority::default();
+        assert!(p.rank("book_service", false) > p.rank("contact_advisor", true));
+        assert!(p.rank("contact_advisor", false) > p.rank("view_resume", true));
+        assert!(p.rank("view_resume", true) > p.rank("view_resume", false));
+        let q = Priority::parse("new_customer>book_service>contact_advisor>repeat_view").unwrap();
+        assert!(q.rank("view_resume", true) > q.rank("book_service", false));
+        assert!(
+            Priority::parse("book_service>contact_advisor").is_err(),
+            "all four"
+        );
+        assert!(Priority::parse("book_service>x>new_customer>repeat_view").is_err());
     }
 
     #[test]

@@ -566,24 +566,57 @@ impl Dispatcher {
         }
         match waiting.as_slice() {
             [] => return Ok(()),
-            [w] => {
-                let due_now = store::StateChange {
-                    next_attempt_at: Some(Utc::now()),
-                    ..Default::default()
-                };
-                store::set_state(&mut tx, w.id, NotificationState::Queued, due_now).await?;
-                LogEntry::about(w.id, w.action_id, advisor_id, "released_on_credit")
-                    .write(&mut tx)
-                    .await?;
-            }
+            [w] => requeue(&mut tx, w, advisor_id, "released_on_credit").await?,
             _ => {
-                self.digest(&mut tx, advisor_id, template_id, &waiting)
-                    .await?
+                // Fewer credits than waiting notifications: the most valuable goes on its own,
+                // the rest as one digest (which waits for the next credit if none is left).
+                let credits = store::usable_credits(&mut tx, advisor_id, template_id).await?;
+                let scarce = credits.is_some_and(|c| c < waiting.len() as i64);
+                match scarce.then(|| self.most_valuable(&waiting)).flatten() {
+                    Some(i) => {
+                        let (first, rest) = (&waiting[i], without(&waiting, i));
+                        requeue(&mut tx, first, advisor_id, "released_first_by_priority").await?;
+                        if rest.len() > 1 {
+                            self.digest(&mut tx, advisor_id, template_id, &rest).await?
+                        }
+                    }
+                    None => {
+                        self.digest(&mut tx, advisor_id, template_id, &waiting)
+                            .await?
+                    }
+                }
             }
         }
         tx.commit().await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// The waiting notification to send on its own: the most valuable verified action
+    /// (`NOTIFIER_PRIORITY`, the oldest among equals), if it is worth more than another waiting
+    /// action. All actions of equal worth: none, they go together in the digest. (A digest
+    /// already waiting is neither: it is folded with the rest.)
+    fn most_valuable(&self, waiting: &[store::Waiting]) -> Option<usize> {
+        let ranked: Vec<(usize, usize, bool)> = waiting
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match &w.summary.0 {
+                Summary::Action(a) if w.kind == NotificationKind::Action => {
+                    let rank = self
+                        .config
+                        .priority
+                        .rank(a.action_type.as_str(), a.new_customer);
+                    Some((i, rank, w.anonymous))
+                }
+                _ => None,
+            })
+            .collect();
+        let lowest = ranked.iter().map(|r| r.1).min()?;
+        let &(i, best, _) = ranked
+            .iter()
+            .filter(|r| !r.2) // anonymous ones wait for the digest (their budget)
+            .max_by_key(|r| (r.1, std::cmp::Reverse(r.0)))?;
+        (best > lowest).then_some(i)
     }
 
     /// Fold several waiting notifications into one digest. A waiting digest (one that found no
@@ -650,6 +683,29 @@ impl Dispatcher {
         .write(tx)
         .await
     }
+}
+
+/// A waiting notification queued again, in its place in line (before a digest made now).
+async fn requeue(
+    tx: &mut sqlx::PgConnection,
+    w: &store::Waiting,
+    advisor_id: &str,
+    why: &str,
+) -> Result<(), sqlx::Error> {
+    store::requeue_waiting(tx, w.id).await?;
+    LogEntry::about(w.id, w.action_id, advisor_id, why)
+        .write(tx)
+        .await
+}
+
+/// All but the `i`-th.
+fn without(waiting: &[store::Waiting], i: usize) -> Vec<store::Waiting> {
+    waiting
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, w)| w.clone())
+        .collect()
 }
 
 /// What becomes of a notification after an attempt: its new state, and the delivery-log entry.

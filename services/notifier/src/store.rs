@@ -745,7 +745,41 @@ pub async fn advisors_to_release(
         .collect())
 }
 
+/// Queue a waiting notification again, due as of its creation: it keeps its place in line
+/// among the advisor's notifications (ahead of a digest made now).
+pub async fn requeue_waiting(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE notifications SET state = 'queued', next_attempt_at = created_at, updated_at = now()
+         WHERE id = $1 AND state = 'waiting_credit'",
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The credits an advisor's notifications of a template can use now (bound, not banned);
+/// `None` when a long-term subscription makes them unlimited.
+pub async fn usable_credits(
+    conn: &mut PgConnection,
+    advisor_id: &str,
+    template_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"SELECT COALESCE(sum(credits), 0)::int8 AS "credits!", COALESCE(bool_or(long_term), false) AS "long_term!"
+         FROM subscriptions s
+         WHERE advisor_id = $1 AND template_id = $2 AND last_status <> 'ban'
+           AND EXISTS (SELECT 1 FROM advisor_bindings b WHERE b.advisor_id = s.advisor_id AND b.openid = s.openid)"#,
+        advisor_id,
+        template_id
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((!r.long_term).then_some(r.credits))
+}
+
 /// A notification waiting for credit.
+#[derive(Clone)]
 pub struct Waiting {
     pub id: Uuid,
     pub action_id: Uuid,

@@ -2298,3 +2298,47 @@ async fn a_foreign_leads_action_reaches_its_owner_as_configured() {
         );
     }
 }
+
+/// Credits are scarce: one booking waits among five views and one credit arrives. The booking
+/// goes on its own; the views become one digest, which waits for the next credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_scarce_credits_the_most_valuable_goes_alone_and_the_rest_as_a_digest() {
+    let h = Harness::start().await;
+    let (adv, openid) = ("adv-priority", "oAdvisorPriority000000000001");
+    h.bind(adv, openid).await;
+    let mut booking = Harness::outcome(adv);
+    booking.action_type = "book_service".into();
+    let views_before = h.outcomes(adv, 3).await;
+    h.publish(&booking).await;
+    let views_after = h.outcomes(adv, 2).await;
+    h.settled().await;
+    assert_eq!(
+        h.states(adv).await,
+        BTreeMap::from([("waiting_credit".to_string(), 6)])
+    );
+
+    h.accept(adv, openid, 1).await;
+    let first = h.wait_messages(openid, 1).await;
+    assert_eq!(
+        value(&first[0], "thing1"),
+        "新客户预约了您的服务",
+        "the booking goes alone"
+    );
+    h.settled().await;
+    assert_eq!(h.messages(openid).await.len(), 1);
+    let booking_id: Uuid = booking.action_id.parse().unwrap();
+    let events = Harness::events(&h.log(booking_id).await).join(",");
+    assert_eq!(
+        events,
+        "queued,no_subscription,released_first_by_priority,sent"
+    );
+    for v in views_before.iter().chain(&views_after) {
+        let n = h.notification(*v).await.unwrap();
+        assert_eq!(n.state, "digested", "every view is in the digest");
+    }
+
+    h.accept(adv, openid, 1).await;
+    let both = h.wait_messages(openid, 2).await;
+    assert_eq!(value(&both[1], "thing1"), "5条客户动态等您查看");
+    assert_eq!(h.credits(adv, openid).await, 0);
+}
