@@ -70,6 +70,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/api/advisor/credits",
+        route: || get(routes::advisors::credits),
+        summary: "The session's remaining credits with each advisor it is bound to, per template",
+        auth: "session-required",
+        request: None,
+        response: credits_resp,
+    },
+    Endpoint {
+        method: "get",
         path: "/api/advisor-bindings",
         route: || get(routes::advisors::list),
         summary: "Advisor bindings, of one advisor (?advisorId=) or all (staff only)",
@@ -245,6 +254,23 @@ fn bindings_resp() -> Value {
     obj(
         &["bindings"],
         json!({ "bindings": { "type": "array", "items": binding_resp() } }),
+    )
+}
+fn credits_resp() -> Value {
+    let account = obj(
+        &[
+            "advisorId",
+            "templateId",
+            "credits",
+            "longTerm",
+            "lastStatus",
+        ],
+        json!({ "advisorId": text(), "templateId": text(), "credits": { "type": "integer", "minimum": 0 },
+                "longTerm": { "type": "boolean" }, "lastStatus": text() }),
+    );
+    obj(
+        &["credits"],
+        json!({ "credits": { "type": "array", "items": account } }),
     )
 }
 fn unbound_resp() -> Value {

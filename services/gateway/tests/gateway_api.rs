@@ -1342,11 +1342,12 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 16] = [
+const EXPECTED_PATHS: [(&str, &str); 17] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("post", "/api/advisor/subscribe"),
     ("post", "/api/advisor/bind"),
+    ("get", "/api/advisor/credits"),
     ("get", "/api/advisor-bindings"),
     ("post", "/api/advisor-bindings"),
     ("post", "/api/advisor-bindings/unbind"),
@@ -3091,4 +3092,52 @@ async fn wechat_logins_and_phone_lookups_are_limited_per_client_and_session() {
     let a = send(post(&t, "/api/wechat/phone", json!({"code": "any"}))).await;
     assert_error(&a, 429, "rate_limited");
     t.stack.stop().await.unwrap();
+}
+
+/// An advisor reads their own remaining credits from their session (to ask for more accepts
+/// when they run low); a stranger's session sees none of them; without a session, 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisor_reads_their_own_credits_and_nobody_elses() {
+    let t = common::start().await;
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    t.advisor_accepts("adv-credits", "o_adv_credits", tpl).await;
+    t.advisor_accepts("adv-credits", "o_adv_credits", tpl).await;
+    let mine = session(&t, "o_adv_credits").await;
+    let a = eventually_credits(&t, &mine, 2).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let accounts = a.data()["credits"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1, "{}", a.text);
+    assert_eq!(accounts[0]["advisorId"], "adv-credits");
+    assert_eq!(accounts[0]["templateId"], tpl);
+    assert_eq!(
+        (
+            accounts[0]["longTerm"].as_bool(),
+            accounts[0]["lastStatus"].as_str()
+        ),
+        (Some(false), Some("accept"))
+    );
+
+    let strangers = session(&t, "o_stranger_credits").await;
+    let s = send(get(&t, "/api/advisor/credits").bearer_auth(&strangers)).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.data()["credits"],
+        json!([]),
+        "a stranger sees no one's credits"
+    );
+    let none = send(get(&t, "/api/advisor/credits")).await;
+    assert_error(&none, 401, "unauthorized");
+}
+
+/// `GET /api/advisor/credits` until the first account shows `n` credits (accepts are applied
+/// by the notifier's consumer, asynchronously).
+async fn eventually_credits(t: &TestStack, token: &str, n: i64) -> Answer {
+    for _ in 0..200 {
+        let a = send(get(t, "/api/advisor/credits").bearer_auth(token)).await;
+        if a.data()["credits"][0]["credits"].as_i64() == Some(n) {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the credits never reached {n}");
 }

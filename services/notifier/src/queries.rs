@@ -5,17 +5,18 @@
 //! - `send`: a direct send (staff), through this service's token cache so there is one cache;
 //! - `phone`: a phone number by the phone button's code (needs the access token);
 //! - `resume`: lift a pause (after 45009, or an operator's);
-//! - `pause`, `queue`, `notifications`, `retry`: the queue for operators ([`crate::queue`]);
+//! - `pause`, `queue`, `notifications`, `retry`: the queue for operators, and `credits`, an
+//!   advisor's own remaining credits ([`crate::queue`]);
 //! - `bind`, `unbind`, `bindings`, `pair`, `redeem`, `check_binding`: advisor bindings
 //!   ([`crate::bindings`]).
 
 use ande_contracts::leads::ActionQuery;
 use ande_contracts::notifier::{Bind, CheckBinding, ListBindings, Pair, Redeem, Unbind};
+use ande_contracts::notifier::{Credits, ListNotifications, Pause, QueueQuery, QueueStatus, Retry};
 use ande_contracts::notifier::{
     DigestContents, DigestQuery, DirectSend, GetDigest, Journey, NotifierJourney, Phone,
     PhoneNumber, PhoneQuery, Resume, ResumeRequest, Resumed, Send, Sent,
 };
-use ande_contracts::notifier::{ListNotifications, Pause, QueueQuery, QueueStatus, Retry};
 
 use ande_platform::rpc::{self, Failure, RpcError};
 use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
@@ -201,6 +202,7 @@ pub async fn serve(
             |(p, _): Shared, f| async move { queue::list(&p, f).await },
         )
         .method::<Retry, _, _>(|(p, _): Shared, r| async move { queue::retry(&p, r).await })
+        .method::<Credits, _, _>(|(p, _): Shared, q| async move { queue::credits(&p, q).await })
         .method::<Bind, _, _>(|(p, _): Shared, r| async move { bindings::bind(&p, r).await })
         .method::<Unbind, _, _>(|(p, _): Shared, k| async move { bindings::unbind(&p, k).await })
         .method::<ListBindings, _, _>(

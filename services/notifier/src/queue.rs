@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use ande_contracts::notifier::{
-    NotificationFilter, Notifications, PauseRequest, PauseState, QueueReport, Retried, RetryRequest,
+    CreditView, CreditsQuery, CreditsReport, NotificationFilter, Notifications, PauseRequest,
+    PauseState, QueueReport, Retried, RetryRequest,
 };
 use ande_platform::rpc::{Failure, RpcError};
 use chrono::{DateTime, Utc};
@@ -125,4 +126,19 @@ pub async fn retry(pool: &PgPool, r: RetryRequest) -> Result<Retried, Failure> {
     Ok(Retried {
         requeued: rows.len() as u64,
     })
+}
+
+/// The credits of an openid's accounts with the advisors it is bound to (an account of an
+/// advisor it is no longer bound to is not its to see, and cannot be spent).
+pub async fn credits(pool: &PgPool, q: CreditsQuery) -> Result<CreditsReport, Failure> {
+    let credits = sqlx::query_as!(
+        CreditView,
+        "SELECT s.advisor_id, s.template_id, s.credits, s.long_term, s.last_status FROM subscriptions s
+         JOIN advisor_bindings b ON b.advisor_id = s.advisor_id AND b.openid = s.openid
+         WHERE s.openid = $1 ORDER BY s.advisor_id, s.template_id",
+        q.openid
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(CreditsReport { credits })
 }

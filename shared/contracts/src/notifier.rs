@@ -34,6 +34,36 @@ method! {
 }
 
 method! {
+    /// The credits an openid holds for the advisors it is bound to (the advisor's own session).
+    Credits: "notifier"."credits", CreditsQuery => CreditsReport
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditsQuery {
+    pub openid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditsReport {
+    pub credits: Vec<CreditView>,
+}
+
+/// One (advisor, template) account of the openid: the sends it may still receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditView {
+    pub advisor_id: String,
+    pub template_id: String,
+    pub credits: i32,
+    /// A long-term subscription: no credit needed.
+    pub long_term: bool,
+    /// The last decision: accept, reject, ban or filter.
+    pub last_status: String,
+}
+
+method! {
     /// Pause sending (operators): until a time, or until resumed.
     Pause: "notifier"."pause", PauseRequest => PauseState
 }

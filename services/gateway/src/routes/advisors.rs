@@ -3,6 +3,8 @@
 //!
 //! - `POST /api/advisor/bind {code}`: the advisor, logged in to the mini-program, redeems the
 //!   pairing code staff gave them; the openid is the session's.
+//! - `GET /api/advisor/credits`: the session's own credits with the advisors it is bound to, so
+//!   the mini-program can ask for more accepts when they run low.
 //! - Staff only: `GET /api/advisor-bindings[?advisorId=]`, `POST /api/advisor-bindings
 //!   {advisorId, openid}`, `POST /api/advisor-bindings/unbind {advisorId, openid}`,
 //!   `POST /api/advisor-pairings {advisorId}` (a code valid 10 minutes, shown once).
@@ -11,8 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ande_contracts::notifier::{
-    Bind, BindRequest, BindingFilter, BindingKey, CheckBinding, ListBindings, Pair, PairRequest,
-    Redeem, RedeemRequest, Unbind,
+    Bind, BindRequest, BindingFilter, BindingKey, CheckBinding, Credits, CreditsQuery,
+    ListBindings, Pair, PairRequest, Redeem, RedeemRequest, Unbind,
 };
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -64,6 +66,22 @@ pub async fn redeem(
     };
     let binding = state.call::<Redeem>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
+}
+
+/// The session's credits (only its own openid's, only with advisors it is bound to).
+#[tracing::instrument(skip_all)]
+pub async fn credits(
+    State(state): State<AppState>,
+    MaybeSession(session): MaybeSession,
+) -> Result<Response, ApiError> {
+    let session = session.ok_or_else(|| {
+        ApiError::unauthorized("log in to the mini-program first (Authorization: Bearer <session>)")
+    })?;
+    let q = CreditsQuery {
+        openid: session.sub,
+    };
+    let report = state.call::<Credits>(&q, TIMEOUT).await?;
+    Ok(ok(report, "ok"))
 }
 
 #[tracing::instrument(skip_all, fields(staff = %staff.sub))]
