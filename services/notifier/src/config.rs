@@ -20,6 +20,67 @@ pub const NOTIFIER_RETRY_FOR: &str = "NOTIFIER_RETRY_FOR";
 pub const NOTIFIER_SHUTDOWN_GRACE: &str = "NOTIFIER_SHUTDOWN_GRACE";
 pub const NOTIFIER_FOREIGN_LEAD: &str = "NOTIFIER_FOREIGN_LEAD";
 pub const NOTIFIER_PRIORITY: &str = "NOTIFIER_PRIORITY";
+pub const NOTIFIER_QUIET_HOURS: &str = "NOTIFIER_QUIET_HOURS";
+pub const NOTIFIER_URGENT: &str = "NOTIFIER_URGENT";
+
+/// A daily window, Beijing time (UTC+8, as WeChat's users and quotas), during which only urgent
+/// notifications are sent; the rest wait and go out as one digest when it ends
+/// (`NOTIFIER_QUIET_HOURS=22:00-08:00`; off when empty, the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+impl QuietHours {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not HH:MM-HH:MM"))?;
+        let t = |x: &str| {
+            chrono::NaiveTime::parse_from_str(x.trim(), "%H:%M")
+                .map_err(|_| format!("{x:?} is not HH:MM"))
+        };
+        let (start, end) = (t(a)?, t(b)?);
+        if start == end {
+            return Err("an empty window: start and end are equal".into());
+        }
+        Ok(Self { start, end })
+    }
+
+    /// Whether `at` falls in the window (which may span midnight).
+    pub fn contains(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset");
+        let t = at.with_timezone(&beijing).time();
+        if self.start < self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
+}
+
+/// The time, from the system or, in tests, from a hand that moves it.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(chrono::Utc::now))
+    }
+    pub fn from_fn(f: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
 
 /// Which waiting notification goes as a single message when credits are scarce: categories from
 /// the most valuable down (`NOTIFIER_PRIORITY`, default
@@ -239,6 +300,12 @@ pub struct NotifierConfig {
     pub foreign_lead: ForeignLead,
     /// `NOTIFIER_PRIORITY`.
     pub priority: Priority,
+    /// `NOTIFIER_QUIET_HOURS`; `None`: no quiet hours.
+    pub quiet_hours: Option<QuietHours>,
+    /// Action types sent even in quiet hours (`NOTIFIER_URGENT`, default `book_service`).
+    pub urgent: Vec<String>,
+    /// What quiet hours are checked against.
+    pub clock: Clock,
     /// Settings that are set but no longer read; `run` warns about each (logging starts after
     /// the configuration is read).
     pub obsolete: Vec<&'static str>,
@@ -314,6 +381,9 @@ impl NotifierConfig {
             sweep_every: Duration::from_secs(2),
             foreign_lead: ForeignLead::from_env(env)?,
             priority,
+            quiet_hours: quiet_hours(env)?,
+            urgent: list_or(env, NOTIFIER_URGENT, &["book_service"]),
+            clock: Clock::system(),
             obsolete: [NOTIFIER_WORKERS]
                 .into_iter()
                 .filter(|v| env.get(v).is_some())
@@ -328,6 +398,28 @@ impl NotifierConfig {
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
         c
+    }
+}
+
+fn quiet_hours(env: &Env) -> Result<Option<QuietHours>, ConfigError> {
+    let raw = env.string(NOTIFIER_QUIET_HOURS, "");
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    QuietHours::parse(&raw)
+        .map(Some)
+        .map_err(|reason| ConfigError {
+            var: NOTIFIER_QUIET_HOURS.into(),
+            shown: raw.clone(),
+            reason,
+        })
+}
+
+/// A comma-separated list; `default` when the variable is not set (set empty: none).
+fn list_or(env: &Env, var: &str, default: &[&str]) -> Vec<String> {
+    match env.get(var) {
+        Some(_) => list(env, var),
+        None => default.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -392,6 +484,22 @@ mod tests {
             "two roles on thing1"
         );
         assert!(TemplateFields::parse("mood=thing1").is_err());
+    }
+
+    #[test]
+    fn quiet_hours_span_midnight_in_beijing_time() {
+        use chrono::TimeZone;
+        let q = QuietHours::parse("22:00-08:00").unwrap();
+        let utc = |h, m| chrono::Utc.with_ymd_and_hms(2026, 12, 2, h, m, 0).unwrap();
+        assert!(q.contains(utc(14, 0)), "22:00 in Beijing");
+        assert!(q.contains(utc(23, 59)), "07:59 in Beijing");
+        assert!(!q.contains(utc(0, 0)), "08:00 in Beijing");
+        assert!(!q.contains(utc(13, 59)), "21:59 in Beijing");
+        let day = QuietHours::parse("12:00-13:30").unwrap();
+        assert!(day.contains(utc(4, 0)) && !day.contains(utc(5, 30)));
+        assert!(QuietHours::parse("22:00").is_err());
+        assert!(QuietHours::parse("25:00-08:00").is_err());
+        assert!(QuietHours::parse("08:00-08:00").is_err());
     }
 
     #[test]

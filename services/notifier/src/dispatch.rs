@@ -229,7 +229,9 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
+            let quiet = self.quiet_now();
             let limits = ClaimLimits {
+                quiet_except: quiet.then_some(self.config.urgent.as_slice()),
                 limit: permits.len(),
                 per_advisor: PER_ADVISOR_PER_CLAIM,
                 in_flight_hold: self.config.wechat.timeout,
@@ -268,6 +270,12 @@ impl Dispatcher {
                 self.idle(&stop).await;
             }
         }
+    }
+
+    /// Inside `NOTIFIER_QUIET_HOURS` now.
+    fn quiet_now(&self) -> bool {
+        let c = &self.config;
+        c.quiet_hours.is_some_and(|q| q.contains(c.clock.now()))
     }
 
     /// Until new work is announced in this process, the poll interval passes, or shutdown.
@@ -545,6 +553,9 @@ impl Dispatcher {
         let mut tx = self.pool.begin().await?;
         store::requeue_stale(&mut tx, self.config.stale_after, self.config.max_attempts).await?;
         tx.commit().await?;
+        if self.quiet_now() {
+            return Ok(()); // what waits is released, as one digest each, when the window ends
+        }
         let mut conn = self.pool.acquire().await?;
         let advisors = store::advisors_to_release(&mut conn).await?;
         drop(conn);

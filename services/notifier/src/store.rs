@@ -250,6 +250,8 @@ struct Due {
     data: Json<BTreeMap<String, String>>,
     page: Option<String>,
     anonymous: bool,
+    /// The action's type (none for a digest): quiet hours let urgent ones through.
+    action_type: Option<String>,
 }
 
 /// A subscription that can take a send, locked for this transaction.
@@ -267,7 +269,9 @@ struct Usable {
 
 /// How a claim chooses its notifications.
 #[derive(Debug, Clone, Copy)]
-pub struct ClaimLimits {
+pub struct ClaimLimits<'a> {
+    /// In quiet hours: only these action types are sent, the rest wait for the window to end.
+    pub quiet_except: Option<&'a [String]>,
     /// Most notifications in this claim.
     pub limit: usize,
     /// Most notifications of one advisor in this claim: one advisor's backlog does not hold up
@@ -282,7 +286,7 @@ pub struct ClaimLimits {
 
 /// Claim due notifications and reserve a credit for each, in one transaction. Those whose
 /// advisor has no usable credit are parked (waiting for one, or dropped).
-pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sqlx::Error> {
+pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let paused: Option<bool> =
         sqlx::query_scalar!("SELECT paused_until > now() FROM control WHERE key = 'sending'")
@@ -304,7 +308,8 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sql
     // chose a nested loop that took 200 ms per claim.
     let due = sqlx::query_as!(
         Due,
-        r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page, anonymous
+        r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page, anonymous,
+                summary->>'actionType' AS action_type
          FROM notifications
          WHERE id = ANY(ARRAY(
              SELECT id FROM (
@@ -327,19 +332,27 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits) -> Result<Batch, sql
     if due.is_empty() {
         return Ok(Batch::default());
     }
+    // Quiet hours: what is not urgent waits (like a notification without credit) and is
+    // released, as one digest, when the window ends.
+    let (due, held): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|d| match l.quiet_except {
+        None => true,
+        Some(urgent) => d.action_type.as_ref().is_some_and(|t| urgent.contains(t)),
+    });
     let subs = usable_subscriptions(&mut tx, &due).await?;
-    let (claimed, mut no_credit) = assign_credits(due, subs);
+    let (claimed, no_credit) = assign_credits(due, subs);
     let mut batch = Batch {
         claimed,
         ..Batch::default()
     };
     reserve_and_mark_sending(&mut tx, &mut batch.claimed).await?;
     // Parking takes a per-advisor lock: always in advisor order, so two claims cannot deadlock.
-    no_credit.sort_by(|a, b| a.advisor_id.cmp(&b.advisor_id));
-    for d in &no_credit {
-        park(&mut tx, d, l.max_waiting).await?;
+    let mut parked: Vec<(&Due, Option<&str>)> = no_credit.iter().map(|d| (d, None)).collect();
+    parked.extend(held.iter().map(|d| (d, Some("held_for_quiet_hours"))));
+    parked.sort_by(|a, b| a.0.advisor_id.cmp(&b.0.advisor_id));
+    for (d, why) in &parked {
+        park(&mut tx, d, l.max_waiting, *why).await?;
     }
-    batch.parked = no_credit.len();
+    batch.parked = parked.len();
     tx.commit().await?;
     Ok(batch)
 }
@@ -463,9 +476,14 @@ async fn reserve_and_mark_sending(
     Ok(())
 }
 
-/// No credit for a due notification: it waits for one, or is dropped when too many already wait
-/// for this advisor.
-async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<(), sqlx::Error> {
+/// No credit for a due notification (or, with `why`, another reason to wait): it waits, or is
+/// dropped when too many already wait for this advisor.
+async fn park(
+    conn: &mut PgConnection,
+    due: &Due,
+    max_waiting: i64,
+    why: Option<&str>,
+) -> Result<(), sqlx::Error> {
     // Parking is serialised per advisor (the lock `take_waiting` also takes), or concurrent
     // workers would all see room below `max_waiting` and overshoot it.
     sqlx::query!(
@@ -492,6 +510,8 @@ async fn park(conn: &mut PgConnection, due: &Due, max_waiting: i64) -> Result<()
     .await?;
     let (state, event) = if waiting >= max_waiting {
         (NotificationState::Dropped, "dropped_too_many_waiting")
+    } else if let Some(why) = why {
+        (NotificationState::WaitingCredit, why)
     } else if known {
         (NotificationState::WaitingCredit, "waiting_for_credit")
     } else {

@@ -2342,3 +2342,57 @@ async fn with_scarce_credits_the_most_valuable_goes_alone_and_the_rest_as_a_dige
     assert_eq!(value(&both[1], "thing1"), "5条客户动态等您查看");
     assert_eq!(h.credits(adv, openid).await, 0);
 }
+
+/// Quiet hours (22:00-08:00 Beijing time), with the notifier's clock moved by the test: at
+/// 23:00 a booking (urgent) goes out and two views wait; at 08:01 the views go out as one digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_quiet_hours_only_urgent_messages_go_and_the_rest_follow_as_a_digest() {
+    use ande_notifier::config::{Clock, QuietHours};
+    use std::sync::{Arc, Mutex};
+    let night = Utc.with_ymd_and_hms(2026, 12, 2, 15, 0, 0).unwrap(); // 23:00 in Beijing
+    let now = Arc::new(Mutex::new(night));
+    let hand = now.clone();
+    let h = Harness::start_with(1, move |c| {
+        let hand = hand.clone();
+        c.quiet_hours = Some(QuietHours::parse("22:00-08:00").unwrap());
+        c.clock = Clock::from_fn(move || *hand.lock().unwrap());
+    })
+    .await;
+    let (adv, openid) = ("adv-quiet", "oAdvisorQuiet000000000000001");
+    h.accept(adv, openid, 5).await;
+    let views = h.outcomes(adv, 2).await;
+    let mut booking = Harness::outcome(adv);
+    booking.action_type = "book_service".into();
+    h.publish(&booking).await;
+    let first = h.wait_messages(openid, 1).await;
+    assert_eq!(
+        value(&first[0], "thing1"),
+        "新客户预约了您的服务",
+        "urgent: sent at night"
+    );
+    for v in &views {
+        h.wait_state(*v, "waiting_credit").await;
+        assert_eq!(
+            Harness::events(&h.log(*v).await),
+            ["queued", "held_for_quiet_hours"]
+        );
+    }
+    h.settled().await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // sweeps run; nothing is released
+    assert_eq!(
+        h.messages(openid).await.len(),
+        1,
+        "the views wait for the morning"
+    );
+
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 3, 0, 1, 0).unwrap(); // 08:01
+    let both = h.wait_messages(openid, 2).await;
+    assert_eq!(
+        value(&both[1], "thing1"),
+        "2条客户动态等您查看",
+        "one digest in the morning"
+    );
+    h.settled().await;
+    assert_eq!(h.messages(openid).await.len(), 2);
+    assert_eq!(h.credits(adv, openid).await, 3);
+}
