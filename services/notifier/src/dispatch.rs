@@ -465,6 +465,9 @@ impl Dispatcher {
             // left the msgid): this one failing changes nothing for the advisor.
             failed(NotificationState::Sent, "sent").detail("delivered by an earlier attempt")
         } else if code == Some(ande_wechat::error::ERRCODE_NO_SUBSCRIPTION) {
+            // Traffic, not an error: the user's credits ran out at WeChat before ours did.
+            // Counted in `andectl status` (from the delivery log).
+            tracing::debug!(notification = %c.id, "43101: no credit at WeChat; waiting");
             credits::no_credit_at_wechat(tx, c.account(), c.accepts_at_claim).await?;
             failed(NotificationState::WaitingCredit, "no_credit_at_wechat")
                 .detail("credit count set to zero")

@@ -66,9 +66,15 @@ pub async fn report(pool: &PgPool) -> Result<QueueReport, Failure> {
     )
     .fetch_one(pool)
     .await?;
+    let no_credit: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM deliveries WHERE event = 'no_credit_at_wechat' AND at > now() - interval '1 hour'"#
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(QueueReport {
         by_state,
         oldest_queued_secs: oldest.max(0.0) as i64,
+        no_credit_last_hour: no_credit,
         pause: pause_state(pool).await?,
     })
 }

@@ -1012,6 +1012,12 @@ async fn wechat_43101_sets_the_credit_to_zero_and_the_notification_waits() {
         ["queued", "no_credit_at_wechat"]
     );
 
+    // Traffic, counted for operators.
+    let q = h
+        .rpc::<ande_contracts::notifier::QueueStatus>(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(q.no_credit_last_hour, 1);
     // The next accept releases it.
     h.accept(adv, openid, 1).await;
     h.wait_state(action, "sent").await;

@@ -108,6 +108,9 @@ pub struct QueueReport {
     pub by_state: BTreeMap<NotificationState, i64>,
     /// Seconds the oldest due queued notification has waited (0 when none is due).
     pub oldest_queued_secs: i64,
+    /// Sends WeChat refused with 43101 (the user had no credit left) in the last hour.
+    #[serde(default)]
+    pub no_credit_last_hour: i64,
     pub pause: PauseState,
 }
 

@@ -71,6 +71,7 @@ async fn queue_status(bus: &Bus) -> Value {
         Ok(q) => json!({
             "byState": q.by_state,
             "oldestQueuedSeconds": q.oldest_queued_secs,
+            "noCreditLastHour": q.no_credit_last_hour,
             "pausedUntil": q.pause.paused_until,
             "pauseReason": q.pause.reason,
             "sending": crate::notifier::describe(&q.pause),
@@ -359,8 +360,9 @@ fn print_queue<W: Write>(q: &Value, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "\nnotifications: {}", states.join(", "))?;
     writeln!(
         out,
-        "oldest due: {} ago; {}",
+        "oldest due: {} ago; 43101 (no credit at WeChat) in the last hour: {}; {}",
         age(q["oldestQueuedSeconds"].as_i64().unwrap_or(0)),
+        q["noCreditLastHour"],
         q["sending"].as_str().unwrap_or("?")
     )
 }
