@@ -89,31 +89,25 @@ impl OutcomeHandler {
         audience: Audience,
     ) -> Result<(), sqlx::Error> {
         let (data, page) = content::for_outcome(&self.config, o, audience);
-        let redacted = audience == Audience::Redacted;
-        let summary = Summary::Action(ActionSummary {
+        let mut action = ActionSummary {
             action_type: o.action_type.as_str().into(),
-            phone: if redacted {
-                String::new()
-            } else {
-                o.customer_phone.clone()
-            },
-            name: if redacted {
-                String::new()
-            } else {
-                o.customer_name.clone()
-            },
-            lead_id: if redacted {
-                String::new()
-            } else {
-                o.lead_id.clone()
-            },
-            customer_code: if redacted {
-                String::new()
-            } else {
-                o.customer_code.clone()
-            },
+            phone: o.customer_phone.clone(),
+            name: o.customer_name.clone(),
+            lead_id: o.lead_id.clone(),
+            customer_code: o.customer_code.clone(),
             new_customer: o.is_new_customer,
-        });
+        };
+        if audience == Audience::Redacted {
+            // Another advisor's customer: nothing that identifies them or their lead.
+            action = ActionSummary {
+                phone: String::new(),
+                name: String::new(),
+                lead_id: String::new(),
+                customer_code: String::new(),
+                ..action
+            };
+        }
+        let summary = Summary::Action(action);
         let (state, event) = if o.anonymous {
             let c = &self.config;
             store::admit_anonymous(tx, advisor_id, c.anonymous_per_hour, c.max_waiting).await?

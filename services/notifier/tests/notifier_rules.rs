@@ -2402,3 +2402,59 @@ async fn in_quiet_hours_only_urgent_messages_go_and_the_rest_follow_as_a_digest(
     assert_eq!(h.messages(openid).await.len(), 2);
     assert_eq!(h.credits(adv, openid).await, 3);
 }
+
+/// The acceptance run, real time: WeChat answers -1 to every send for five minutes,
+/// with the default retry settings (2 s doubling to 5 minutes, for an hour). No notification
+/// fails and each is sent once WeChat is back. Takes up to 12 minutes, so it is not in the
+/// default run: `cargo test -p ande-notifier --test notifier_rules -- --ignored five_minute`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real time: 5-minute outage, up to 12 minutes"]
+async fn a_five_minute_wechat_outage_with_default_retries_fails_nothing() {
+    let h = Harness::start_with(1, |c| {
+        c.retry_backoff = ande_notifier::config::DEFAULT_RETRY_BACKOFF;
+        c.retry_for = ande_notifier::config::DEFAULT_RETRY_FOR;
+    })
+    .await;
+    let (adv, openid) = ("adv-outage5", "oAdvisorOutageFive0000000001");
+    h.accept(adv, openid, 20).await;
+    h.fault(json!({"endpoint": "subscribe_send", "errcode": -1}))
+        .await;
+    let actions = h.outcomes(adv, 20).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let failed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM notifier.notifications WHERE state = 'failed'",
+        )
+        .fetch_one(&h.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(failed().await, 0, "nothing failed during the outage");
+    h.clear_faults().await;
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(720) {
+        sent = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM notifier.notifications WHERE state = 'sent'",
+        )
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+        if sent == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(sent, 20, "every notification sent once WeChat was back");
+    assert_eq!(failed().await, 0);
+    assert_eq!(h.messages(openid).await.len(), 20, "each once");
+    let most: i32 = sqlx::query_scalar("SELECT max(attempts) FROM notifier.notifications")
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: 20 notifications through a 5-minute outage, all sent {:?} after it began, at most {most} attempts each",
+        started.elapsed()
+    );
+    let _ = actions;
+}
