@@ -237,25 +237,15 @@ impl Dispatcher {
                 in_flight_hold: self.config.wechat.timeout,
                 max_waiting: self.config.max_waiting,
             };
-            let mut conn = match self.pool.acquire().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim notifications; retrying");
-                    self.idle(&stop).await;
-                    continue;
-                }
-            };
             let t0 = Instant::now();
-            let batch = match store::claim(&mut conn, limits).await {
+            let batch = match self.claim(limits).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim notifications; retrying");
-                    drop(conn);
                     self.idle(&stop).await;
                     continue;
                 }
             };
-            drop(conn);
             if !batch.claimed.is_empty() {
                 tracing::debug!(
                     limit = limits.limit,
@@ -270,6 +260,12 @@ impl Dispatcher {
                 self.idle(&stop).await;
             }
         }
+    }
+
+    /// One claim, on a connection of its own for the transaction.
+    async fn claim(&self, limits: ClaimLimits<'_>) -> Result<store::Batch, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        store::claim(&mut conn, limits).await
     }
 
     /// Inside `NOTIFIER_QUIET_HOURS` now.

@@ -9,18 +9,10 @@ use ande_contracts::notifier::{
     PauseState, QueueReport, Retried, RetryRequest,
 };
 use ande_platform::rpc::{Failure, RpcError};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::PgPool;
 
 use crate::store::{self, LogEntry, NotificationState};
-
-/// "Until resumed" is stored as a date nobody reaches.
-fn until_resumed() -> DateTime<Utc> {
-    use chrono::TimeZone;
-    Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0)
-        .single()
-        .expect("a valid date")
-}
 
 pub async fn pause(pool: &PgPool, r: PauseRequest) -> Result<PauseState, Failure> {
     if r.until.is_some_and(|u| u <= Utc::now()) {
@@ -30,7 +22,7 @@ pub async fn pause(pool: &PgPool, r: PauseRequest) -> Result<PauseState, Failure
     let mut conn = pool.acquire().await?;
     store::pause_until(
         &mut conn,
-        Some(r.until.unwrap_or_else(until_resumed)),
+        Some(r.until.unwrap_or_else(PauseState::until_resumed)),
         &reason,
     )
     .await?;

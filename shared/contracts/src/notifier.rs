@@ -93,9 +93,26 @@ pub struct PauseRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PauseState {
-    /// Paused until then (far in the future for "until resumed"); `None` when sending.
+    /// Paused until then ([`PauseState::until_resumed`] for a pause without an end); `None`
+    /// when sending.
     pub paused_until: Option<DateTime<Utc>>,
     pub reason: Option<String>,
+}
+
+impl PauseState {
+    /// The end stored for "until resumed": a date nobody reaches.
+    pub fn until_resumed() -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0)
+            .single()
+            .expect("a valid date")
+    }
+
+    /// Paused with no end but an operator's resume.
+    pub fn without_end(&self) -> bool {
+        self.paused_until
+            .is_some_and(|u| u >= Self::until_resumed())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

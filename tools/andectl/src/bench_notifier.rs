@@ -14,7 +14,9 @@ use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::conn::ask;
 use crate::stack::{Stack, StackOptions};
+use ande_contracts::notifier::{Pause, PauseRequest, Resume, ResumeRequest};
 
 /// Notifications per advisor. An advisor's messages go out one after another (at most one per
 /// WeChat round trip), so a burst over few advisors is bounded by them, not by the dispatcher;
@@ -87,8 +89,13 @@ async fn sends_per_second(n: usize, latency_ms: u64) -> anyhow::Result<(f64, usi
             .await?
             .error_for_status()?;
     }
-    pause(&db, true).await?;
     let bus = Bus::connect(&common, "bench").await?;
+    // Queue everything while sending is paused, through the notifier's own methods.
+    let hold = PauseRequest {
+        until: None,
+        reason: Some("bench".into()),
+    };
+    ask::<Pause>(&bus, &hold).await?;
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let mut acks = Vec::new();
         for i in chunk {
@@ -99,7 +106,7 @@ async fn sends_per_second(n: usize, latency_ms: u64) -> anyhow::Result<(f64, usi
         }
     }
     wait_for(&db, "queued", n).await?;
-    pause(&db, false).await?;
+    ask::<Resume>(&bus, &ResumeRequest::default()).await?;
     wait_for(&db, "sent", n).await?;
     // From the first claim to the last recorded answer.
     let window: f64 = sqlx::query_scalar(
@@ -109,18 +116,6 @@ async fn sends_per_second(n: usize, latency_ms: u64) -> anyhow::Result<(f64, usi
     .await?;
     stack.stop().await?;
     Ok((n as f64 / window.max(1e-3), in_flight))
-}
-
-/// Pause or resume sending the way a 45009 or an operator does (`notifier.control`).
-async fn pause(db: &sqlx::PgPool, on: bool) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO notifier.control (key, paused_until, reason) VALUES ('sending', CASE WHEN $1 THEN now() + interval '1 hour' END, 'bench')
-         ON CONFLICT (key) DO UPDATE SET paused_until = EXCLUDED.paused_until",
-    )
-    .bind(on)
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 async fn wait_for(db: &sqlx::PgPool, state: &str, n: usize) -> anyhow::Result<()> {

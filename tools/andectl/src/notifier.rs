@@ -9,7 +9,7 @@ use ande_contracts::notifier::{
 };
 use ande_contracts::vocab::NotificationState;
 use ande_platform::bus::Bus;
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::conn::ask;
 
@@ -63,7 +63,7 @@ pub async fn resume(bus: &Bus, out: &mut impl Write) -> anyhow::Result<()> {
 pub fn describe(p: &PauseState) -> String {
     match p.paused_until {
         None => "sending".into(),
-        Some(u) if u.year() >= 9999 => format!("paused until resumed ({})", reason(p)),
+        Some(_) if p.without_end() => format!("paused until resumed ({})", reason(p)),
         Some(u) => format!("paused until {} ({})", u.to_rfc3339(), reason(p)),
     }
 }

@@ -159,6 +159,9 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     // The gateway's user cannot dump leads, nor read the event log.
     let gateway = client(&nats, "gateway").await;
     refused_request(&gateway, format!("{prefix}.rpc.leads.list")).await;
+    // Nor work the notification queue (operators only).
+    refused_request(&gateway, format!("{prefix}.rpc.notifier.pause")).await;
+    refused_request(&gateway, format!("{prefix}.rpc.notifier.retry")).await;
     let mut snoop = gateway
         .subscribe(format!("{prefix}.events.>"))
         .await
@@ -167,6 +170,7 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     let leads = client(&nats, "leads").await;
     refused_request(&leads, format!("{prefix}.rpc.notifier.send")).await;
     refused_request(&leads, format!("{prefix}.rpc.notifier.resume")).await;
+    refused_request(&leads, format!("{prefix}.rpc.notifier.credits")).await;
     // The gateway's user cannot forge a lead outcome into the stream.
     let js = async_nats::jetstream::new(gateway.clone());
     let forged = tokio::time::timeout(Duration::from_secs(3), async {
