@@ -22,6 +22,11 @@ pub const GATEWAY_TRUSTED_PROXIES: &str = "GATEWAY_TRUSTED_PROXIES";
 pub const GATEWAY_HEADER_TIMEOUT: &str = "GATEWAY_HEADER_TIMEOUT";
 pub const GATEWAY_IDLE_TIMEOUT: &str = "GATEWAY_IDLE_TIMEOUT";
 pub const GATEWAY_MAX_CONNECTIONS: &str = "GATEWAY_MAX_CONNECTIONS";
+/// WeChat's message push (Development → Message push in the mini-program's admin): the `Token`.
+/// Unset: `/api/wechat/events` answers 404 and credits come from the mini-program's reports.
+pub const WECHAT_PUSH_TOKEN: &str = "WECHAT_PUSH_TOKEN";
+/// The push's `EncodingAESKey` (43 characters). Set: only safe-mode (encrypted) pushes are taken.
+pub const WECHAT_PUSH_AES_KEY: &str = "WECHAT_PUSH_AES_KEY";
 
 /// Used when JWT_SECRET is unset, so a developer machine runs with nothing set. The gateway logs
 /// a warning at start when it is in use; never deploy with it.
@@ -53,6 +58,60 @@ pub struct GatewayConfig {
     /// Record customer actions without a session (the mini-program's calls today carry none).
     /// `false` answers them 401, for a mini-program that sends its session token.
     pub anonymous_actions: bool,
+    /// WeChat's message push, when configured.
+    pub push: Option<PushConfig>,
+}
+
+/// The secrets WeChat signs (and in safe mode encrypts) its pushes with.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    pub token: SecretString,
+    /// Safe mode: every push must be encrypted with this key.
+    pub aes_key: Option<ande_wechat::push::AesKey>,
+}
+
+impl PushConfig {
+    /// From the push Token and, for safe mode, the EncodingAESKey.
+    pub fn new(
+        token: &str,
+        encoding_aes_key: Option<&str>,
+    ) -> Result<Self, ande_wechat::push::PushError> {
+        Ok(Self {
+            token: SecretString::from(token.to_string()),
+            aes_key: encoding_aes_key
+                .map(ande_wechat::push::AesKey::from_encoding_key)
+                .transpose()?,
+        })
+    }
+
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let token = env.string(WECHAT_PUSH_TOKEN, "");
+        let key = env.string(WECHAT_PUSH_AES_KEY, "");
+        if token.trim().is_empty() {
+            if !key.trim().is_empty() {
+                return Err(ConfigError {
+                    var: WECHAT_PUSH_TOKEN.into(),
+                    shown: String::new(),
+                    reason: format!("must be set when {WECHAT_PUSH_AES_KEY} is"),
+                });
+            }
+            return Ok(None);
+        }
+        let aes_key = match key.trim() {
+            "" => None,
+            k => Some(
+                ande_wechat::push::AesKey::from_encoding_key(k).map_err(|e| ConfigError {
+                    var: WECHAT_PUSH_AES_KEY.into(),
+                    shown: "<redacted>".into(),
+                    reason: e.to_string(),
+                })?,
+            ),
+        };
+        Ok(Some(Self {
+            token: SecretString::from(token.trim().to_string()),
+            aes_key,
+        }))
+    }
 }
 
 impl GatewayConfig {
@@ -118,6 +177,7 @@ impl GatewayConfig {
                 max_connections: env.parse(GATEWAY_MAX_CONNECTIONS, 10_000usize)?.max(1),
             },
             anonymous_actions: env.bool(GATEWAY_ANONYMOUS_ACTIONS, true)?,
+            push: PushConfig::from_env(env)?,
         })
     }
 

@@ -24,7 +24,7 @@ pub struct Endpoint {
     pub route: fn() -> MethodRouter<AppState>,
     pub summary: &'static str,
     /// "none", "session" (optional mini-program session), "session-required", "staff",
-    /// "staff-or-session".
+    /// "staff-or-session", "wechat-signature" (WeChat's push: signed with our push Token).
     pub auth: &'static str,
     pub request: Option<fn() -> Value>,
     /// The schema of the success envelope's `data` (or, for the document itself, of the body).
@@ -49,6 +49,24 @@ pub const ENDPOINTS: &[Endpoint] = &[
         auth: "session",
         request: Some(openid_req),
         response: phone_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/wechat/events",
+        route: || get(routes::push::check_url),
+        summary: "WeChat's message-push URL check: answers echostr when signature is ours (404 when WECHAT_PUSH_TOKEN is unset)",
+        auth: "wechat-signature",
+        request: None,
+        response: push_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/wechat/events",
+        route: || post(routes::push::receive),
+        summary: "WeChat's message push (subscribe_msg_popup_event, subscribe_msg_change_event, subscribe_msg_sent_event; JSON or XML; plaintext or safe mode): answers success once recorded",
+        auth: "wechat-signature",
+        request: Some(push_req),
+        response: push_resp,
     },
     Endpoint {
         method: "post",
@@ -372,6 +390,51 @@ fn health_resp() -> Value {
                 "database": { "type": "string", "enum": ["ok", "unavailable"] } }),
     )
 }
+fn push_req() -> Value {
+    json!({ "type": "object", "description": "WeChat's push as WeChat sends it (JSON shown; XML is accepted too); in safe mode only ToUserName and Encrypt",
+        "properties": { "ToUserName": text(), "FromUserName": text(), "CreateTime": { "type": ["integer", "string"] }, "MsgType": text(), "Event": text(),
+            "List": { "type": ["object", "array"] }, "Encrypt": text() } })
+}
+fn push_resp() -> Value {
+    json!({ "type": "string", "description": "success, or for the URL check the echostr" })
+}
+/// The query WeChat signs its pushes with.
+fn push_params(post: bool) -> Value {
+    let q = |name: &str, required: bool, description: &str| json!({ "name": name, "in": "query", "required": required, "description": description, "schema": { "type": "string", "maxLength": 256 } });
+    let mut params = vec![
+        q(
+            "signature",
+            true,
+            "SHA-1 of the sorted [Token, timestamp, nonce]",
+        ),
+        q(
+            "timestamp",
+            true,
+            "Unix seconds; refused when more than 5 minutes from now",
+        ),
+        q("nonce", true, ""),
+    ];
+    if post {
+        params.push(q("encrypt_type", false, "aes in safe mode"));
+        params.push(q(
+            "msg_signature",
+            false,
+            "safe mode: SHA-1 of the sorted [Token, timestamp, nonce, Encrypt]",
+        ));
+        params.push(q(
+            "openid",
+            false,
+            "sent by WeChat; the openid used is the signed FromUserName",
+        ));
+    } else {
+        params.push(q(
+            "echostr",
+            true,
+            "answered as is when the signature is ours",
+        ));
+    }
+    Value::Array(params)
+}
 fn document_resp() -> Value {
     obj(
         &["openapi", "paths"],
@@ -382,6 +445,9 @@ fn document_resp() -> Value {
 /// The success answer of `e`: the envelope around its `data`, or the document itself.
 fn success(e: &Endpoint) -> Value {
     let data = (e.response)();
+    if e.auth == "wechat-signature" {
+        return json!({ "description": e.summary, "content": { "text/plain": { "schema": data } } });
+    }
     let schema = if e.path == "/api/openapi.json" {
         data
     } else {
@@ -412,6 +478,9 @@ pub fn build() -> Value {
                 op["security"] = json!([{ "staffToken": [] }, { "sessionToken": [] }])
             }
             _ => {}
+        }
+        if e.auth == "wechat-signature" {
+            op["parameters"] = push_params(e.method == "post");
         }
         if e.path.contains("{id}") {
             op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);

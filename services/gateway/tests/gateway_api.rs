@@ -1342,9 +1342,11 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 17] = [
+const EXPECTED_PATHS: [(&str, &str); 19] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
+    ("get", "/api/wechat/events"),
+    ("post", "/api/wechat/events"),
     ("post", "/api/advisor/subscribe"),
     ("post", "/api/advisor/bind"),
     ("get", "/api/advisor/credits"),

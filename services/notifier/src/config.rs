@@ -22,6 +22,8 @@ pub const NOTIFIER_FOREIGN_LEAD: &str = "NOTIFIER_FOREIGN_LEAD";
 pub const NOTIFIER_PRIORITY: &str = "NOTIFIER_PRIORITY";
 pub const NOTIFIER_QUIET_HOURS: &str = "NOTIFIER_QUIET_HOURS";
 pub const NOTIFIER_URGENT: &str = "NOTIFIER_URGENT";
+pub const NOTIFIER_CREDIT_SOURCE: &str = "NOTIFIER_CREDIT_SOURCE";
+pub const NOTIFIER_MAX_SINGLES_PER_HOUR: &str = "NOTIFIER_MAX_SINGLES_PER_HOUR";
 
 /// A daily window, Beijing time (UTC+8, as WeChat's users and quotas), during which only urgent
 /// notifications are sent; the rest wait and go out as one digest when it ends
@@ -162,6 +164,29 @@ pub enum ForeignLead {
     /// Only the viewed advisor, with phone and name (the original system's behaviour).
     Viewed,
 }
+/// Where send credits come from (`NOTIFIER_CREDIT_SOURCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditSource {
+    /// The mini-program's report of `wx.requestSubscribeMessage` (`POST /api/advisor/subscribe`),
+    /// for deployments without WeChat's message push. The default.
+    Client,
+    /// Only WeChat's own `subscribe_msg_popup_event` pushes add credits: a client report is
+    /// recorded but adds none (a client cannot mint credits, and an accept is never counted
+    /// twice when both arrive).
+    Events,
+}
+
+impl CreditSource {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(
+            match one_of(env, NOTIFIER_CREDIT_SOURCE, &["client", "events"])?.as_str() {
+                "events" => Self::Events,
+                _ => Self::Client,
+            },
+        )
+    }
+}
+
 pub const NOTIFIER_ANONYMOUS_PER_HOUR: &str = "NOTIFIER_ANONYMOUS_PER_HOUR";
 pub const NOTIFIER_MAX_WAITING: &str = "NOTIFIER_MAX_WAITING";
 pub const NOTIFIER_MAX_ATTEMPTS: &str = "NOTIFIER_MAX_ATTEMPTS";
@@ -306,6 +331,12 @@ pub struct NotifierConfig {
     pub urgent: Vec<String>,
     /// What quiet hours are checked against.
     pub clock: Clock,
+    /// `NOTIFIER_CREDIT_SOURCE`.
+    pub credit_source: CreditSource,
+    /// Single messages (not digests) per advisor per rolling hour (`NOTIFIER_MAX_SINGLES_PER_HOUR`;
+    /// 0, the default: no cap). Beyond it notifications wait and fold into a digest, so an
+    /// advisor's credits last through the day.
+    pub max_singles_per_hour: i64,
     /// Settings that are set but no longer read; `run` warns about each (logging starts after
     /// the configuration is read).
     pub obsolete: Vec<&'static str>,
@@ -384,6 +415,8 @@ impl NotifierConfig {
             quiet_hours: quiet_hours(env)?,
             urgent: list_or(env, NOTIFIER_URGENT, &["book_service"]),
             clock: Clock::system(),
+            credit_source: CreditSource::from_env(env)?,
+            max_singles_per_hour: env.parse(NOTIFIER_MAX_SINGLES_PER_HOUR, 0i64)?.max(0),
             obsolete: [NOTIFIER_WORKERS]
                 .into_iter()
                 .filter(|v| env.get(v).is_some())

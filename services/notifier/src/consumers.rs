@@ -1,5 +1,6 @@
-//! The notifier's two durable consumers. NATS 2.9 allows one filter subject per consumer, so
-//! outcomes and subscription changes each have their own; both only write to the database (in
+//! The notifier's three durable consumers. NATS 2.9 allows one filter subject per consumer, so
+//! outcomes, subscription changes (the mini-program's reports) and WeChat's subscription pushes
+//! each have their own; all only write to the database (in
 //! one transaction per batch, through `apply_batch`, which isolates a message whose data Postgres
 //! refuses) and ack after the commit. Sending happens in `dispatch`, driven by
 //! the rows they write, so a redelivered or replayed event finds its row and does nothing.
@@ -7,20 +8,25 @@
 use std::sync::Arc;
 
 use ande_contracts::notifier::ActionSummary;
-use ande_events::{from_timestamp, LeadOutcome, SubscriptionChanged};
+use ande_events::{
+    from_timestamp, LeadOutcome, SubscriptionChanged, WechatPushKind, WechatSubscriptionEvent,
+};
 use ande_platform::consumer::{apply_batch, ApplyInTx, Delivery, Disposition, Handler};
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::config::{ForeignLead, NotifierConfig};
+use crate::config::{CreditSource, ForeignLead, NotifierConfig};
 use crate::content::{self, Audience};
 use crate::credits;
 use crate::store::{self, LogEntry, NotificationKind, NotificationState, Summary};
 
 pub const OUTCOMES_DURABLE: &str = "notifier-outcomes";
 pub const SUBSCRIPTIONS_DURABLE: &str = "notifier-subscriptions";
+pub const WECHAT_DURABLE: &str = "notifier-wechat";
+/// Deliveries of a sent event whose msgid is not (yet) ours before it is logged on its own.
+const SENT_LOOKUPS: i64 = 5;
 
 pub struct OutcomeHandler {
     pub pool: PgPool,
@@ -211,6 +217,11 @@ impl ApplyInTx<SubscriptionChanged> for SubscriptionHandler {
                 source: &e.source,
                 occurred_at: at,
                 long_term,
+                // With credits from WeChat's pushes, the client's report is recorded only.
+                effect: match self.config.credit_source {
+                    CreditSource::Client => credits::Effect::Counts,
+                    CreditSource::Events => credits::Effect::RecordOnly,
+                },
             };
             if store::apply_subscription(tx, &decision).await? {
                 let event = format!("subscription_{status}");
@@ -225,5 +236,165 @@ impl ApplyInTx<SubscriptionChanged> for SubscriptionHandler {
             }
             Ok(Disposition::Ack)
         }
+    }
+}
+
+/// WeChat's own subscription events, verified by the gateway: an accept in the popup, a template
+/// turned off in the settings, what became of a sent message.
+pub struct WechatPushHandler {
+    pub pool: PgPool,
+    pub config: Arc<NotifierConfig>,
+    pub sweep_now: Arc<Notify>,
+}
+
+impl Handler for WechatPushHandler {
+    type Event = WechatSubscriptionEvent;
+
+    async fn handle(
+        &self,
+        batch: &[Delivery<WechatSubscriptionEvent>],
+    ) -> anyhow::Result<Vec<Disposition>> {
+        let out = apply_batch(&self.pool, batch, self).await?;
+        self.sweep_now.notify_one();
+        Ok(out)
+    }
+}
+
+impl ApplyInTx<WechatSubscriptionEvent> for WechatPushHandler {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        d: &Delivery<WechatSubscriptionEvent>,
+    ) -> Result<Disposition, sqlx::Error> {
+        let e = &d.event;
+        let meta = e.meta.as_ref().expect("checked at decode");
+        let (Ok(event_id), Ok(kind)) = (
+            Uuid::parse_str(&meta.event_id),
+            WechatPushKind::try_from(e.kind),
+        ) else {
+            return Ok(Disposition::DeadLetter("a push of an unknown kind".into()));
+        };
+        let kind = match kind {
+            WechatPushKind::Popup => "popup",
+            WechatPushKind::Change => "change",
+            WechatPushKind::Sent => "sent",
+            WechatPushKind::Unspecified => {
+                return Ok(Disposition::DeadLetter("a push of an unknown kind".into()))
+            }
+        };
+        if e.openid.trim().is_empty() || e.template_id.trim().is_empty() {
+            return Ok(Disposition::DeadLetter(
+                "a push without openid or template".into(),
+            ));
+        }
+        let at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+        // WeChat may report a delivery before our recorder has stored the send's msgid: look
+        // again a little later (before anything is written), then log it on its own.
+        let sent_of = match kind {
+            "sent" => store::by_msgid(tx, &e.msg_id).await?,
+            _ => None,
+        };
+        if kind == "sent" && sent_of.is_none() && d.delivered < SENT_LOOKUPS {
+            return Ok(Disposition::Retry {
+                after: std::time::Duration::from_secs(1),
+                reason: "no notification has this msgid yet".into(),
+            });
+        }
+        if !store::record_push(tx, event_id, kind, &e.openid, &e.template_id, at).await? {
+            return Ok(Disposition::Ack);
+        }
+        if kind == "sent" {
+            self.delivered(tx, e, sent_of).await?;
+        } else {
+            self.decided(tx, e, event_id, kind, at).await?;
+        }
+        Ok(Disposition::Ack)
+    }
+}
+
+impl WechatPushHandler {
+    /// A popup answer or a template turned off: the decision for every advisor the WeChat user
+    /// receives notifications for (the ledger counts per advisor; WeChat per user, so a user
+    /// bound to two advisors gets the credit on both and a 43101 corrects the one spent second).
+    async fn decided(
+        &self,
+        tx: &mut PgConnection,
+        e: &WechatSubscriptionEvent,
+        event_id: Uuid,
+        kind: &str,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let Some(status) = ande_events::subscription_status(e.status) else {
+            tracing::info!(template = %e.template_id, "push with a subscription status we do not know: recorded, nothing changed");
+            return Ok(());
+        };
+        let advisors = store::advisors_bound_to(tx, &e.openid).await?;
+        if advisors.is_empty() {
+            tracing::info!(template = %e.template_id, kind, "push from a WeChat user bound to no advisor: nothing to credit");
+        }
+        let long_term = self.config.long_term_templates.contains(&e.template_id);
+        let (source, effect) = match (kind, self.config.credit_source) {
+            ("change", _) => ("wechat_change", credits::Effect::TurnsOff),
+            (_, CreditSource::Events) => ("wechat_popup", credits::Effect::Counts),
+            (_, CreditSource::Client) => ("wechat_popup", credits::Effect::RecordOnly),
+        };
+        for advisor_id in &advisors {
+            let decision = store::Decision {
+                event_id: Uuid::new_v5(&event_id, advisor_id.as_bytes()),
+                account: credits::Account {
+                    advisor_id,
+                    openid: &e.openid,
+                    template_id: &e.template_id,
+                },
+                status,
+                source,
+                occurred_at: at,
+                long_term,
+                effect,
+            };
+            if store::apply_subscription(tx, &decision).await? {
+                let event = format!("subscription_{status}");
+                LogEntry {
+                    advisor_id,
+                    event: &event,
+                    detail: Some(&format!("{} ({source})", e.template_id)),
+                    ..LogEntry::default()
+                }
+                .write(tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// WeChat's word on a message we sent, into the delivery log of its notification (a
+    /// message sent directly by staff has none: the entry stands alone, with its msgid).
+    async fn delivered(
+        &self,
+        tx: &mut PgConnection,
+        e: &WechatSubscriptionEvent,
+        found: Option<(Uuid, Uuid, String)>,
+    ) -> Result<(), sqlx::Error> {
+        let (notification_id, action_id, advisor_id) = match &found {
+            Some((n, a, adv)) => (Some(*n), Some(*a), adv.as_str()),
+            None => (None, None, ""),
+        };
+        LogEntry {
+            notification_id,
+            action_id,
+            advisor_id,
+            event: if e.error_code == 0 {
+                "wechat_delivered"
+            } else {
+                "wechat_not_delivered"
+            },
+            errcode: Some(e.error_code),
+            errmsg: Some(&e.error_status),
+            msgid: Some(&e.msg_id),
+            detail: Some(&e.template_id),
+        }
+        .write(tx)
+        .await?;
+        Ok(())
     }
 }

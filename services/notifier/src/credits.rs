@@ -131,26 +131,40 @@ pub async fn zero_direct(
     Ok(())
 }
 
-/// A user's decision on a template: accept adds one credit; ban zeroes them (the platform banned
-/// the template, nothing can be sent); reject and filter are counted, and credits from earlier
-/// accepts stay usable (WeChat keeps them).
+/// What a decision does to the credits besides recording it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// An accept adds one credit (it comes from the configured credit source).
+    Counts,
+    /// Recorded only: an accept from a source that does not add credits.
+    RecordOnly,
+    /// The user turned the template off in WeChat's settings: no credit is usable any more.
+    TurnsOff,
+}
+
+/// A user's decision on a template: accept adds one credit (when its source counts); ban zeroes
+/// them (the platform banned the template, nothing can be sent), so does a template turned off
+/// in WeChat's settings; reject and filter are counted, and credits from earlier accepts stay
+/// usable (WeChat keeps them).
 pub async fn decide(
     conn: &mut PgConnection,
     a: Account<'_>,
     status: SubscriptionStatus,
     long_term: bool,
+    effect: Effect,
 ) -> Result<(), sqlx::Error> {
-    let accept = status == SubscriptionStatus::Accept;
-    let ban = status == SubscriptionStatus::Ban;
+    let accept = status == SubscriptionStatus::Accept && effect == Effect::Counts;
+    let ban = status == SubscriptionStatus::Ban || effect == Effect::TurnsOff;
+    let rejected = status != SubscriptionStatus::Accept;
     sqlx::query!(
         "INSERT INTO subscriptions (advisor_id, openid, template_id, credits, long_term, last_status, accepts, rejects)
-         VALUES ($1,$2,$3, CASE WHEN $4 THEN 1 ELSE 0 END, $5, $6, CASE WHEN $4 THEN 1 ELSE 0 END, CASE WHEN $4 THEN 0 ELSE 1 END)
+         VALUES ($1,$2,$3, CASE WHEN $4 THEN 1 ELSE 0 END, $5, $6, CASE WHEN $4 THEN 1 ELSE 0 END, CASE WHEN $8 THEN 1 ELSE 0 END)
          ON CONFLICT (advisor_id, openid, template_id) DO UPDATE SET
             credits = CASE WHEN $7 THEN 0 ELSE subscriptions.credits + CASE WHEN $4 THEN 1 ELSE 0 END END,
             long_term = subscriptions.long_term OR $5,
             last_status = $6,
             accepts = subscriptions.accepts + CASE WHEN $4 THEN 1 ELSE 0 END,
-            rejects = subscriptions.rejects + CASE WHEN $4 THEN 0 ELSE 1 END,
+            rejects = subscriptions.rejects + CASE WHEN $8 THEN 1 ELSE 0 END,
             updated_at = now()",
         a.advisor_id,
         a.openid,
@@ -158,7 +172,8 @@ pub async fn decide(
         accept,
         long_term,
         status.as_str(),
-        ban
+        ban,
+        rejected
     )
     .execute(conn)
     .await?;

@@ -40,7 +40,7 @@ pub use config::NotifierConfig;
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "notifier";
 
-pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
+pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec, ConsumerSpec) {
     (
         ConsumerSpec::new(
             consumers::OUTCOMES_DURABLE,
@@ -49,6 +49,10 @@ pub fn consumer_specs(bus: &Bus) -> (ConsumerSpec, ConsumerSpec) {
         ConsumerSpec::new(
             consumers::SUBSCRIPTIONS_DURABLE,
             bus.subjects.event(EventKind::SubscriptionChanged),
+        ),
+        ConsumerSpec::new(
+            consumers::WECHAT_DURABLE,
+            bus.subjects.event(EventKind::WechatSubscription),
         ),
     )
 }
@@ -89,6 +93,39 @@ async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
+type Handlers = (
+    Arc<consumers::OutcomeHandler>,
+    Arc<consumers::SubscriptionHandler>,
+    Arc<consumers::WechatPushHandler>,
+);
+
+/// The three consumers' handlers: outcomes wake the claim loops, subscription changes and
+/// WeChat's pushes wake the sweep (a new credit may release waiting notifications).
+fn handlers(
+    pool: &sqlx::PgPool,
+    config: &Arc<NotifierConfig>,
+    wake: &Arc<Notify>,
+    sweep_now: &Arc<Notify>,
+) -> Handlers {
+    (
+        Arc::new(consumers::OutcomeHandler {
+            pool: pool.clone(),
+            config: config.clone(),
+            wake: wake.clone(),
+        }),
+        Arc::new(consumers::SubscriptionHandler {
+            pool: pool.clone(),
+            config: config.clone(),
+            sweep_now: sweep_now.clone(),
+        }),
+        Arc::new(consumers::WechatPushHandler {
+            pool: pool.clone(),
+            config: config.clone(),
+            sweep_now: sweep_now.clone(),
+        }),
+    )
+}
+
 /// Run the notifier until `shutdown` is cancelled.
 pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     raise_stale_after(&mut config);
@@ -100,17 +137,8 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     let config = Arc::new(config);
     let wake = Arc::new(Notify::new());
     let sweep_now = Arc::new(Notify::new());
-    let (outcomes, subscriptions) = consumer_specs(&bus);
-    let outcome_handler = Arc::new(consumers::OutcomeHandler {
-        pool: pool.clone(),
-        config: config.clone(),
-        wake: wake.clone(),
-    });
-    let sub_handler = Arc::new(consumers::SubscriptionHandler {
-        pool: pool.clone(),
-        config: config.clone(),
-        sweep_now: sweep_now.clone(),
-    });
+    let (outcomes, subscriptions, pushes) = consumer_specs(&bus);
+    let (outcome_handler, sub_handler, push_handler) = handlers(&pool, &config, &wake, &sweep_now);
     let dispatcher = Arc::new(dispatch::Dispatcher {
         pool: pool.clone(),
         wechat: wechat.clone(),
@@ -137,7 +165,7 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
         }
         r
     };
-    let (consuming_outcomes, consuming_subscriptions, serving, dispatched) = tokio::join!(
+    let (consuming_outcomes, consuming_subscriptions, consuming_pushes, serving, dispatched) = tokio::join!(
         async {
             stop_on_error(consumer::run(bus.clone(), outcomes, outcome_handler, stop.clone()).await)
         },
@@ -145,6 +173,9 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
             stop_on_error(
                 consumer::run(bus.clone(), subscriptions, sub_handler, stop.clone()).await,
             )
+        },
+        async {
+            stop_on_error(consumer::run(bus.clone(), pushes, push_handler, stop.clone()).await)
         },
         async {
             stop_on_error(
@@ -163,6 +194,7 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     stop.cancel();
     consuming_outcomes
         .and(consuming_subscriptions)
+        .and(consuming_pushes)
         .and(serving)
         .and(dispatched)
         .context("notifier")?;

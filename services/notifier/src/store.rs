@@ -167,6 +167,9 @@ pub struct Decision<'a> {
     pub source: &'a str,
     pub occurred_at: DateTime<Utc>,
     pub long_term: bool,
+    /// What the decision does to the credits (`NOTIFIER_CREDIT_SOURCE` decides whose accepts
+    /// count; a template turned off in WeChat's settings zeroes them).
+    pub effect: credits::Effect,
 }
 
 /// Apply one subscription decision once (by event id). Returns false for a duplicate.
@@ -190,9 +193,59 @@ pub async fn apply_subscription(
     .await?
     .is_some();
     if fresh {
-        credits::decide(conn, a, d.status, d.long_term).await?;
+        credits::decide(conn, a, d.status, d.long_term, d.effect).await?;
     }
     Ok(fresh)
+}
+
+/// Remember a WeChat push item as applied. Returns false when it was already.
+pub async fn record_push(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    kind: &str,
+    openid: &str,
+    template_id: &str,
+    pushed_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query!(
+        "INSERT INTO wechat_push_events (event_id, kind, openid, template_id, pushed_at)
+         VALUES ($1,$2,$3,$4,$5) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        event_id,
+        kind,
+        openid,
+        template_id,
+        pushed_at
+    )
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}
+
+/// The advisors whose notifications go to `openid`.
+pub async fn advisors_bound_to(
+    conn: &mut PgConnection,
+    openid: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT advisor_id FROM advisor_bindings WHERE openid = $1 ORDER BY advisor_id",
+        openid
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// The notification WeChat gave `msgid` to, if we still have it.
+pub async fn by_msgid(
+    conn: &mut PgConnection,
+    msgid: &str,
+) -> Result<Option<(Uuid, Uuid, String)>, sqlx::Error> {
+    Ok(sqlx::query!(
+        "SELECT id, action_id, advisor_id FROM notifications WHERE msgid = $1 LIMIT 1",
+        msgid
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(|r| (r.id, r.action_id, r.advisor_id)))
 }
 
 /// A claimed notification, ready to send.

@@ -20,7 +20,7 @@ use ande_events::{
     new_meta, to_timestamp, Event, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
     SubscriptionStatus,
 };
-use ande_notifier::consumers::{OUTCOMES_DURABLE, SUBSCRIPTIONS_DURABLE};
+use ande_notifier::consumers::{OUTCOMES_DURABLE, SUBSCRIPTIONS_DURABLE, WECHAT_DURABLE};
 use ande_notifier::NotifierConfig;
 use ande_platform::bus::Bus;
 use ande_platform::config::CommonConfig;
@@ -527,7 +527,7 @@ impl Harness {
                 .get_stream(self.bus.subjects.stream())
                 .await
                 .ok()?;
-            for durable in [OUTCOMES_DURABLE, SUBSCRIPTIONS_DURABLE] {
+            for durable in [OUTCOMES_DURABLE, SUBSCRIPTIONS_DURABLE, WECHAT_DURABLE] {
                 let mut c: async_nats::jetstream::consumer::PullConsumer =
                     stream.get_consumer(durable).await.ok()?;
                 let info = c.info().await.ok()?;
@@ -1106,8 +1106,8 @@ async fn redelivered_and_replayed_events_send_once_and_credit_once() {
     // the notifier runs. Every event is delivered again and changes nothing.
     let stream = h.bus.js.get_stream(h.bus.subjects.stream()).await.unwrap();
     let last = stream.cached_info().state.last_sequence;
-    let (outcomes, subscriptions) = ande_notifier::consumer_specs(&h.bus);
-    for spec in [outcomes, subscriptions] {
+    let (outcomes, subscriptions, pushes) = ande_notifier::consumer_specs(&h.bus);
+    for spec in [outcomes, subscriptions, pushes] {
         stream.delete_consumer(&spec.durable).await.unwrap();
         ande_platform::consumer::ensure_consumer(&h.bus, &spec)
             .await

@@ -153,13 +153,21 @@ pub async fn subscribe_send(
     body: Bytes,
 ) -> Response {
     let p = params(query);
-    answer(&state, Endpoint::SubscribeSend, |inner, now| {
+    let mut delivered = None;
+    let response = answer(&state, Endpoint::SubscribeSend, |inner, now| {
         authorize(inner, &p, now)?;
         let req: SendRequest = parse_body(&body)?;
+        let to = (req.touser.clone(), req.template_id.clone());
         let msgid = inner.subscriptions.send(req, chrono::Utc::now())?;
+        delivered = Some((to, msgid));
         Ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
     })
-    .await
+    .await;
+    // The message reached the user: WeChat pushes subscribe_msg_sent_event.
+    if let Some(((Some(touser), Some(template_id)), msgid)) = delivered {
+        state.pusher.sent(&touser, &template_id, msgid);
+    }
+    response
 }
 
 #[derive(Deserialize)]

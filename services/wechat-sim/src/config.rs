@@ -18,6 +18,85 @@ pub const WECHAT_SIM_TOKEN_TTL: &str = "WECHAT_SIM_TOKEN_TTL";
 /// Lifetime of login and phone codes.
 pub const WECHAT_SIM_CODE_TTL: &str = "WECHAT_SIM_CODE_TTL";
 
+/// Message push (see `push`): the URL, the Token, the EncodingAESKey (safe mode when set) and
+/// the format (`json`, the default, or `xml`).
+pub const WECHAT_SIM_PUSH_URL: &str = "WECHAT_SIM_PUSH_URL";
+pub const WECHAT_SIM_PUSH_TOKEN: &str = "WECHAT_SIM_PUSH_TOKEN";
+pub const WECHAT_SIM_PUSH_AES_KEY: &str = "WECHAT_SIM_PUSH_AES_KEY";
+pub const WECHAT_SIM_PUSH_FORMAT: &str = "WECHAT_SIM_PUSH_FORMAT";
+
+/// Where the simulator pushes subscription events, as configured in a mini-program's admin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushSettings {
+    pub url: String,
+    pub token: String,
+    /// The 43-character EncodingAESKey; set: safe mode.
+    pub aes_key: Option<String>,
+    pub format: ande_wechat::push::Format,
+}
+
+impl std::fmt::Debug for PushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushSettings")
+            .field("url", &self.url)
+            .field("safe_mode", &self.aes_key.is_some())
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl PushSettings {
+    /// Check the key and build the pusher's target.
+    pub fn target(&self) -> Result<crate::push::PushTarget, String> {
+        let aes_key = match &self.aes_key {
+            Some(k) => {
+                Some(ande_wechat::push::AesKey::from_encoding_key(k).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        if self.token.is_empty() {
+            return Err("a push Token is required".into());
+        }
+        Ok(crate::push::PushTarget {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            aes_key,
+            format: self.format,
+        })
+    }
+
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let url = env.string(WECHAT_SIM_PUSH_URL, "");
+        if url.trim().is_empty() {
+            return Ok(None);
+        }
+        let bad = |var: &str, reason: String| ConfigError {
+            var: var.into(),
+            shown: String::new(),
+            reason,
+        };
+        let raw_format = env.string(WECHAT_SIM_PUSH_FORMAT, "json");
+        let format = ande_wechat::push::Format::parse(&raw_format)
+            .ok_or_else(|| bad(WECHAT_SIM_PUSH_FORMAT, "expected json or xml".into()))?;
+        let key = env.string(WECHAT_SIM_PUSH_AES_KEY, "");
+        let settings = Self {
+            url: url.trim().to_string(),
+            token: env.string(WECHAT_SIM_PUSH_TOKEN, ""),
+            aes_key: (!key.trim().is_empty()).then(|| key.trim().to_string()),
+            format,
+        };
+        settings.target().map_err(|r| {
+            let var = if r.contains("Token") {
+                WECHAT_SIM_PUSH_TOKEN
+            } else {
+                WECHAT_SIM_PUSH_AES_KEY
+            };
+            bad(var, r)
+        })?;
+        Ok(Some(settings))
+    }
+}
+
 /// The default listen address of the binary.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3900";
 
@@ -41,6 +120,8 @@ pub struct SimConfig {
     pub stable_token_ttl: Duration,
     /// How long before expiry a stable token call starts returning the next token.
     pub stable_renew_before: Duration,
+    /// Message push; `None`: nothing is pushed.
+    pub push: Option<PushSettings>,
 }
 
 impl Default for SimConfig {
@@ -53,6 +134,7 @@ impl Default for SimConfig {
             classic_overlap: TOKEN_MARGIN,
             stable_token_ttl: TOKEN_TTL,
             stable_renew_before: TOKEN_MARGIN,
+            push: None,
         }
     }
 }
@@ -67,6 +149,7 @@ impl std::fmt::Debug for SimConfig {
             .field("classic_overlap", &self.classic_overlap)
             .field("stable_token_ttl", &self.stable_token_ttl)
             .field("stable_renew_before", &self.stable_renew_before)
+            .field("push", &self.push)
             .finish()
     }
 }
@@ -85,6 +168,7 @@ impl SimConfig {
             classic_overlap: margin_for(token_ttl),
             stable_token_ttl: token_ttl,
             stable_renew_before: margin_for(token_ttl),
+            push: PushSettings::from_env(env)?,
         })
     }
 }

@@ -34,6 +34,14 @@ pub fn routes() -> Router<SimState> {
         .route("/messages", get(messages))
         .route("/calls", get(calls))
         .route("/reset", post(reset))
+        .route("/subscriptions/off", post(turn_off))
+        .route("/pushes", get(pushes))
+        .route(
+            "/push-target",
+            get(push_target)
+                .post(set_push_target)
+                .delete(clear_push_target),
+        )
 }
 
 /// A control request that cannot be done.
@@ -240,5 +248,73 @@ async fn calls(State(state): State<SimState>) -> Json<Value> {
 async fn reset(State(state): State<SimState>) -> StatusCode {
     state.reset();
     tracing::info!("simulator reset");
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TurnOff {
+    openid: String,
+    template_id: String,
+}
+
+/// `POST /sim/subscriptions/off {openid, template_id}`: the user turned the template off in the
+/// mini-program's settings (credits gone, `subscribe_msg_change_event` pushed).
+async fn turn_off(State(state): State<SimState>, bytes: Bytes) -> Answer {
+    let req: TurnOff = body(&bytes)?;
+    state.turn_off(&req.openid, &req.template_id)?;
+    Ok(Json(
+        json!({"openid": req.openid, "template_id": req.template_id, "remaining": 0}),
+    ))
+}
+
+/// `GET /sim/pushes` → `{pushes: [{event, openid, template_id, create_time, attempts, delivered, last_answer}]}`
+async fn pushes(State(state): State<SimState>) -> Json<Value> {
+    Json(json!({ "pushes": state.pusher.records() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPushTarget {
+    url: String,
+    token: String,
+    aes_key: Option<String>,
+    format: Option<String>,
+}
+
+/// `POST /sim/push-target {url, token, aes_key?, format?}`: where to push from now on.
+async fn set_push_target(State(state): State<SimState>, bytes: Bytes) -> Answer {
+    let req: SetPushTarget = body(&bytes)?;
+    let format = match req.format.as_deref() {
+        None => ande_wechat::push::Format::Json,
+        Some(f) => ande_wechat::push::Format::parse(f)
+            .ok_or_else(|| bad_request("format is json or xml"))?,
+    };
+    let settings = crate::config::PushSettings {
+        url: req.url,
+        token: req.token,
+        aes_key: req.aes_key.filter(|k| !k.is_empty()),
+        format,
+    };
+    let target = settings.target().map_err(bad_request)?;
+    state.pusher.set_target(Some(target));
+    Ok(Json(
+        json!({"url": settings.url, "safe_mode": settings.aes_key.is_some()}),
+    ))
+}
+
+/// `GET /sim/push-target` → `{url, safe_mode, format}` or `{url: null}`
+async fn push_target(State(state): State<SimState>) -> Json<Value> {
+    Json(match state.pusher.target() {
+        Some(t) => {
+            json!({"url": t.url, "safe_mode": t.aes_key.is_some(), "format": format!("{:?}", t.format).to_lowercase()})
+        }
+        None => json!({"url": null}),
+    })
+}
+
+/// `DELETE /sim/push-target`: push nothing from now on.
+async fn clear_push_target(State(state): State<SimState>) -> StatusCode {
+    state.pusher.set_target(None);
     StatusCode::NO_CONTENT
 }

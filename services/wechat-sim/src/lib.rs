@@ -15,6 +15,7 @@
 //! - [`tokens`], [`codes`], [`subscriptions`], [`faults`]: WeChat's rules, unit-tested with a
 //!   fake clock;
 //! - [`ids`]: openids, phones, tokens and codes shaped like WeChat's;
+//! - [`push`]: WeChat's message push of subscription events to our `/api/wechat/events`;
 //! - [`wire`]: the error envelope and errmsgs;
 //! - [`config`]: [`SimConfig`] from the environment.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod faults;
 pub mod ids;
+pub mod push;
 pub mod state;
 pub mod subscriptions;
 pub mod tokens;

@@ -89,13 +89,17 @@ pub struct Lifetimes {
 #[derive(Clone, Debug)]
 pub struct SimState {
     inner: Arc<Mutex<Inner>>,
+    /// Sends the message pushes (outside the lock: it posts over HTTP).
+    pub pusher: crate::push::Pusher,
     /// What `reset` goes back to.
     startup: Arc<SimConfig>,
 }
 
 impl SimState {
     pub fn new(config: SimConfig) -> Self {
+        let target = config.push.as_ref().and_then(|p| p.target().ok());
         Self {
+            pusher: crate::push::Pusher::new(&config.app_id, target),
             inner: Arc::new(Mutex::new(Inner::new(config.clone()))),
             startup: Arc::new(config),
         }
@@ -167,7 +171,25 @@ impl SimState {
                 "template {template_id:?} is not registered (POST /sim/templates)"
             )));
         }
-        Ok(inner.subscriptions.grant(openid, template_id, count))
+        let left = inner.subscriptions.grant(openid, template_id, count);
+        drop(inner);
+        self.pusher.accepted(openid, template_id, count);
+        Ok(left)
+    }
+
+    /// The user turned `template_id` off in the mini-program's settings: no credit is usable
+    /// any more (sends answer 43101) and the change is pushed.
+    pub fn turn_off(&self, openid: &str, template_id: &str) -> Result<(), SimError> {
+        let mut inner = self.lock();
+        if inner.subscriptions.template(template_id).is_none() {
+            return Err(SimError::NotFound(format!(
+                "template {template_id:?} is not registered"
+            )));
+        }
+        inner.subscriptions.turn_off(openid, template_id);
+        drop(inner);
+        self.pusher.turned_off(openid, template_id);
+        Ok(())
     }
 
     /// Credits left for (openid, template) and whether the template is long-term.
@@ -278,6 +300,9 @@ impl SimState {
     /// counters) and go back to the configuration the simulator started with.
     pub fn reset(&self) {
         *self.lock() = Inner::new((*self.startup).clone());
+        self.pusher
+            .set_target(self.startup.push.as_ref().and_then(|p| p.target().ok()));
+        self.pusher.forget();
     }
 }
 

@@ -142,6 +142,12 @@ impl Subscriptions {
         *left
     }
 
+    /// No more sends of this template to this user until they accept again.
+    pub fn turn_off(&mut self, openid: &str, template_id: &str) {
+        self.credits
+            .insert((openid.to_string(), template_id.to_string()), 0);
+    }
+
     pub fn credits(&self, openid: &str, template_id: &str) -> u64 {
         self.credits
             .get(&(openid.to_string(), template_id.to_string()))

@@ -12,6 +12,7 @@
 //! | `events.v1.action.recorded`       | [`ActionRecorded`]   | gateway  | leads     |
 //! | `events.v1.subscription.changed`  | [`SubscriptionChanged`] | gateway | notifier |
 //! | `events.v1.lead.outcome`          | [`LeadOutcome`]      | leads    | notifier  |
+//! | `events.v1.wechat.subscription`   | [`WechatSubscriptionEvent`] | gateway (WeChat's push) | notifier |
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ande.events.v1.rs"));
@@ -24,7 +25,7 @@ pub use prost::Message;
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 pub use v1::{
     ActionRecorded, EventMeta, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
-    SubscriptionStatus,
+    SubscriptionStatus, WechatPushKind, WechatSubscriptionEvent,
 };
 
 use ande_contracts::vocab;
@@ -88,13 +89,15 @@ pub enum EventKind {
     ActionRecorded,
     SubscriptionChanged,
     LeadOutcome,
+    WechatSubscription,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [
+    pub const ALL: [EventKind; 4] = [
         EventKind::ActionRecorded,
         EventKind::SubscriptionChanged,
         EventKind::LeadOutcome,
+        EventKind::WechatSubscription,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -102,6 +105,7 @@ impl EventKind {
             EventKind::ActionRecorded => "events.v1.action.recorded",
             EventKind::SubscriptionChanged => "events.v1.subscription.changed",
             EventKind::LeadOutcome => "events.v1.lead.outcome",
+            EventKind::WechatSubscription => "events.v1.wechat.subscription",
         }
     }
 
@@ -110,6 +114,7 @@ impl EventKind {
             EventKind::ActionRecorded => "ande.events.v1.ActionRecorded",
             EventKind::SubscriptionChanged => "ande.events.v1.SubscriptionChanged",
             EventKind::LeadOutcome => "ande.events.v1.LeadOutcome",
+            EventKind::WechatSubscription => "ande.events.v1.WechatSubscriptionEvent",
         }
     }
 }
@@ -248,6 +253,7 @@ macro_rules! impl_event {
 impl_event!(ActionRecorded, EventKind::ActionRecorded);
 impl_event!(SubscriptionChanged, EventKind::SubscriptionChanged);
 impl_event!(LeadOutcome, EventKind::LeadOutcome);
+impl_event!(WechatSubscriptionEvent, EventKind::WechatSubscription);
 
 #[cfg(test)]
 mod tests {

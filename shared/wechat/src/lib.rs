@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod keywords;
+pub mod push;
 pub mod types;
 
 pub use client::{WechatClient, CONNECT_TIMEOUT};

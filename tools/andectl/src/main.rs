@@ -624,13 +624,44 @@ async fn up(env: &Env) -> anyhow::Result<()> {
     result
 }
 
+/// How the advisor's accept reaches us: WeChat's push (the simulator posts it to the gateway,
+/// signed and encrypted) or the mini-program's report.
+fn accept_steps(stack: &Stack) -> String {
+    let g = &stack.gateway_url;
+    let sim = stack.sim_url.clone().unwrap_or_default();
+    let tpl = ande_wechat::DEV_TEMPLATE_ID;
+    let in_wechat = format!(
+        "curl -s -XPOST {sim}/sim/credits -H 'content-type: application/json' -d '{{\"openid\":\"o_advisor_1\",\"template_id\":\"{tpl}\",\"count\":1}}'"
+    );
+    let report = format!(
+        "curl -s -XPOST {g}/api/advisor/subscribe -H 'content-type: application/json' -H \"authorization: Bearer $TOKEN\" \\\n    -d '{{\"advisorId\":\"adv-1\",\"templateId\":\"{tpl}\",\"subscribed\":true}}'"
+    );
+    if stack.sim_pushes {
+        format!(
+            "  # ... and accepts the subscription popup in WeChat: WeChat (the simulator) pushes
+  # subscribe_msg_popup_event to {g}/api/wechat/events, signed and AES-encrypted (safe mode);
+  # that push is the send credit (NOTIFIER_CREDIT_SOURCE=events: the client's report adds none)
+  {in_wechat}
+  curl -s {sim}/sim/pushes      # delivered: true once the gateway answered success
+"
+        )
+    } else {
+        format!(
+            "  # ... accepts the subscription inside WeChat ...
+  {in_wechat}
+  # ... and the mini-program reports it from that session (the send credit)
+  {report}
+"
+        )
+    }
+}
+
 fn print_walkthrough(stack: &Stack, started: &[&str]) {
     let g = &stack.gateway_url;
     let sim = stack
         .sim_url
         .clone()
         .unwrap_or_else(|| "(external WeChat API)".into());
-    let tpl = ande_wechat::DEV_TEMPLATE_ID;
     println!(
         r#"
 Ande stack is up.
@@ -646,22 +677,19 @@ Try it (paste into another terminal):
   # 1. the advisor logs in to the mini-program (the simulator mints the wx.login code) ...
   CODE=$(curl -s -XPOST {sim}/sim/codes -H 'content-type: application/json' -d '{{"openid":"o_advisor_1"}}' | jq -r .code)
   TOKEN=$(curl -s -XPOST {g}/api/wechat/openid -H 'content-type: application/json' -d "{{\"code\":\"$CODE\"}}" | jq -r .data.token)
-  # ... and accepts the subscription from that session (one send credit) ...
-  curl -s -XPOST {g}/api/advisor/subscribe -H 'content-type: application/json' -H "authorization: Bearer $TOKEN" \
-    -d '{{"advisorId":"adv-1","templateId":"{tpl}","subscribed":true,"subscribeData":{{"subscriptionStatus":"accept"}}}}'
-  # ... which inside WeChat gives the same credit:
-  curl -s -XPOST {sim}/sim/credits -H 'content-type: application/json' -d '{{"openid":"o_advisor_1","template_id":"{tpl}","count":1}}'
-  # 2. a customer views the advisor's resume and leaves a phone number
+{accept}  # 2. a customer views the advisor's resume and leaves a phone number
   curl -s -XPOST {g}/api/customer/action -H 'content-type: application/json' \
     -d '{{"customerId":"cust-1","advisorId":"adv-1","actionType":"view_resume","actionData":{{"resumeId":"r-1"}},"customerName":"张三","customerPhone":"138 0013 8000"}}'
-  # 3. the advisor's phone got the subscribe message
+  # 3. the advisor's phone got the subscribe message (and WeChat pushed back that it arrived)
   curl -s '{sim}/sim/messages?touser=o_advisor_1'
+  curl -s '{sim}/sim/pushes'
   # 4. the lead in Postgres
   psql '{db}' -c 'select customer_code, name, phone, status, level from leads.leads'
   # 5. the events, decoded, and how the pipeline is keeping up (same environment variables as here)
   andectl events tail        andectl status        andectl dlq ls
 
 Ctrl-C stops everything."#,
+        accept = accept_steps(stack),
         nats = ande_platform::config::redact_url(&stack.common.nats_url),
         db = ande_platform::config::redact_url(ande_platform::ExposeSecret::expose_secret(
             &stack.common.database_url

@@ -67,14 +67,15 @@ const COPY_IN_FLIGHT: usize = 256;
 pub fn known_consumers(bus: &Bus, common: &CommonConfig) -> Vec<ConsumerSpec> {
     let leads =
         ande_leads::consumer_spec(bus, &ande_leads::LeadsConfig::with_common(common.clone()));
-    let (outcomes, subscriptions) = ande_notifier::consumer_specs(bus);
-    vec![leads, outcomes, subscriptions]
+    let (outcomes, subscriptions, pushes) = ande_notifier::consumer_specs(bus);
+    vec![leads, outcomes, subscriptions, pushes]
 }
 
-pub const CONSUMER_NAMES: [&str; 3] = [
+pub const CONSUMER_NAMES: [&str; 4] = [
     ande_leads::consumer::DURABLE,
     ande_notifier::consumers::OUTCOMES_DURABLE,
     ande_notifier::consumers::SUBSCRIPTIONS_DURABLE,
+    ande_notifier::consumers::WECHAT_DURABLE,
 ];
 
 #[derive(Clone, Debug)]

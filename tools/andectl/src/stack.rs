@@ -29,6 +29,42 @@ pub struct StackOptions {
     /// Each service's own NATS URL (with its user), where the NATS has per-service users;
     /// `None`: the shared `common.nats_url`.
     pub service_nats: Option<ServiceNats>,
+    /// WeChat's message push from the simulator to the gateway, when both run here.
+    pub push: Option<SimPush>,
+}
+
+/// The push secrets both ends share (the gateway's `WECHAT_PUSH_TOKEN`/`WECHAT_PUSH_AES_KEY`, the
+/// simulator's `WECHAT_SIM_PUSH_TOKEN`/`…_AES_KEY`); the simulator learns the gateway's URL at
+/// start.
+#[derive(Clone)]
+pub struct SimPush {
+    pub token: String,
+    /// Safe mode when set.
+    pub encoding_aes_key: Option<String>,
+    pub format: ande_wechat::push::Format,
+}
+
+impl SimPush {
+    /// Fresh random secrets, safe mode, JSON.
+    pub fn random() -> Self {
+        use rand::distributions::{Alphanumeric, DistString};
+        let mut rng = rand::thread_rng();
+        Self {
+            token: Alphanumeric.sample_string(&mut rng, 32),
+            encoding_aes_key: Some(Alphanumeric.sample_string(&mut rng, 43)),
+            format: ande_wechat::push::Format::Json,
+        }
+    }
+
+    /// Configure the gateway to take these pushes (and, with `events`, the notifier to take its
+    /// credits from them only).
+    pub fn apply(&self, gateway: &mut GatewayConfig) -> anyhow::Result<()> {
+        gateway.push = Some(
+            ande_gateway::config::PushConfig::new(&self.token, self.encoding_aes_key.as_deref())
+                .context("push settings")?,
+        );
+        Ok(())
+    }
 }
 
 /// The NATS URLs of the services, each carrying that service's user and password.
@@ -56,14 +92,30 @@ impl StackOptions {
                     .context("WECHAT_SIM_ADDR")?,
             ),
         };
+        // With the simulator here and no push configured, the simulator pushes to the gateway
+        // with fresh secrets in safe mode, and credits come from those pushes only.
+        let push = (sim_addr.is_some()
+            && env.get(ande_gateway::config::WECHAT_PUSH_TOKEN).is_none())
+        .then(SimPush::random);
+        let env = &match push {
+            Some(_) => env
+                .clone()
+                .with_default(ande_notifier::config::NOTIFIER_CREDIT_SOURCE, "events"),
+            None => env.clone(),
+        };
+        let mut gateway = GatewayConfig::from_env(env)?;
+        if let Some(p) = &push {
+            p.apply(&mut gateway)?;
+        }
         Ok(Self {
-            gateway: GatewayConfig::from_env(env)?,
+            gateway,
             leads: LeadsConfig::from_env(env)?,
             notifier: NotifierConfig::from_env(env)?,
             sim: wechat_sim::SimConfig::from_env(env)?,
             common,
             sim_addr,
             service_nats: None,
+            push,
         })
     }
 
@@ -78,6 +130,7 @@ impl StackOptions {
             sim: wechat_sim::SimConfig::default(),
             sim_addr: Some("127.0.0.1:0".parse().expect("valid")),
             service_nats: None,
+            push: None,
             gateway,
             common,
         }
@@ -87,6 +140,8 @@ impl StackOptions {
 pub struct Stack {
     pub gateway_url: String,
     pub sim_url: Option<String>,
+    /// The simulator pushes WeChat's subscription events to the gateway.
+    pub sim_pushes: bool,
     pub common: CommonConfig,
     pub gateway_pool: sqlx::PgPool,
     pub shutdown: CancellationToken,
@@ -100,16 +155,19 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut sim_url = None;
+        let mut sim_listener = None;
         if let Some(addr) = opts.sim_addr {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("WeChat simulator cannot listen on {addr}"))?;
             let url = format!("http://{}", listener.local_addr()?);
-            let (cfg, stop) = (opts.sim.clone(), shutdown.clone());
-            tasks.spawn(async move { ("wechat-sim", wechat_sim::run(cfg, listener, stop).await) });
             opts.gateway.wechat.base_url = url.clone();
             opts.notifier.wechat.base_url = url.clone();
             sim_url = Some(url);
+            sim_listener = Some(listener);
+        }
+        if let Some(p) = &opts.push {
+            p.apply(&mut opts.gateway)?;
         }
         // Every service uses the same shared settings.
         opts.gateway.common = opts.common.clone();
@@ -124,6 +182,19 @@ impl Stack {
         let gateway = Gateway::bind(opts.gateway).await.context("gateway")?;
         let gateway_url = format!("http://{}", gateway.addr);
         let gateway_pool = gateway.state().pool.clone();
+        if let Some(listener) = sim_listener {
+            // The simulator starts once the gateway's address is known: it pushes there.
+            if let Some(p) = &opts.push {
+                opts.sim.push = Some(wechat_sim::config::PushSettings {
+                    url: format!("{gateway_url}/api/wechat/events"),
+                    token: p.token.clone(),
+                    aes_key: p.encoding_aes_key.clone(),
+                    format: p.format,
+                });
+            }
+            let (cfg, stop) = (opts.sim.clone(), shutdown.clone());
+            tasks.spawn(async move { ("wechat-sim", wechat_sim::run(cfg, listener, stop).await) });
+        }
         let stop = shutdown.clone();
         tasks.spawn(async move { ("gateway", gateway.run(stop).await) });
         let (cfg, stop) = (opts.leads, shutdown.clone());
@@ -131,9 +202,11 @@ impl Stack {
         let (cfg, stop) = (opts.notifier, shutdown.clone());
         tasks.spawn(async move { ("notifier", ande_notifier::run(cfg, stop).await) });
 
+        let sim_pushes = sim_url.is_some() && opts.push.is_some();
         let stack = Self {
             gateway_url,
             sim_url,
+            sim_pushes,
             common: opts.common,
             gateway_pool,
             shutdown,
@@ -146,11 +219,7 @@ impl Stack {
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let bus = Bus::connect(&self.common, "andectl").await?;
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let names = [
-            ande_leads::consumer::DURABLE,
-            ande_notifier::consumers::OUTCOMES_DURABLE,
-            ande_notifier::consumers::SUBSCRIPTIONS_DURABLE,
-        ];
+        let names = crate::replay::CONSUMER_NAMES;
         loop {
             let mut missing = Vec::new();
             match bus.js.get_stream(bus.subjects.stream()).await {

@@ -125,6 +125,8 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
             leads: nats.url("leads"),
             notifier: nats.url("notifier"),
         });
+        // WeChat's pushes too: the gateway publishes them, the notifier consumes them.
+        o.push = Some(andectl::stack::SimPush::random());
         server = Some(nats);
     })
     .await;
@@ -142,6 +144,25 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(t.wait_messages("o_adv_perm", 1).await.len(), 1);
+    // The accept and the sent report that WeChat pushed went through the gateway's and the
+    // notifier's users too.
+    let db = t.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let kinds: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM notifier.wechat_push_events ORDER BY kind")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        if kinds == ["popup", "sent"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushes applied: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Without credentials: refused at connect.
     let anonymous = async_nats::ConnectOptions::new()
@@ -189,6 +210,25 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     assert!(
         !matches!(forged, Ok(true)),
         "the gateway's user stored a lead outcome"
+    );
+    // Only the gateway (which checked WeChat's signature) may publish WeChat's events.
+    let leads_js = async_nats::jetstream::new(leads.clone());
+    let forged = tokio::time::timeout(Duration::from_secs(3), async {
+        match leads_js
+            .publish(
+                format!("{prefix}.events.v1.wechat.subscription"),
+                b"x".to_vec().into(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        !matches!(forged, Ok(true)),
+        "the leads user stored a WeChat push"
     );
 
     // The operator's user (andectl) sees events: a positive signal that one was published

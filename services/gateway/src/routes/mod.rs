@@ -6,6 +6,7 @@ pub mod advisors;
 pub mod digests;
 pub mod health;
 pub mod messages;
+pub mod push;
 pub mod subscribe;
 pub mod wechat;
 
