@@ -123,6 +123,24 @@ pub const ENDPOINTS: &[Endpoint] = &[
         response: unbound_resp,
     },
     Endpoint {
+        method: "get",
+        path: "/api/advisor-settings",
+        route: || get(routes::advisors::settings),
+        summary: "An advisor's own settings (staff): quiet hours (null: the deployment's NOTIFIER_QUIET_HOURS)",
+        auth: "staff",
+        request: None,
+        response: settings_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/advisor-settings",
+        route: || post(routes::advisors::set_settings),
+        summary: "Set an advisor's own quiet hours (staff): HH:MM-HH:MM Beijing time, off, or null for the deployment's",
+        auth: "staff",
+        request: Some(settings_req),
+        response: settings_resp,
+    },
+    Endpoint {
         method: "post",
         path: "/api/advisor-pairings",
         route: || post(routes::advisors::pair),
@@ -388,6 +406,20 @@ fn health_resp() -> Value {
         json!({ "status": { "type": "string", "enum": ["ok", "degraded"] }, "service": text(), "version": text(),
                 "nats": { "type": "string", "enum": ["connected", "disconnected"] }, "stream": { "type": "object" },
                 "database": { "type": "string", "enum": ["ok", "unavailable"] } }),
+    )
+}
+fn settings_req() -> Value {
+    obj(
+        &["advisorId"],
+        json!({ "advisorId": validate::ID.schema(true),
+                "quietHours": { "type": ["string", "null"], "maxLength": 16, "description": "HH:MM-HH:MM (Beijing time), off, or null" } }),
+    )
+}
+fn settings_resp() -> Value {
+    obj(
+        &["advisorId", "quietHours"],
+        json!({ "advisorId": text(), "quietHours": { "type": ["string", "null"] },
+                "updatedBy": { "type": ["string", "null"] }, "updatedAt": { "type": ["string", "null"], "format": "date-time" } }),
     )
 }
 fn push_req() -> Value {

@@ -1342,7 +1342,7 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 19] = [
+const EXPECTED_PATHS: [(&str, &str); 21] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("get", "/api/wechat/events"),
@@ -1353,6 +1353,8 @@ const EXPECTED_PATHS: [(&str, &str); 19] = [
     ("get", "/api/advisor-bindings"),
     ("post", "/api/advisor-bindings"),
     ("post", "/api/advisor-bindings/unbind"),
+    ("get", "/api/advisor-settings"),
+    ("post", "/api/advisor-settings"),
     ("post", "/api/advisor-pairings"),
     ("post", "/api/customer/action"),
     ("get", "/api/actions/{id}"),
@@ -3142,4 +3144,63 @@ async fn eventually_credits(t: &TestStack, token: &str, n: i64) -> Answer {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the credits never reached {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_set_an_advisors_quiet_hours_and_nobody_else_can() {
+    let t = common::start().await;
+    let staff = staff_token(&t).await;
+    let fresh = send(get(&t, "/api/advisor-settings?advisorId=adv-q").bearer_auth(&staff)).await;
+    assert_eq!(fresh.status, 200, "{}", fresh.text);
+    assert_eq!(fresh.data()["quietHours"], Value::Null);
+
+    let set = send(
+        post(
+            &t,
+            "/api/advisor-settings",
+            json!({"advisorId": "adv-q", "quietHours": "21:30-07:00"}),
+        )
+        .bearer_auth(&staff),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.data()["quietHours"], "21:30-07:00");
+    assert!(set.data()["updatedBy"]
+        .as_str()
+        .is_some_and(|b| b.starts_with("staff:")));
+    let bad = send(
+        post(
+            &t,
+            "/api/advisor-settings",
+            json!({"advisorId": "adv-q", "quietHours": "late"}),
+        )
+        .bearer_auth(&staff),
+    )
+    .await;
+    assert_error(&bad, 400, "validation_failed");
+
+    // A mini-program session (even the advisor's own) and no token are refused; nothing changed.
+    t.bind("adv-q", "o_adv_q").await;
+    let own = session(&t, "o_adv_q").await;
+    for req in [
+        post(
+            &t,
+            "/api/advisor-settings",
+            json!({"advisorId": "adv-q", "quietHours": "off"}),
+        )
+        .bearer_auth(&own),
+        post(
+            &t,
+            "/api/advisor-settings",
+            json!({"advisorId": "adv-q", "quietHours": "off"}),
+        ),
+    ] {
+        let a = send(req).await;
+        assert!([401, 403].contains(&a.status), "{}", a.text);
+    }
+    let read = send(get(&t, "/api/advisor-settings?advisorId=adv-q").bearer_auth(&own)).await;
+    assert!([401, 403].contains(&read.status), "{}", read.text);
+    let still = send(get(&t, "/api/advisor-settings?advisorId=adv-q").bearer_auth(&staff)).await;
+    assert_eq!(still.data()["quietHours"], "21:30-07:00");
+    t.stack.stop().await.unwrap();
 }

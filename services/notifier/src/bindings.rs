@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use ande_contracts::notifier::{
-    BindRequest, Binding, BindingCheck, BindingFilter, BindingKey, Bindings, PairRequest, Pairing,
-    RedeemRequest, Unbound,
+    AdvisorRef, AdvisorSettings, AdvisorSettingsChange, BindRequest, Binding, BindingCheck,
+    BindingFilter, BindingKey, Bindings, PairRequest, Pairing, RedeemRequest, Unbound,
 };
 use ande_platform::rpc::{Failure, RpcError};
 use rand::Rng;
@@ -192,4 +192,60 @@ mod tests {
         assert_eq!(normalise(" abcde-fghjk "), "ABCDEFGHJK");
         assert_eq!(normalise("ABCDE FGHJK"), "ABCDEFGHJK");
     }
+}
+
+/// An advisor's own settings; an advisor staff never set answers the defaults (all `None`).
+pub async fn settings(pool: &PgPool, r: AdvisorRef) -> Result<AdvisorSettings, Failure> {
+    check_id("advisorId", &r.advisor_id)?;
+    let row = sqlx::query!(
+        "SELECT quiet_hours, updated_by, updated_at FROM advisor_settings WHERE advisor_id = $1",
+        r.advisor_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(AdvisorSettings {
+        quiet_hours: row.as_ref().and_then(|r| r.quiet_hours.clone()),
+        updated_by: row.as_ref().map(|r| r.updated_by.clone()),
+        updated_at: row.map(|r| r.updated_at),
+        advisor_id: r.advisor_id,
+    })
+}
+
+/// Set an advisor's own quiet hours (`HH:MM-HH:MM` Beijing time, `off`, or `None` for the
+/// deployment's). Claims and the sweep read it at once.
+pub async fn set_settings(
+    pool: &PgPool,
+    c: AdvisorSettingsChange,
+) -> Result<AdvisorSettings, Failure> {
+    check_id("advisorId", &c.advisor_id)?;
+    let quiet_hours = match c.quiet_hours.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("off") => Some("off".to_string()),
+        Some(w) => {
+            let q = crate::config::QuietHours::parse(w)
+                .map_err(|why| RpcError::invalid_field("quietHours", why))?;
+            Some(format!(
+                "{}-{}",
+                q.start.format("%H:%M"),
+                q.end.format("%H:%M")
+            ))
+        }
+    };
+    let row = sqlx::query!(
+        "INSERT INTO advisor_settings (advisor_id, quiet_hours, updated_by) VALUES ($1, $2, $3)
+         ON CONFLICT (advisor_id) DO UPDATE SET quiet_hours = $2, updated_by = $3, updated_at = now()
+         RETURNING updated_at",
+        c.advisor_id,
+        quiet_hours,
+        c.updated_by
+    )
+    .fetch_one(pool)
+    .await?;
+    tracing::info!(advisor = %c.advisor_id, quiet_hours = ?quiet_hours, by = %c.updated_by, "advisor settings changed");
+    Ok(AdvisorSettings {
+        advisor_id: c.advisor_id,
+        quiet_hours,
+        updated_by: Some(c.updated_by),
+        updated_at: Some(row.updated_at),
+    })
 }

@@ -229,9 +229,8 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
-            let quiet = self.quiet_now();
             let limits = ClaimLimits {
-                quiet_except: quiet.then_some(self.config.urgent.as_slice()),
+                policy: self.policy(),
                 limit: permits.len(),
                 per_advisor: PER_ADVISOR_PER_CLAIM,
                 in_flight_hold: self.config.wechat.timeout,
@@ -269,9 +268,15 @@ impl Dispatcher {
     }
 
     /// Inside `NOTIFIER_QUIET_HOURS` now.
-    fn quiet_now(&self) -> bool {
+    /// Quiet hours and the hourly cap, as of now.
+    fn policy(&self) -> store::SendPolicy<'_> {
         let c = &self.config;
-        c.quiet_hours.is_some_and(|q| q.contains(c.clock.now()))
+        store::SendPolicy {
+            quiet_hours: c.quiet_hours,
+            urgent: &c.urgent,
+            now: c.clock.now(),
+            max_singles_per_hour: c.max_singles_per_hour,
+        }
     }
 
     /// Until new work is announced in this process, the poll interval passes, or shutdown.
@@ -552,9 +557,6 @@ impl Dispatcher {
         let mut tx = self.pool.begin().await?;
         store::requeue_stale(&mut tx, self.config.stale_after, self.config.max_attempts).await?;
         tx.commit().await?;
-        if self.quiet_now() {
-            return Ok(()); // what waits is released, as one digest each, when the window ends
-        }
         let mut conn = self.pool.acquire().await?;
         let advisors = store::advisors_to_release(&mut conn).await?;
         drop(conn);
@@ -566,6 +568,14 @@ impl Dispatcher {
 
     async fn release(&self, advisor_id: &str, template_id: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // In the advisor's quiet hours, or with their hourly cap reached, what waits keeps
+        // waiting: it goes, as one digest, when the window ends or the cap frees.
+        if store::release_held(&mut tx, advisor_id, &self.policy())
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
         let waiting = store::take_waiting(&mut tx, advisor_id, template_id).await?;
         // Only anonymous notifications wait and their budget is spent: they keep waiting, for a
         // verified one to carry them in a digest or for the budget to free up.

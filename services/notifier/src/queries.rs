@@ -17,6 +17,7 @@ use ande_contracts::notifier::{
     DigestContents, DigestQuery, DirectSend, GetDigest, Journey, NotifierJourney, Phone,
     PhoneNumber, PhoneQuery, Resume, ResumeRequest, Resumed, Send, Sent,
 };
+use ande_contracts::notifier::{GetAdvisorSettings, SetAdvisorSettings};
 
 use ande_platform::rpc::{self, Failure, RpcError};
 use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
@@ -213,6 +214,12 @@ pub async fn serve(
         .method::<CheckBinding, _, _>(
             |(p, _): Shared, k| async move { bindings::check(&p, k).await },
         )
+        .method::<GetAdvisorSettings, _, _>(|(p, _): Shared, r| async move {
+            bindings::settings(&p, r).await
+        })
+        .method::<SetAdvisorSettings, _, _>(|(p, _): Shared, c| async move {
+            bindings::set_settings(&p, c).await
+        })
         .run()
         .await
 }

@@ -1,13 +1,14 @@
 //! The notifier's reads and writes: subscriptions and credits, the notification queue, the
 //! delivery log, the pause switch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::config::QuietHours;
 use crate::credits;
 
 pub use ande_contracts::notifier::{DeliveryView, NotificationView, Summary};
@@ -320,11 +321,133 @@ struct Usable {
     rank: i64,
 }
 
+/// When an advisor's notifications may go out: quiet hours (the deployment's, or the advisor's
+/// own that staff set) and the hourly cap on single messages.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPolicy<'a> {
+    /// `NOTIFIER_QUIET_HOURS`, for advisors without their own setting.
+    pub quiet_hours: Option<QuietHours>,
+    /// Action types sent even in quiet hours.
+    pub urgent: &'a [String],
+    pub now: DateTime<Utc>,
+    /// `NOTIFIER_MAX_SINGLES_PER_HOUR` (0: no cap).
+    pub max_singles_per_hour: i64,
+}
+
+impl SendPolicy<'_> {
+    /// Why a notification of `advisor` (of `action_type`, none for a digest) must wait now, if
+    /// it must: the advisor's quiet hours (urgent action types excepted), or their hourly cap
+    /// on single messages reached (digests excepted).
+    fn hold(
+        &self,
+        action_type: Option<&str>,
+        window: Option<QuietHours>,
+        singles: i64,
+    ) -> Option<&'static str> {
+        let urgent = action_type.is_some_and(|t| self.urgent.iter().any(|u| u == t));
+        if window.is_some_and(|w| w.contains(self.now)) && !urgent {
+            return Some("held_for_quiet_hours");
+        }
+        let capped = self.max_singles_per_hour > 0 && singles >= self.max_singles_per_hour;
+        (capped && action_type.is_some()).then_some("held_for_hourly_cap")
+    }
+}
+
+/// Each advisor's quiet hours: their own setting where staff made one, else the deployment's.
+pub async fn quiet_hours_of(
+    conn: &mut PgConnection,
+    advisors: &[&str],
+    deployment: Option<QuietHours>,
+) -> Result<HashMap<String, Option<QuietHours>>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT advisor_id, quiet_hours FROM advisor_settings WHERE advisor_id = ANY($1) AND quiet_hours IS NOT NULL",
+        advisors as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, Option<QuietHours>> = advisors
+        .iter()
+        .map(|a| (a.to_string(), deployment))
+        .collect();
+    for r in rows {
+        let own = match r.quiet_hours.as_deref() {
+            Some("off") | None => None,
+            Some(w) => QuietHours::parse(w).ok(),
+        };
+        out.insert(r.advisor_id, own);
+    }
+    Ok(out)
+}
+
+/// Single messages (not digests) claimed for each advisor in the last hour.
+pub async fn singles_last_hour(
+    conn: &mut PgConnection,
+    advisors: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT advisor_id, count(*) AS "n!" FROM notifications
+         WHERE advisor_id = ANY($1) AND kind = 'action' AND state IN ('sending', 'sent')
+           AND claimed_at > now() - interval '1 hour'
+         GROUP BY advisor_id"#,
+        advisors as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.advisor_id, r.n)).collect())
+}
+
+/// Why `advisor`'s waiting notifications must keep waiting now, if they must (the sweep's
+/// side of [`SendPolicy`]): released, they would only be held again.
+pub async fn release_held(
+    conn: &mut PgConnection,
+    advisor_id: &str,
+    p: &SendPolicy<'_>,
+) -> Result<Option<&'static str>, sqlx::Error> {
+    let window = quiet_hours_of(conn, &[advisor_id], p.quiet_hours).await?;
+    let singles = match p.max_singles_per_hour {
+        0 => 0,
+        _ => singles_last_hour(conn, &[advisor_id])
+            .await?
+            .get(advisor_id)
+            .copied()
+            .unwrap_or(0),
+    };
+    // As a digest would be judged: a digest is what the release makes of several; a lone
+    // notification goes as a single and is judged as one.
+    let window = window.get(advisor_id).copied().flatten();
+    Ok(p.hold(None, window, 0).or(p.hold(Some(""), None, singles)))
+}
+
+/// Split due notifications into those that may go now and those held by the policy.
+async fn apply_policy(
+    conn: &mut PgConnection,
+    due: Vec<Due>,
+    p: &SendPolicy<'_>,
+) -> Result<(Vec<Due>, Vec<(Due, &'static str)>), sqlx::Error> {
+    let advisors: Vec<&str> = due.iter().map(|d| d.advisor_id.as_str()).collect();
+    let windows = quiet_hours_of(conn, &advisors, p.quiet_hours).await?;
+    let singles = match p.max_singles_per_hour {
+        0 => HashMap::new(),
+        _ => singles_last_hour(conn, &advisors).await?,
+    };
+    let mut go = Vec::new();
+    let mut held = Vec::new();
+    for d in due {
+        let window = windows.get(&d.advisor_id).copied().flatten();
+        let sent = singles.get(&d.advisor_id).copied().unwrap_or(0);
+        match p.hold(d.action_type.as_deref(), window, sent) {
+            Some(why) => held.push((d, why)),
+            None => go.push(d),
+        }
+    }
+    Ok((go, held))
+}
+
 /// How a claim chooses its notifications.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimLimits<'a> {
-    /// In quiet hours: only these action types are sent, the rest wait for the window to end.
-    pub quiet_except: Option<&'a [String]>,
+    /// Quiet hours and the hourly cap: what they hold waits.
+    pub policy: SendPolicy<'a>,
     /// Most notifications in this claim.
     pub limit: usize,
     /// Most notifications of one advisor in this claim: one advisor's backlog does not hold up
@@ -385,12 +508,9 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
     if due.is_empty() {
         return Ok(Batch::default());
     }
-    // Quiet hours: what is not urgent waits (like a notification without credit) and is
-    // released, as one digest, when the window ends.
-    let (due, held): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|d| match l.quiet_except {
-        None => true,
-        Some(urgent) => d.action_type.as_ref().is_some_and(|t| urgent.contains(t)),
-    });
+    // Quiet hours and the hourly cap: what they hold waits (like a notification without
+    // credit) and is released, as one digest, when the window ends or the cap frees.
+    let (due, held) = apply_policy(&mut tx, due, &l.policy).await?;
     let subs = usable_subscriptions(&mut tx, &due).await?;
     let (claimed, no_credit) = assign_credits(due, subs);
     let mut batch = Batch {
@@ -400,7 +520,7 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
     reserve_and_mark_sending(&mut tx, &mut batch.claimed).await?;
     // Parking takes a per-advisor lock: always in advisor order, so two claims cannot deadlock.
     let mut parked: Vec<(&Due, Option<&str>)> = no_credit.iter().map(|d| (d, None)).collect();
-    parked.extend(held.iter().map(|d| (d, Some("held_for_quiet_hours"))));
+    parked.extend(held.iter().map(|(d, why)| (d, Some(*why))));
     parked.sort_by(|a, b| a.0.advisor_id.cmp(&b.0.advisor_id));
     for (d, why) in &parked {
         park(&mut tx, d, l.max_waiting, *why).await?;

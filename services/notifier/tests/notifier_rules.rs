@@ -2457,3 +2457,109 @@ async fn a_five_minute_wechat_outage_with_default_retries_fails_nothing() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisors_own_quiet_hours_replace_the_deployments() {
+    use ande_contracts::notifier::{AdvisorSettingsChange, SetAdvisorSettings};
+    use ande_notifier::config::{Clock, QuietHours};
+    use std::sync::{Arc, Mutex};
+    let night = Utc.with_ymd_and_hms(2026, 12, 2, 15, 0, 0).unwrap(); // 23:00 in Beijing
+    let now = Arc::new(Mutex::new(night));
+    let hand = now.clone();
+    let h = Harness::start_with(1, move |c| {
+        let hand = hand.clone();
+        c.quiet_hours = Some(QuietHours::parse("22:00-08:00").unwrap());
+        c.clock = Clock::from_fn(move || *hand.lock().unwrap());
+    })
+    .await;
+    let set = |advisor: &str, window: Option<&str>| AdvisorSettingsChange {
+        advisor_id: advisor.into(),
+        quiet_hours: window.map(String::from),
+        updated_by: "staff:test".into(),
+    };
+    // Nonsense is refused and changes nothing.
+    let bad = h
+        .rpc::<SetAdvisorSettings>(&set("adv-early", Some("25:00-07:00")))
+        .await;
+    assert!(matches!(bad, Err(RpcError::Invalid { .. })), "{bad:?}");
+    let owl = h
+        .rpc::<SetAdvisorSettings>(&set("adv-owl", Some("off")))
+        .await
+        .unwrap();
+    assert_eq!(owl.quiet_hours.as_deref(), Some("off"));
+    h.rpc::<SetAdvisorSettings>(&set("adv-early", Some("20:00-6:00")))
+        .await
+        .unwrap();
+    let accounts = [
+        ("adv-owl", "oAdvisorOwl00000000000000001"),
+        ("adv-early", "oAdvisorEarly000000000000001"),
+        ("adv-usual", "oAdvisorUsual000000000000001"),
+    ];
+    for (adv, openid) in accounts {
+        h.accept(adv, openid, 5).await;
+        h.outcomes(adv, 2).await;
+    }
+    // 23:00: the night owl's go at once (one, then the next: in order).
+    assert_eq!(h.wait_messages(accounts[0].1, 2).await.len(), 2);
+    h.settled().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.messages(accounts[1].1).await.is_empty());
+    assert!(h.messages(accounts[2].1).await.is_empty());
+
+    // 06:30: the early advisor's window is over (one digest), the deployment's is not.
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 2, 22, 30, 0).unwrap();
+    let early = h.wait_messages(accounts[1].1, 1).await;
+    assert_eq!(value(&early[0], "thing1"), "2条客户动态等您查看");
+    h.settled().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.messages(accounts[2].1).await.is_empty());
+
+    // Back to the deployment's window: null.
+    h.rpc::<SetAdvisorSettings>(&set("adv-early", None))
+        .await
+        .unwrap();
+    h.outcomes("adv-early", 1).await;
+    h.settled().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.messages(accounts[1].1).await.len(), 1, "held again");
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 3, 0, 1, 0).unwrap(); // 08:01
+    assert_eq!(h.wait_messages(accounts[2].1, 1).await.len(), 1);
+    assert_eq!(h.wait_messages(accounts[1].1, 2).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hourly_cap_holds_single_messages_and_releases_them_as_a_digest() {
+    let h = Harness::start_with(1, |c| c.max_singles_per_hour = 2).await;
+    let (adv, openid) = ("adv-capped", "oAdvisorCapped00000000000001");
+    h.accept(adv, openid, 10).await;
+    let first = h.outcomes(adv, 2).await;
+    assert_eq!(h.wait_messages(openid, 2).await.len(), 2);
+    for a in &first {
+        h.wait_state(*a, "sent").await;
+    }
+    let later = h.outcomes(adv, 3).await;
+    for a in &later {
+        h.wait_state(*a, "waiting_credit").await;
+        assert_eq!(
+            Harness::events(&h.log(*a).await),
+            ["queued", "held_for_hourly_cap"]
+        );
+    }
+    h.settled().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.messages(openid).await.len(), 2, "the cap holds");
+
+    // An hour later (the two singles' claims aged by hand): the three go as one digest.
+    sqlx::query(
+        "UPDATE notifier.notifications SET claimed_at = claimed_at - interval '61 minutes' WHERE advisor_id = $1 AND state = 'sent'",
+    )
+    .bind(adv)
+    .execute(&h.db)
+    .await
+    .unwrap();
+    let all = h.wait_messages(openid, 3).await;
+    assert_eq!(value(&all[2], "thing1"), "3条客户动态等您查看");
+    h.settled().await;
+    assert_eq!(h.messages(openid).await.len(), 3);
+    assert_eq!(h.credits(adv, openid).await, 7);
+}

@@ -64,6 +64,42 @@ pub struct CreditView {
 }
 
 method! {
+    /// An advisor's own settings (staff).
+    GetAdvisorSettings: "notifier"."advisor_settings", AdvisorRef => AdvisorSettings
+}
+method! {
+    /// Change an advisor's own settings (staff).
+    SetAdvisorSettings: "notifier"."set_advisor_settings", AdvisorSettingsChange => AdvisorSettings
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvisorRef {
+    pub advisor_id: String,
+}
+
+/// `quiet_hours`: `HH:MM-HH:MM` (Beijing time), `off` (none, whatever the deployment's), or
+/// `None` (the deployment's `NOTIFIER_QUIET_HOURS`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvisorSettingsChange {
+    pub advisor_id: String,
+    pub quiet_hours: Option<String>,
+    /// Who changed it (`staff:<name>`), for the record.
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvisorSettings {
+    pub advisor_id: String,
+    /// The advisor's own quiet hours; `None`: the deployment's.
+    pub quiet_hours: Option<String>,
+    pub updated_by: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+method! {
     /// Pause sending (operators): until a time, or until resumed.
     Pause: "notifier"."pause", PauseRequest => PauseState
 }

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ande_contracts::notifier::{
+    AdvisorRef, AdvisorSettingsChange, GetAdvisorSettings, SetAdvisorSettings,
+};
+use ande_contracts::notifier::{
     Bind, BindRequest, BindingFilter, BindingKey, CheckBinding, Credits, CreditsQuery,
     ListBindings, Pair, PairRequest, Redeem, RedeemRequest, Unbind,
 };
@@ -146,4 +149,50 @@ pub async fn pair(
     };
     let pairing = state.call::<Pair>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, pairing, "配对码已生成"))
+}
+
+/// `GET /api/advisor-settings?advisorId=` (staff): the advisor's own settings.
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn settings(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let advisor_id = validate::ID.required(
+        "advisorId",
+        q.get("advisorId")
+            .map(|a| Value::String(a.clone()))
+            .as_ref(),
+    )?;
+    let r = AdvisorRef { advisor_id };
+    let s = state.call::<GetAdvisorSettings>(&r, TIMEOUT).await?;
+    Ok(ok(s, "ok"))
+}
+
+/// `POST /api/advisor-settings {advisorId, quietHours}` (staff): the advisor's own quiet hours,
+/// `HH:MM-HH:MM` Beijing time, `off`, or null for the deployment's.
+#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+pub async fn set_settings(
+    State(state): State<AppState>,
+    Staff(staff): Staff,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
+    let quiet_hours = match body.get("quietHours") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= 16 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "quietHours",
+                "must be HH:MM-HH:MM, off, or null",
+            ))
+        }
+    };
+    let c = AdvisorSettingsChange {
+        advisor_id,
+        quiet_hours,
+        updated_by: format!("staff:{}", staff.sub),
+    };
+    let s = state.call::<SetAdvisorSettings>(&c, TIMEOUT).await?;
+    Ok(ok(s, "设置已保存"))
 }
