@@ -183,17 +183,6 @@ async fn fetch(pool: &PgPool, advisor_id: &str, openid: &str) -> Result<Binding,
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_read_loosely() {
-        assert_eq!(normalise(" abcde-fghjk "), "ABCDEFGHJK");
-        assert_eq!(normalise("ABCDE FGHJK"), "ABCDEFGHJK");
-    }
-}
-
 /// An advisor's own settings; an advisor staff never set answers the defaults (all `None`).
 pub async fn settings(pool: &PgPool, r: AdvisorRef) -> Result<AdvisorSettings, Failure> {
     check_id("advisorId", &r.advisor_id)?;
@@ -248,4 +237,15 @@ pub async fn set_settings(
         updated_by: Some(c.updated_by),
         updated_at: Some(row.updated_at),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_read_loosely() {
+        assert_eq!(normalise(" abcde-fghjk "), "ABCDEFGHJK");
+        assert_eq!(normalise("ABCDE FGHJK"), "ABCDEFGHJK");
+    }
 }
