@@ -134,5 +134,7 @@ pub fn outcome_event(o: &StoredOutcome) -> LeadOutcome {
         action_at: Some(to_timestamp(o.occurred_at)),
         anonymous: o.anonymous,
         lead_owner: o.lead_owner.clone().unwrap_or_default(),
+        linked_action_ids: o.linked_actions.iter().map(Uuid::to_string).collect(),
+        linked_advisors: o.linked_advisors,
     }
 }

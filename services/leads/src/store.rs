@@ -48,7 +48,9 @@ pub async fn load_outcome(
             a.outcome_kind AS "kind: OutcomeKind", a.no_lead_reason, a.lead_id, l.customer_code AS "customer_code?",
             a.is_new_customer, COALESCE(l.name, a.customer_name) AS "customer_name?",
             COALESCE(l.phone, a.phone_normalized) AS "phone?", a.occurred_at, a.stored_at, a.outcome_event_id,
-            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?",
+            ARRAY(SELECT e.action_id FROM actions e WHERE e.linked_by = a.action_id ORDER BY e.occurred_at, e.action_id) AS "linked_actions!",
+            a.linked_advisors AS "linked_advisors!"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = $1"#,
         action_id
     )
@@ -240,6 +242,7 @@ pub async fn record_batch(
     let groups = group_by_phone(&unique, &new);
     if !groups.is_empty() {
         upsert_leads(conn, groups, config).await?;
+        link_earlier(conn, &new).await?;
     }
     let all: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
     // The same columns as in `load_outcome`.
@@ -251,7 +254,9 @@ pub async fn record_batch(
             a.lead_id, l.customer_code AS "customer_code?", a.is_new_customer AS "is_new_customer!",
             COALESCE(l.name, a.customer_name) AS "customer_name?", COALESCE(l.phone, a.phone_normalized) AS "phone?",
             a.occurred_at AS "occurred_at!", a.stored_at AS "stored_at!", a.outcome_event_id AS "outcome_event_id!",
-            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?"
+            a.outcome_published_at IS NOT NULL AS "published!", a.openid IS NULL AS "anonymous!", l.owner_advisor_id AS "lead_owner?",
+            ARRAY(SELECT e.action_id FROM actions e WHERE e.linked_by = a.action_id ORDER BY e.occurred_at, e.action_id) AS "linked_actions!",
+            a.linked_advisors AS "linked_advisors!"
          FROM actions a LEFT JOIN leads l ON l.id = a.lead_id WHERE a.action_id = ANY($1)"#,
         &all
     )
@@ -371,6 +376,36 @@ fn group_by_phone<'a>(
         }
     }
     groups
+}
+
+/// Join each new action's earlier phoneless actions of the same openid to its lead, when the
+/// lead is that openid's (the session that brought the phone is the one the lead records: a
+/// customer typing someone else's number links nothing to that person's lead). An action links
+/// what happened up to its own time, once: a redelivery is not new and links nothing again.
+async fn link_earlier(
+    conn: &mut PgConnection,
+    new: &std::collections::HashSet<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let new: Vec<Uuid> = new.iter().copied().collect();
+    sqlx::query!(
+        "WITH linking AS (
+             SELECT a.action_id, a.openid, a.lead_id, a.occurred_at FROM actions a JOIN leads l ON l.id = a.lead_id
+             WHERE a.action_id = ANY($1) AND a.openid IS NOT NULL AND l.openid = a.openid
+         ), linked AS (
+             UPDATE actions e SET linked_lead_id = t.lead_id, linked_by = t.action_id
+             FROM linking t
+             WHERE e.openid = t.openid AND e.lead_id IS NULL AND e.linked_lead_id IS NULL AND e.openid IS NOT NULL
+               AND e.occurred_at <= t.occurred_at AND e.action_id <> t.action_id
+             RETURNING e.advisor_id, t.action_id AS linker
+         )
+         UPDATE actions a SET linked_advisors = s.advisors
+         FROM (SELECT linker, count(DISTINCT advisor_id)::int4 AS advisors FROM linked GROUP BY linker) s
+         WHERE a.action_id = s.linker",
+        &new
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One upsert row per phone: creates the lead or touches the existing one, then records on each

@@ -867,3 +867,78 @@ async fn old_actions_are_forgotten_and_their_leads_kept() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_browsing_of_the_same_session_joins_the_lead_once() {
+    let env = start(1).await;
+    let with_session = |advisor: &str, phone: &str, openid: &str| {
+        let mut a = action(advisor, "view_resume", "王五", phone);
+        a.openid = openid.into();
+        a
+    };
+    // The customer browses four resumes of three advisors with their session, no phone; a
+    // stranger browses too; one anonymous view (no session) is not theirs to link.
+    let earlier: Vec<ActionRecorded> = ["adv-1", "adv-2", "adv-2", "adv-3"]
+        .iter()
+        .map(|a| with_session(a, "", "o_browser"))
+        .collect();
+    for a in &earlier {
+        env.publish(a).await;
+    }
+    env.publish(&with_session("adv-1", "", "o_stranger")).await;
+    env.publish(&action("adv-1", "view_resume", "", "")).await;
+    env.wait_count(PUBLISHED, 6).await;
+
+    // Then they leave their phone: the earlier four join the new lead, in one outcome event.
+    let phone_action = with_session("adv-4", "13600002222", "o_browser");
+    env.publish(&phone_action).await;
+    env.wait_count(PUBLISHED, 7).await;
+    let outcome = env
+        .outcomes()
+        .await
+        .into_iter()
+        .find(|o| o.action_id == phone_action.action_id)
+        .unwrap();
+    let ids: Vec<String> = earlier.iter().map(|a| a.action_id.clone()).collect();
+    assert_eq!(outcome.linked_action_ids, ids, "oldest first");
+    assert_eq!(outcome.linked_advisors, 3);
+    let linked = env
+        .count("SELECT count(*) FROM leads.actions a JOIN leads.leads l ON l.id = a.linked_lead_id WHERE l.phone = '13600002222'")
+        .await;
+    assert_eq!(
+        linked, 4,
+        "the stranger's and the anonymous view stay apart"
+    );
+
+    // Redelivered, the action links nothing again and its outcome is the same event.
+    env.bus.publish(&phone_action).await.unwrap();
+    // Someone else typing the same number with their own session links none of theirs.
+    env.publish(&with_session("adv-1", "13600002222", "o_stranger"))
+        .await;
+    // A later view by the customer, with the phone again: nothing earlier is left to link.
+    env.publish(&with_session("adv-5", "13600002222", "o_browser"))
+        .await;
+    env.wait_count(PUBLISHED, 9).await;
+    let all = env.outcomes().await;
+    let later: Vec<&LeadOutcome> = all
+        .iter()
+        .filter(|o| o.customer_phone == "13600002222" && o.action_id != phone_action.action_id)
+        .collect();
+    assert_eq!(later.len(), 2);
+    assert!(later
+        .iter()
+        .all(|o| o.linked_action_ids.is_empty() && o.linked_advisors == 0));
+    assert_eq!(
+        all.iter()
+            .filter(|o| o.action_id == phone_action.action_id)
+            .count(),
+        1,
+        "one outcome event for the linking"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM leads.actions WHERE linked_lead_id IS NOT NULL")
+            .await,
+        4
+    );
+    env.stop().await;
+}

@@ -22,6 +22,19 @@ pub fn action_text(action_type: &str, new_customer: bool) -> String {
     }
 }
 
+/// The action text when the customer's earlier browsing (of `advisors` advisors' resumes)
+/// joined their lead with this action: shortened so that both fit a `thing` (20 characters).
+pub fn history_text(action_type: &str, new_customer: bool, advisors: i32) -> String {
+    let base = match action_type {
+        "view_resume" => "客户查看简历",
+        "contact_advisor" => "客户想联系您",
+        "book_service" => "客户预约服务",
+        _ => "客户有新动作",
+    };
+    let new = if new_customer { "新" } else { "" };
+    format!("{new}{base}，此前浏览{advisors}位顾问简历")
+}
+
 /// The owner's text when their customer acted on another advisor's resume.
 pub fn owner_text(action_type: &str) -> &'static str {
     match action_type {
@@ -54,6 +67,9 @@ pub fn for_outcome(
     let at = from_timestamp(o.action_at.as_ref()).unwrap_or_else(Utc::now);
     let text = match audience {
         Audience::Owner => owner_text(&o.action_type).to_string(),
+        Audience::Viewed if o.linked_advisors > 0 => {
+            history_text(&o.action_type, o.is_new_customer, o.linked_advisors)
+        }
         _ => action_text(&o.action_type, o.is_new_customer),
     };
     let (phone, name) = match audience {
@@ -111,6 +127,19 @@ fn or_placeholder(s: &str) -> &str {
 mod tests {
     use super::*;
     use ande_platform::config::Env;
+
+    #[test]
+    fn the_history_text_fits_a_thing_keyword() {
+        for t in ["view_resume", "contact_advisor", "book_service", "other"] {
+            let text = history_text(t, true, 99);
+            assert!(text.chars().count() <= 20, "{text}");
+            assert_eq!(fit("thing1", &text), text, "not cut");
+        }
+        assert_eq!(
+            history_text("view_resume", false, 3),
+            "客户查看简历，此前浏览3位顾问简历"
+        );
+    }
 
     #[test]
     fn texts_follow_the_seed() {

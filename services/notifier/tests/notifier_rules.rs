@@ -319,6 +319,7 @@ impl Harness {
             action_at: Some(to_timestamp(Utc::now())),
             anonymous: false,
             lead_owner: advisor.into(),
+            ..Default::default()
         }
     }
 

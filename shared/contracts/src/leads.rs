@@ -118,6 +118,12 @@ pub struct StoredOutcome {
     /// The advisor who owns the lead (now), when there is one.
     #[serde(default)]
     pub lead_owner: Option<String>,
+    /// Earlier actions of the customer's openid, without a phone, that this action joined to
+    /// the lead (oldest first), and how many advisors they were about.
+    #[serde(default)]
+    pub linked_actions: Vec<Uuid>,
+    #[serde(default)]
+    pub linked_advisors: i32,
 }
 
 /// The reply of `leads.journey`.

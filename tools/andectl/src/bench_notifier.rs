@@ -153,5 +153,6 @@ fn outcome(advisor: &str) -> LeadOutcome {
         action_at: Some(to_timestamp(chrono::Utc::now())),
         anonymous: false,
         lead_owner: advisor.into(),
+        ..Default::default()
     }
 }

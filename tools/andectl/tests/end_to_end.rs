@@ -88,3 +88,42 @@ async fn an_action_becomes_a_lead_and_a_message_to_the_advisor() {
     assert_eq!(leads, 1, "matched by phone, not created again");
     t.stack.stop().await.unwrap();
 }
+
+/// A customer browses with their session and no phone, then leaves the phone: the advisor's
+/// message says how many advisors' resumes they looked at before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_message_tells_of_the_customers_earlier_browsing() {
+    let t = common::start().await;
+    let template = ande_wechat::DEV_TEMPLATE_ID;
+    t.advisor_accepts("adv-hist", "o_advisor_hist", template)
+        .await;
+    let customer = t.session("o_customer_hist").await;
+    let act = |advisor: &str, phone: Option<&str>| {
+        let mut body =
+            json!({"customerId": "c-hist", "advisorId": advisor, "actionType": "view_resume"});
+        if let Some(p) = phone {
+            body["customerPhone"] = json!(p);
+            body["customerName"] = json!("赵六");
+        }
+        t.http
+            .post(t.api("/api/customer/action"))
+            .bearer_auth(&customer)
+            .json(&body)
+            .send()
+    };
+    for advisor in ["adv-a", "adv-b", "adv-c", "adv-a"] {
+        assert_eq!(act(advisor, None).await.unwrap().status(), 201);
+    }
+    assert_eq!(
+        act("adv-hist", Some("13500003333")).await.unwrap().status(),
+        201
+    );
+    let messages = t.wait_messages("o_advisor_hist", 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0]["data"]["thing1"]["value"],
+        "新客户查看简历，此前浏览3位顾问简历"
+    );
+    assert_eq!(messages[0]["data"]["thing3"]["value"], "13500003333");
+    t.stack.stop().await.unwrap();
+}
