@@ -165,13 +165,15 @@ pub async fn count(stream: &Stream, filter: &str, start: Start) -> anyhow::Resul
 }
 
 /// A subject as an operator may write it: a full subject (wildcards allowed), a suffix after the
-/// prefix (`events.v1.lead.outcome`), or a short name (`action`, `subscription`, `outcome`).
+/// prefix (`events.v1.lead.outcome`), or a short name (`action`, `subscription`, `outcome`,
+/// `wechat`).
 pub fn resolve_subject(subjects: &Subjects, s: &str) -> anyhow::Result<String> {
     let s = s.trim();
     let short = match s {
         "action" | "action.recorded" => Some(EventKind::ActionRecorded),
         "subscription" | "subscription.changed" => Some(EventKind::SubscriptionChanged),
         "outcome" | "lead.outcome" => Some(EventKind::LeadOutcome),
+        "wechat" | "wechat.subscription" => Some(EventKind::WechatSubscription),
         _ => None,
     };
     if let Some(k) = short {
@@ -184,7 +186,7 @@ pub fn resolve_subject(subjects: &Subjects, s: &str) -> anyhow::Result<String> {
         return Ok(format!("{}.{s}", subjects.prefix()));
     }
     bail!(
-        "unknown subject {s:?}: give a full subject ({}), a suffix (events.v1.lead.outcome) or one of action, subscription, outcome",
+        "unknown subject {s:?}: give a full subject ({}), a suffix (events.v1.lead.outcome) or one of action, subscription, outcome, wechat",
         subjects.event(EventKind::ActionRecorded)
     )
 }

@@ -134,7 +134,7 @@ enum NotifierCmd {
 enum EventsCmd {
     /// Follow new events as they are stored (Ctrl-C stops).
     Tail {
-        /// Only this subject: a full subject, a suffix (events.v1.lead.outcome), or action, subscription, outcome.
+        /// Only this subject: a full subject, a suffix (events.v1.lead.outcome), or action, subscription, outcome, wechat.
         #[arg(long)]
         subject: Option<String>,
         /// Only the events of this correlation id (the action id that started the chain).
