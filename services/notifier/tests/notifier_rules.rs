@@ -369,8 +369,24 @@ impl Harness {
         panic!("the workers did not read the pause switch {n} times in 10 s");
     }
 
+    /// A request/reply call; while the notifier has not yet subscribed its methods (just
+    /// started), "no responders" is retried for a few seconds.
     async fn rpc<M: rpc::Method>(&self, req: &M::Request) -> Result<M::Reply, RpcError> {
-        rpc::call::<M>(&self.bus.client, &self.bus.subjects, req, RPC_TIMEOUT).await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = rpc::call::<M>(&self.bus.client, &self.bus.subjects, req, RPC_TIMEOUT).await;
+            let starting = matches!(
+                &r,
+                Err(RpcError::Unavailable {
+                    cause: ande_contracts::Unavailable::NoResponders,
+                    ..
+                })
+            );
+            if !starting || tokio::time::Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // --- the simulator -----------------------------------------------------------------------

@@ -6,7 +6,14 @@
 //!    INSERT + COMMIT per event, and vs leads itself with batches of one;
 //! 3. end-to-end latency: HTTP action → lead → outcome → subscribe message at the simulator;
 //! 4. the notifier's sends per second at 0 and 20 ms of WeChat latency vs its ceiling
-//!    ([`crate::bench_notifier`]).
+//!    ([`crate::bench_notifier`]);
+//! 5. the gateway under 1, 16 and 64 connections vs a minimal reference server doing the
+//!    unavoidable work ([`crate::bench_gateway`]);
+//! 6. end to end in an open loop at 250 to 2,000 actions/s, every service its own process, per
+//!    stage, with each service's RSS and CPU ([`crate::bench_open`]).
+//!
+//! `--json FILE` writes parts 5 and 6 machine-readable, `--svg DIR` their charts
+//! ([`crate::bench_chart`]); `.ci/bench` regenerates the README's figures.
 //!
 //! Run with `cargo run --release -p andectl -- bench` (NATS and Postgres must be running; each
 //! part uses its own database and prefix). `--events N` sets the size (default 2000 events for
@@ -67,8 +74,193 @@ fn action(phone: &str) -> ActionRecorded {
     }
 }
 
-/// Run every measurement (or only `part`) and print the report.
-pub async fn run(n: usize, part: Option<u8>) -> anyhow::Result<()> {
+/// What `andectl bench` was asked for.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub events: usize,
+    pub part: Option<u8>,
+    /// Per run of part 5 (each level, each server).
+    pub seconds: Duration,
+    /// Per rate of part 6.
+    pub open_seconds: u64,
+    /// Write the machine-readable results here.
+    pub json: Option<std::path::PathBuf>,
+    /// Write the charts into this directory.
+    pub svg: Option<std::path::PathBuf>,
+}
+
+/// The machine-readable results of parts 5 and 6.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub date: String,
+    pub gateway_vs_reference: Option<Vec<crate::bench_gateway::Level>>,
+    pub open_loop: Option<crate::bench_open::OpenLoop>,
+}
+
+/// Cores, CPU model and memory, as the report states them.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
+}
+
+/// Run the parts asked for, print them, and write the JSON and charts if asked.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut report = Report {
+        machine: machine(),
+        date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        ..Report::default()
+    };
+    println!("andectl bench on {}, {}\n", report.machine, report.date);
+    if matches!(args.part, None | Some(1..=4)) {
+        run_classic(args.events, args.part).await?;
+    }
+    if matches!(args.part, None | Some(5)) {
+        report.gateway_vs_reference = Some(crate::bench_gateway::run(args.seconds).await?);
+    }
+    if matches!(args.part, None | Some(6)) {
+        report.open_loop = Some(crate::bench_open::run(args.open_seconds).await?);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nresults written to {}", path.display());
+    }
+    if let Some(dir) = &args.svg {
+        std::fs::create_dir_all(dir)?;
+        for (name, svg) in charts(&report) {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            println!("chart written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The charts of the report's parts: (file name, SVG).
+pub fn charts(r: &Report) -> Vec<(String, String)> {
+    let mut out = gateway_charts(r);
+    out.extend(open_loop_charts(r));
+    out
+}
+
+fn gateway_charts(r: &Report) -> Vec<(String, String)> {
+    use crate::bench_chart::{bars, lines, Series};
+    let mut out = Vec::new();
+    if let Some(levels) = &r.gateway_vs_reference {
+        let cats: Vec<String> = levels
+            .iter()
+            .map(|l| format!("{} conn.", l.gateway.connections))
+            .collect();
+        let rps = [
+            Series {
+                name: "gateway",
+                values: levels.iter().map(|l| l.gateway.rps).collect(),
+            },
+            Series {
+                name: "reference",
+                values: levels.iter().map(|l| l.reference.rps).collect(),
+            },
+        ];
+        out.push((
+            "gateway-throughput.svg".into(),
+            bars(
+                &format!("POST /api/customer/action vs the reference ({})", r.date),
+                "requests/s",
+                &cats,
+                &rps,
+            ),
+        ));
+        let p99 = [
+            Series {
+                name: "gateway p99",
+                values: levels.iter().map(|l| l.gateway.p99_ms).collect(),
+            },
+            Series {
+                name: "reference p99",
+                values: levels.iter().map(|l| l.reference.p99_ms).collect(),
+            },
+            Series {
+                name: "gateway p50",
+                values: levels.iter().map(|l| l.gateway.p50_ms).collect(),
+            },
+            Series {
+                name: "reference p50",
+                values: levels.iter().map(|l| l.reference.p50_ms).collect(),
+            },
+        ];
+        out.push((
+            "gateway-latency.svg".into(),
+            lines(
+                "Latency under concurrency",
+                "ms",
+                &cats,
+                &p99,
+                Some((10.0, "p99 target at 64")),
+            ),
+        ));
+    }
+    out
+}
+
+fn open_loop_charts(r: &Report) -> Vec<(String, String)> {
+    use crate::bench_chart::{lines, Series};
+    let mut out = Vec::new();
+    if let Some(open) = &r.open_loop {
+        for ms in crate::bench_open::WECHAT_LATENCIES {
+            let runs: Vec<_> = open.runs.iter().filter(|x| x.wechat_ms == ms).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let cats: Vec<String> = runs.iter().map(|x| format!("{}/s", x.rate)).collect();
+            let stage = |name, f: fn(&crate::bench_open::Run) -> f64| Series {
+                name,
+                values: runs.iter().map(|x| f(x)).collect(),
+            };
+            let series = [
+                stage("accepted p99", |x| x.accepted.p99_ms),
+                stage("lead stored p99", |x| x.stored.p99_ms),
+                stage("outcome p99", |x| x.outcome.p99_ms),
+                stage("message p99", |x| x.message.p99_ms),
+                stage("message p50", |x| x.message.p50_ms),
+            ];
+            out.push((
+                format!("open-loop-wechat-{ms}ms.svg"),
+                lines(
+                    &format!("End to end, open loop, WeChat at {ms} ms"),
+                    "ms after the scheduled send",
+                    &cats,
+                    &series,
+                    Some((100.0, "100 ms target")),
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Parts 1 to 4 (or one of them), as before.
+async fn run_classic(n: usize, part: Option<u8>) -> anyhow::Result<()> {
     let n = n.max(50);
     let lat_n = (n / 4).max(50);
     println!("andectl bench: {n} events for throughput, {lat_n} requests for latency\n");

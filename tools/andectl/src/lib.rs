@@ -16,7 +16,10 @@
 //!   services' tests.
 
 pub mod bench;
+pub mod bench_chart;
+pub mod bench_gateway;
 pub mod bench_notifier;
+pub mod bench_open;
 pub mod conn;
 pub mod decode;
 pub mod dlq;

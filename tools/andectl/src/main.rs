@@ -57,14 +57,30 @@ enum Cmd {
     #[command(subcommand)]
     Notifier(NotifierCmd),
     /// Measure the pipeline against raw JetStream and Postgres in the same run (build with --release).
-    Bench {
-        /// Events for the throughput part (a quarter as many requests for latency).
-        #[arg(long, default_value_t = 2000)]
-        events: usize,
-        /// Only this part (1 gateway, 2 leads, 3 end to end, 4 notifier); all when absent.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
-        part: Option<u8>,
-    },
+    Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct BenchCmd {
+    /// Events for the throughput part (a quarter as many requests for latency).
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
+    /// Only this part (1 gateway, 2 leads, 3 end to end, 4 notifier, 5 gateway vs the
+    /// reference under concurrency, 6 end to end open loop); all when absent.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
+    part: Option<u8>,
+    /// Seconds per run of part 5 (each level, each server).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Seconds per offered rate of part 6.
+    #[arg(long, default_value_t = 30)]
+    open_seconds: u64,
+    /// Write the results of parts 5 and 6 as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write the charts of parts 5 and 6 (SVG) into this directory.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -375,14 +391,24 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
                 }
             }
         }
-        Cmd::Bench { events, part } => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                ande_platform::telemetry::init("andectl", false);
-            }
-            andectl::bench::run(events, part).await?
-        }
+        Cmd::Bench(b) => bench(b).await?,
     }
     Ok(exit::SUCCESS)
+}
+
+async fn bench(b: BenchCmd) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        ande_platform::telemetry::init("andectl", false);
+    }
+    andectl::bench::run(andectl::bench::BenchArgs {
+        events: b.events,
+        part: b.part,
+        seconds: std::time::Duration::from_secs(b.seconds.max(1)),
+        open_seconds: b.open_seconds.max(1),
+        json: b.json,
+        svg: b.svg,
+    })
+    .await
 }
 
 async fn events(

@@ -1,0 +1,234 @@
+//! `andectl bench --part 5`: the gateway under concurrency against the least any gateway of this
+//! design must do, measured side by side in the same run.
+//!
+//! The reference is a minimal axum handler in this process: decode the body into JSON, publish
+//! it with JetStream's ack (to `<prefix>.events.bench.reference`, in the same stream as the
+//! gateway's events, so storage costs the same), answer JSON. The gateway runs alone (no leads,
+//! no notifier) against the same NATS and Postgres. A closed loop of C keep-alive HTTP/1.1
+//! connections (hyper, one task each) sends the same action body back to back for a fixed time;
+//! the two servers alternate at each level, so a machine that slows down during the run slows
+//! both. Everything (load, servers, NATS client) shares this process's two cores, as a
+//! deployment on one small machine would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// Connections at each level.
+pub const LEVELS: [usize; 3] = [1, 16, 64];
+
+/// What one closed-loop run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Load {
+    pub connections: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+/// The gateway and the reference at one level.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Level {
+    pub gateway: Load,
+    pub reference: Load,
+    /// gateway req/s ÷ reference req/s.
+    pub ratio: f64,
+}
+
+/// The body both servers get: an anonymous view, as the mini-program sends it.
+pub fn body() -> Bytes {
+    Bytes::from(
+        json!({"customerId": "bench-c", "advisorId": "bench-advisor", "actionType": "view_resume",
+               "actionData": {"resumeId": "r-1"}, "customerName": "压测"})
+        .to_string(),
+    )
+}
+
+/// One connection sending back to back until `until`; latencies of good answers, and errors.
+async fn connection(
+    addr: SocketAddr,
+    path: &'static str,
+    body: Bytes,
+    until: Instant,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut lat = Vec::with_capacity(8192);
+    let mut errors = 0;
+    while Instant::now() < until {
+        let req = hyper::Request::post(path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))?;
+        let t = Instant::now();
+        let resp = sender.send_request(req).await?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await?;
+        if ok {
+            lat.push(t.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    Ok((lat, errors))
+}
+
+/// `connections` connections for `secs` against `addr`.
+pub async fn drive(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    secs: Duration,
+) -> anyhow::Result<Load> {
+    let until = Instant::now() + secs;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(connection(addr, path, body(), until)))
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.context("load task")??;
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        let i = ((all.len().max(1) - 1) as f64 * p).round() as usize;
+        all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(Load {
+        connections,
+        requests: all.len() as u64,
+        errors,
+        rps: all.len() as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+    })
+}
+
+struct Reference {
+    js: async_nats::jetstream::Context,
+    subject: String,
+}
+
+async fn reference(
+    State(r): State<Arc<Reference>>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), StatusCode> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let payload = serde_json::to_vec(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    r.js.publish_with_headers(r.subject.clone(), headers, payload.into())
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "data": {"eventId": id}})),
+    ))
+}
+
+/// Serve the reference on a free port until `stop`.
+pub async fn serve_reference(
+    bus: &ande_platform::bus::Bus,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let r = Arc::new(Reference {
+        js: bus.js.clone(),
+        subject: format!("{}.events.bench.reference", bus.subjects.prefix()),
+    });
+    let app = axum::Router::new()
+        .route("/reference", axum::routing::post(reference))
+        .with_state(r);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    Ok(addr)
+}
+
+/// The whole comparison: the gateway alone and the reference, alternating at each level.
+pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
+    let common = ande_platform::testing::isolated_config().await;
+    let mut config = ande_gateway::GatewayConfig::with_common(common.clone(), "http://127.0.0.1:9");
+    config.port = 0;
+    // One client sending many requests: not what the per-IP limits are for.
+    config.rate_per_ip = u32::MAX;
+    config.rate_per_openid = u32::MAX;
+    let gateway = ande_gateway::Gateway::bind(config).await?;
+    let gateway_addr = gateway.addr;
+    let stop = CancellationToken::new();
+    let gw_stop = stop.clone();
+    let serving = tokio::spawn(async move { gateway.run(gw_stop).await });
+    let bus = ande_platform::bus::Bus::connect(&common, "bench").await?;
+    bus.ensure_streams(common.event_max_age).await?;
+    let reference_addr = serve_reference(&bus, stop.clone()).await?;
+    // Warm both up (connections, JIT-free but caches and pools).
+    drive(
+        gateway_addr,
+        "/api/customer/action",
+        4,
+        Duration::from_millis(500),
+    )
+    .await?;
+    drive(reference_addr, "/reference", 4, Duration::from_millis(500)).await?;
+    println!(
+        "5. gateway vs the reference (decode JSON, publish with ack, answer JSON), {} s per run",
+        secs.as_secs_f64()
+    );
+    println!("   conns   gateway req/s  p50 ms  p99 ms p99.9 ms | reference req/s  p50 ms  p99 ms p99.9 ms | ratio");
+    let mut levels = Vec::new();
+    for c in LEVELS {
+        let reference = drive(reference_addr, "/reference", c, secs).await?;
+        let gateway = drive(gateway_addr, "/api/customer/action", c, secs).await?;
+        let ratio = gateway.rps / reference.rps.max(1e-9);
+        println!(
+            "   {c:5} {:15.0} {:7.2} {:7.2} {:8.2} | {:15.0} {:7.2} {:7.2} {:8.2} | {ratio:5.2}x",
+            gateway.rps,
+            gateway.p50_ms,
+            gateway.p99_ms,
+            gateway.p999_ms,
+            reference.rps,
+            reference.p50_ms,
+            reference.p99_ms,
+            reference.p999_ms
+        );
+        anyhow::ensure!(
+            gateway.errors == 0 && reference.errors == 0,
+            "errors: gateway {}, reference {}",
+            gateway.errors,
+            reference.errors
+        );
+        levels.push(Level {
+            gateway,
+            reference,
+            ratio,
+        });
+    }
+    stop.cancel();
+    serving.await.context("gateway task")??;
+    Ok(levels)
+}
