@@ -153,6 +153,7 @@ fn env(common: &CommonConfig, gateway_port: u16, sim_port: u16) -> Vec<(String, 
         ("WECHAT_API_BASE", format!("http://127.0.0.1:{sim_port}")),
         ("GATEWAY_RATE_PER_IP", u32::MAX.to_string()),
         ("GATEWAY_RATE_PER_OPENID", u32::MAX.to_string()),
+        ("GATEWAY_RATE_WECHAT", u32::MAX.to_string()),
         ("NOTIFIER_LONG_TERM_TEMPLATES", TEMPLATE.into()),
     ]
     .into_iter()
@@ -501,6 +502,34 @@ struct Target<'a> {
     pids: &'a [(&'static str, u32)],
 }
 
+/// Wait (at most two minutes) until nothing of an earlier run is left: leads has taken every
+/// action and the notifier has no notification queued or in flight. A run must not pay for the
+/// backlog of the one before it.
+async fn drained(t: &Target<'_>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut leads = t
+            .bus
+            .js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                ande_leads::consumer::DURABLE,
+                t.bus.subjects.stream(),
+            )
+            .await?;
+        let pending = leads.info().await?.num_pending;
+        // Runtime-checked: the benchmark reads across the services' schemas.
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifier.notifications WHERE state IN ('queued', 'sending')",
+        )
+        .fetch_one(t.db)
+        .await?;
+        if (pending == 0 && queued == 0) || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One offered rate: send, read back the stages, print the line.
 async fn one_rate(
     t: &Target<'_>,
@@ -509,6 +538,7 @@ async fn one_rate(
     secs: u64,
     seq: &mut usize,
 ) -> anyhow::Result<Run> {
+    drained(t).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let watcher = tokio::spawn(watch(t.bus.clone(), t.pids.to_vec(), stop.clone()));
     let sent = offer(t.http, t.gateway, t.customer, rate, secs, seq).await;
