@@ -210,15 +210,18 @@ pub async fn set_settings(
     let quiet_hours = match c.quiet_hours.as_deref().map(str::trim) {
         None | Some("") => None,
         Some("off") => Some("off".to_string()),
-        Some(w) => {
-            let q = crate::config::QuietHours::parse(w)
-                .map_err(|why| RpcError::invalid_field("quietHours", why))?;
-            Some(format!(
+        Some(w) => match crate::config::QuietHours::parse(w) {
+            Ok(q) => Some(format!(
                 "{}-{}",
                 q.start.format("%H:%M"),
                 q.end.format("%H:%M")
-            ))
-        }
+            )),
+            // An empty window (22:00-22:00) holds nothing: the advisor has no quiet hours.
+            Err(_) if w.split_once('-').is_some_and(|(a, b)| a.trim() == b.trim()) => {
+                Some("off".to_string())
+            }
+            Err(why) => return Err(RpcError::invalid_field("quietHours", why).into()),
+        },
     };
     let row = sqlx::query!(
         "INSERT INTO advisor_settings (advisor_id, quiet_hours, updated_by) VALUES ($1, $2, $3)

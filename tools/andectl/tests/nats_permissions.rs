@@ -100,6 +100,19 @@ async fn client(nats: &AuthNats, user: &str) -> async_nats::Client {
         .unwrap()
 }
 
+/// Whether a JetStream publish by `c` on `subject` was stored (acked) within 3 s.
+async fn stored(c: &async_nats::Client, subject: String) -> bool {
+    let js = async_nats::jetstream::new(c.clone());
+    let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+        match js.publish(subject, b"x".to_vec().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    matches!(attempt, Ok(true))
+}
+
 /// A request that must not be answered: refused by the server's permissions, it times out or
 /// fails, never gets a reply.
 async fn refused_request(c: &async_nats::Client, subject: String) {
@@ -192,42 +205,20 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     refused_request(&leads, format!("{prefix}.rpc.notifier.send")).await;
     refused_request(&leads, format!("{prefix}.rpc.notifier.resume")).await;
     refused_request(&leads, format!("{prefix}.rpc.notifier.credits")).await;
-    // The gateway's user cannot forge a lead outcome into the stream.
-    let js = async_nats::jetstream::new(gateway.clone());
-    let forged = tokio::time::timeout(Duration::from_secs(3), async {
-        match js
-            .publish(
-                format!("{prefix}.events.v1.lead.outcome"),
-                b"x".to_vec().into(),
-            )
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        }
-    })
+    // Nor change an advisor's quiet hours (staff, through the gateway, or operators).
+    refused_request(
+        &leads,
+        format!("{prefix}.rpc.notifier.set_advisor_settings"),
+    )
     .await;
+    // The gateway's user cannot forge a lead outcome into the stream.
     assert!(
-        !matches!(forged, Ok(true)),
+        !stored(&gateway, format!("{prefix}.events.v1.lead.outcome")).await,
         "the gateway's user stored a lead outcome"
     );
     // Only the gateway (which checked WeChat's signature) may publish WeChat's events.
-    let leads_js = async_nats::jetstream::new(leads.clone());
-    let forged = tokio::time::timeout(Duration::from_secs(3), async {
-        match leads_js
-            .publish(
-                format!("{prefix}.events.v1.wechat.subscription"),
-                b"x".to_vec().into(),
-            )
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await;
     assert!(
-        !matches!(forged, Ok(true)),
+        !stored(&leads, format!("{prefix}.events.v1.wechat.subscription")).await,
         "the leads user stored a WeChat push"
     );
 

@@ -169,6 +169,21 @@ pub async fn settings(
     Ok(ok(s, "ok"))
 }
 
+/// `HH:MM-HH:MM` with hours 00–23 and minutes 00–59: the document's `QUIET_HOURS_PATTERN`.
+fn window_shape(s: &str) -> bool {
+    let time = |t: &str| {
+        let b = t.as_bytes();
+        b.len() == 5
+            && b[2] == b':'
+            && t[..2].parse::<u8>().is_ok_and(|h| h < 24)
+            && t[3..].parse::<u8>().is_ok_and(|m| m < 60)
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 2 || c.is_ascii_digit())
+    };
+    s.split_once('-').is_some_and(|(a, b)| time(a) && time(b))
+}
+
 /// `POST /api/advisor-settings {advisorId, quietHours}` (staff): the advisor's own quiet hours,
 /// `HH:MM-HH:MM` Beijing time, `off`, or null for the deployment's.
 #[tracing::instrument(skip_all, fields(staff = %staff.sub))]
@@ -180,7 +195,7 @@ pub async fn set_settings(
     let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
     let quiet_hours = match body.get("quietHours") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= 16 => Some(s.clone()),
+        Some(Value::String(s)) if s == "off" || window_shape(s) => Some(s.clone()),
         Some(_) => {
             return Err(ApiError::validation(
                 "quietHours",

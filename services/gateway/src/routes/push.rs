@@ -40,7 +40,7 @@ fn config(state: &AppState) -> Result<&PushConfig, ApiError> {
 fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
     q.get(name)
         .map(String::as_str)
-        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .filter(|v| !v.is_empty() && v.chars().count() <= 256)
         .ok_or_else(|| ApiError::validation(name, "is required (at most 256 characters)"))
 }
 
