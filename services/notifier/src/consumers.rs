@@ -1,8 +1,8 @@
 //! The notifier's three durable consumers. NATS 2.9 allows one filter subject per consumer, so
 //! outcomes, subscription changes (the mini-program's reports) and WeChat's subscription pushes
 //! each have their own; all only write to the database (in
-//! one transaction per batch, through `apply_batch`, which isolates a message whose data Postgres
-//! refuses) and ack after the commit. Sending happens in `dispatch`, driven by
+//! one transaction per batch, through `store_batch`/`apply_batch`, which isolate a message whose
+//! data Postgres refuses) and ack after the commit. Sending happens in `dispatch`, driven by
 //! the rows they write, so a redelivered or replayed event finds its row and does nothing.
 
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use ande_contracts::notifier::ActionSummary;
 use ande_events::{
     from_timestamp, LeadOutcome, SubscriptionChanged, WechatPushKind, WechatSubscriptionEvent,
 };
-use ande_platform::consumer::{apply_batch, ApplyInTx, Delivery, Disposition, Handler};
+use ande_platform::consumer::{
+    apply_batch, store_batch, ApplyInTx, Delivery, Disposition, Handler, StoreInTx,
+};
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -38,33 +40,62 @@ impl Handler for OutcomeHandler {
     type Event = LeadOutcome;
 
     async fn handle(&self, batch: &[Delivery<LeadOutcome>]) -> anyhow::Result<Vec<Disposition>> {
-        let out = apply_batch(&self.pool, batch, self).await?;
+        let stored = store_batch(&self.pool, batch, self).await?;
         self.wake.notify_one();
-        Ok(out)
+        Ok(stored
+            .into_iter()
+            .map(|r| r.unwrap_or_else(Disposition::DeadLetter))
+            .collect())
     }
 }
 
-impl ApplyInTx<LeadOutcome> for OutcomeHandler {
-    async fn apply(
+/// A batch's notifications are written with one statement (and their log entries with one
+/// more): under load the outcomes arrive in batches, and a statement per row was most of what
+/// the notifier cost Postgres.
+impl StoreInTx<LeadOutcome> for OutcomeHandler {
+    type Stored = Disposition;
+
+    async fn store(
         &self,
         tx: &mut PgConnection,
-        d: &Delivery<LeadOutcome>,
-    ) -> Result<Disposition, sqlx::Error> {
-        {
+        batch: &[Delivery<LeadOutcome>],
+    ) -> Result<Vec<Result<Disposition, String>>, sqlx::Error> {
+        let mut out = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for d in batch {
             let o = &d.event;
             let (Ok(action_id), false) = (
                 Uuid::parse_str(&o.action_id),
                 o.advisor_id.trim().is_empty(),
             ) else {
-                return Ok(Disposition::DeadLetter(
+                out.push(Ok(Disposition::DeadLetter(
                     "outcome without a valid action id or advisor".into(),
-                ));
+                )));
+                continue;
             };
             for (advisor_id, audience) in recipients(o, self.config.foreign_lead) {
-                self.enqueue(tx, o, action_id, advisor_id, audience).await?;
+                let row = self.notification(o, action_id, advisor_id, audience);
+                if o.anonymous {
+                    // Admitted one by one: each counts against the advisor's hourly budget,
+                    // which the next one reads.
+                    let c = &self.config;
+                    let (state, event) =
+                        store::admit_anonymous(tx, advisor_id, c.anonymous_per_hour, c.max_waiting)
+                            .await?;
+                    let row = store::Enqueue {
+                        new: store::NewNotification { state, ..row.new },
+                        event,
+                        ..row
+                    };
+                    store::enqueue_many(tx, std::slice::from_ref(&row)).await?;
+                } else {
+                    rows.push(row);
+                }
             }
-            Ok(Disposition::Ack)
+            out.push(Ok(Disposition::Ack));
         }
+        store::enqueue_many(tx, &rows).await?;
+        Ok(out)
     }
 }
 
@@ -85,15 +116,15 @@ fn recipients(o: &LeadOutcome, mode: ForeignLead) -> Vec<(&str, Audience)> {
 }
 
 impl OutcomeHandler {
-    /// One notification of the outcome for one advisor, once per (action, advisor).
-    async fn enqueue(
-        &self,
-        tx: &mut PgConnection,
+    /// The notification of the outcome for one advisor (stored once per (action, advisor)),
+    /// queued.
+    fn notification<'a>(
+        &'a self,
         o: &LeadOutcome,
         action_id: Uuid,
-        advisor_id: &str,
+        advisor_id: &'a str,
         audience: Audience,
-    ) -> Result<(), sqlx::Error> {
+    ) -> store::Enqueue<'a> {
         let (data, page) = content::for_outcome(&self.config, o, audience);
         let mut action = ActionSummary {
             action_type: o.action_type.as_str().into(),
@@ -113,43 +144,31 @@ impl OutcomeHandler {
                 ..action
             };
         }
-        let summary = Summary::Action(action);
-        let (state, event) = if o.anonymous {
-            let c = &self.config;
-            store::admit_anonymous(tx, advisor_id, c.anonymous_per_hour, c.max_waiting).await?
-        } else {
-            (NotificationState::Queued, "queued")
-        };
-        let new = store::NewNotification {
-            id: Uuid::now_v7(),
-            action_id,
-            advisor_id,
-            kind: NotificationKind::Action,
-            template_id: &self.config.template_id,
-            data: &data,
-            page: &page,
-            summary,
-            anonymous: o.anonymous,
-            state,
-        };
-        if let Some(id) = store::enqueue(tx, &new).await? {
-            let why = match audience {
-                Audience::Owner => Some(
-                    "the customer is this advisor's lead; they acted on another advisor's resume",
-                ),
-                Audience::Redacted => {
-                    Some("the customer is another advisor's lead: sent without phone and name")
-                }
-                Audience::Viewed => None,
-            };
-            LogEntry {
-                detail: why,
-                ..LogEntry::about(id, action_id, advisor_id, event)
+        let detail = match audience {
+            Audience::Owner => {
+                Some("the customer is this advisor's lead; they acted on another advisor's resume")
             }
-            .write(tx)
-            .await?;
+            Audience::Redacted => {
+                Some("the customer is another advisor's lead: sent without phone and name")
+            }
+            Audience::Viewed => None,
+        };
+        store::Enqueue {
+            new: store::NewNotification {
+                id: Uuid::now_v7(),
+                action_id,
+                advisor_id,
+                kind: NotificationKind::Action,
+                template_id: &self.config.template_id,
+                data,
+                page,
+                summary: Summary::Action(action),
+                anonymous: o.anonymous,
+                state: NotificationState::Queued,
+            },
+            event: "queued",
+            detail,
         }
-        Ok(())
     }
 }
 

@@ -670,8 +670,8 @@ impl Dispatcher {
             advisor_id,
             kind: NotificationKind::Digest,
             template_id,
-            data: &data,
-            page: &page,
+            data,
+            page,
             summary: Summary::Digest {
                 count: u32::try_from(n).unwrap_or(u32::MAX),
             },

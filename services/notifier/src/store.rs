@@ -78,8 +78,8 @@ pub struct NewNotification<'a> {
     pub advisor_id: &'a str,
     pub kind: NotificationKind,
     pub template_id: &'a str,
-    pub data: &'a BTreeMap<String, String>,
-    pub page: &'a str,
+    pub data: BTreeMap<String, String>,
+    pub page: String,
     pub summary: Summary,
     /// For an anonymous action (or a digest of only such): held to the advisor's budget.
     pub anonymous: bool,
@@ -101,7 +101,7 @@ pub async fn enqueue(
         n.advisor_id,
         n.kind.as_str(),
         n.template_id,
-        sqlx::types::Json(n.data) as _,
+        sqlx::types::Json(&n.data) as _,
         n.page,
         sqlx::types::Json(&n.summary) as _,
         n.state.as_str(),
@@ -110,6 +110,74 @@ pub async fn enqueue(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| r.id))
+}
+
+/// A notification to store, and the log entry that says so.
+pub struct Enqueue<'a> {
+    pub new: NewNotification<'a>,
+    /// The log's event (`queued`, or where [`admit_anonymous`] put it).
+    pub event: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+/// Store notifications (each unless one exists for its (action, advisor)) and log those stored
+/// now: two statements for any number.
+pub async fn enqueue_many(conn: &mut PgConnection, rows: &[Enqueue<'_>]) -> Result<(), sqlx::Error> {
+    // The same (action, advisor) twice in a batch (a redelivery beside the original): once.
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<&Enqueue> = rows
+        .iter()
+        .filter(|r| seen.insert((r.new.action_id, r.new.advisor_id)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:expr) => {
+            rows.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let data = col!(|r| serde_json::to_value(&r.new.data).unwrap_or_default());
+    let summary = col!(|r| serde_json::to_value(&r.new.summary).unwrap_or_default());
+    let stored: std::collections::HashSet<Uuid> = sqlx::query_scalar!(
+        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                              $8::text[], $9::jsonb[], $10::bool[])
+         ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
+        &col!(|r| r.new.id),
+        &col!(|r| r.new.action_id),
+        &col!(|r| r.new.advisor_id) as &[&str],
+        &col!(|r| r.new.kind.as_str()) as &[&str],
+        &col!(|r| r.new.state.as_str()) as &[&str],
+        &col!(|r| r.new.template_id) as &[&str],
+        &data,
+        &col!(|r| r.new.page.as_str()) as &[&str],
+        &summary,
+        &col!(|r| r.new.anonymous),
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let logged: Vec<&Enqueue> = rows
+        .into_iter()
+        .filter(|r| stored.contains(&r.new.id))
+        .collect();
+    if logged.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO deliveries (notification_id, action_id, advisor_id, event, detail)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])",
+        &logged.iter().map(|r| r.new.id).collect::<Vec<_>>(),
+        &logged.iter().map(|r| r.new.action_id).collect::<Vec<_>>(),
+        &logged.iter().map(|r| r.new.advisor_id).collect::<Vec<_>>() as &[&str],
+        &logged.iter().map(|r| r.event).collect::<Vec<_>>() as &[&str],
+        logged.iter().map(|r| r.detail).collect::<Vec<_>>() as _,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Sends the advisor's anonymous notifications took in the last hour (queued, in flight or done).

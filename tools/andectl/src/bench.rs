@@ -78,11 +78,15 @@ fn action(phone: &str) -> ActionRecorded {
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
     pub events: usize,
-    pub part: Option<u8>,
+    /// The parts to run; every part when empty.
+    pub parts: Vec<u8>,
     /// Per run of part 5 (each level, each server).
     pub seconds: Duration,
     /// Per rate of part 6.
     pub open_seconds: u64,
+    /// Offered rates of part 6 (actions/s) and the simulator's latencies (ms).
+    pub rates: Vec<u32>,
+    pub wechat_ms: Vec<u64>,
     /// Write the machine-readable results here.
     pub json: Option<std::path::PathBuf>,
     /// Write the charts into this directory.
@@ -132,14 +136,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
     println!("andectl bench on {}, {}\n", report.machine, report.date);
-    if matches!(args.part, None | Some(1..=4)) {
-        run_classic(args.events, args.part).await?;
+    let wants = |p: u8| args.parts.is_empty() || args.parts.contains(&p);
+    if args.parts.is_empty() {
+        run_classic(args.events, None).await?;
+    } else {
+        // Parts 1 and 3 share one stack.
+        for p in [1, 2, 4] {
+            if wants(p) || (p == 1 && wants(3)) {
+                run_classic(args.events, Some(p)).await?;
+            }
+        }
     }
-    if matches!(args.part, None | Some(5)) {
+    if wants(5) {
         report.gateway_vs_reference = Some(crate::bench_gateway::run(args.seconds).await?);
     }
-    if matches!(args.part, None | Some(6)) {
-        report.open_loop = Some(crate::bench_open::run(args.open_seconds).await?);
+    if wants(6) {
+        report.open_loop = Some(crate::bench_open::run(args.open_seconds, &args.rates, &args.wechat_ms).await?);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -153,8 +165,61 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
             println!("chart written to {}", path.display());
         }
+        let path = dir.join("results.md");
+        std::fs::write(&path, markdown(&report))?;
+        println!("tables written to {}", path.display());
     }
     Ok(())
+}
+
+/// The tables of parts 5 and 6 in Markdown, with the machine and the date (the README links
+/// them beside the charts).
+pub fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut md = format!(
+        "# andectl bench: parts 5 and 6\n\n{}, {} (written by `andectl bench --svg`).\n",
+        r.machine, r.date
+    );
+    if let Some(levels) = &r.gateway_vs_reference {
+        md.push_str("\n## Gateway vs the reference (target: ≥ 0.8×; p99 ≤ 10 ms at 64)\n\n");
+        md.push_str("| connections | gateway req/s | p50 / p99 / p99.9 ms | reference req/s | p50 / p99 / p99.9 ms | ratio |\n|---|---|---|---|---|---|\n");
+        for l in levels {
+            let (g, f) = (&l.gateway, &l.reference);
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2}× |",
+                g.connections, g.rps, g.p50_ms, g.p99_ms, g.p999_ms, f.rps, f.p50_ms, f.p99_ms, f.p999_ms, l.ratio
+            );
+        }
+    }
+    if let Some(open) = &r.open_loop {
+        md.push_str("\n## End to end, open loop (target: message p99 ≤ 100 ms at 1,000/s, WeChat 0 ms)\n\n");
+        md.push_str("| WeChat ms | rate/s | accepted p50/p99 | stored p50/p99 | outcome p50/p99 | message p50/p99/max | leads max pending | CPU s per 1,000 actions (gw/leads/notifier/sim/NATS/Postgres/bench) | peak RSS MB (gw/leads/notifier) |\n|---|---|---|---|---|---|---|---|---|\n");
+        for run in &open.runs {
+            let cpu = |n: &str| {
+                run.resources.get(n).map_or(0.0, |x| x.cpu_seconds) * 1000.0 / run.sent.max(1) as f64
+            };
+            let rss = |n: &str| run.resources.get(n).map_or(0.0, |x| x.peak_rss_mb);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.0} / {:.0} / {:.0} |",
+                run.wechat_ms, run.rate, run.accepted.p50_ms, run.accepted.p99_ms, run.stored.p50_ms, run.stored.p99_ms,
+                run.outcome.p50_ms, run.outcome.p99_ms, run.message.p50_ms, run.message.p99_ms, run.message.max_ms,
+                run.leads_max_pending, cpu("gateway"), cpu("leads"), cpu("notifier"), cpu("wechat-sim"),
+                cpu("nats-server"), cpu("postgres"), cpu("bench"), rss("gateway"), rss("leads"), rss("notifier")
+            );
+        }
+        let mut ready: Vec<_> = open.ready_ms.iter().collect();
+        ready.sort_by(|a, b| a.0.cmp(b.0));
+        let ready: Vec<String> = ready.iter().map(|(n, ms)| format!("{n} {ms:.0} ms")).collect();
+        let _ = writeln!(md, "\nReady after start: {}.", ready.join(", "));
+        let mut highest: Vec<_> = open.highest_under_100ms.iter().collect();
+        highest.sort();
+        for (ms, rate) in highest {
+            let _ = writeln!(md, "\nHighest offered rate with message p99 under 100 ms at WeChat {ms} ms: {rate}/s.");
+        }
+    }
+    md
 }
 
 /// The charts of the report's parts: (file name, SVG).

@@ -119,6 +119,34 @@ fn sample(pid: u32) -> Option<(u64, f64)> {
     Some((rss, ticks as f64 / 100.0))
 }
 
+/// CPU time (s) of every process whose command is `comm` (Postgres runs one per connection),
+/// and of this benchmark itself: what the services' CPU does not show.
+fn shared_cpu() -> HashMap<&'static str, f64> {
+    let mut out = HashMap::from([("nats-server", 0.0), ("postgres", 0.0)]);
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c);
+        let name = match comm {
+            _ if pid == me => "bench",
+            Some(c @ ("nats-server" | "postgres")) => if c == "postgres" { "postgres" } else { "nats-server" },
+            _ => continue,
+        };
+        if let Some((_, cpu)) = sample(pid) {
+            *out.entry(name).or_default() += cpu;
+        }
+    }
+    out
+}
+
 fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let p = dir.join(name);
     if !p.exists() {
@@ -376,6 +404,7 @@ async fn watch(
         .iter()
         .filter_map(|(n, p)| Some((*n, sample(*p)?.1)))
         .collect();
+    let shared_first = shared_cpu();
     let mut res: HashMap<String, Resources> = HashMap::new();
     let mut max_pending = 0;
     while !stop.is_cancelled() {
@@ -402,6 +431,10 @@ async fn watch(
             _ = stop.cancelled() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+    }
+    for (name, cpu) in shared_cpu() {
+        let before = shared_first.get(name).copied().unwrap_or(0.0);
+        res.entry(name.to_string()).or_default().cpu_seconds = (cpu - before).max(0.0);
     }
     (max_pending, res)
 }
@@ -546,10 +579,13 @@ async fn one_rate(
     stop.cancel();
     let (leads_max_pending, resources) = watcher.await?;
     let rss = |n: &str| resources.get(n).map_or(0.0, |r| r.peak_rss_mb);
+    let cpu = |n: &str| resources.get(n).map_or(0.0, |r| r.cpu_seconds);
     println!(
-        "   {wechat_ms:3} ms {rate:7} | {:7.1} {:7.1}  {:7.1} {:7.1}  {:7.1} {:7.1}  {:7.1} {:7.1} {:7.1} | {leads_max_pending:9} | {:.0}/{:.0}/{:.0}",
+        "   {wechat_ms:3} ms {rate:7} | {:7.1} {:7.1}  {:7.1} {:7.1}  {:7.1} {:7.1}  {:7.1} {:7.1} {:7.1} | {leads_max_pending:9} | {:.0}/{:.0}/{:.0} | {:.1}/{:.1}/{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
         accepted.p50_ms, accepted.p99_ms, stored.p50_ms, stored.p99_ms, outcome.p50_ms, outcome.p99_ms,
-        message.p50_ms, message.p99_ms, message.max_ms, rss("gateway"), rss("leads"), rss("notifier")
+        message.p50_ms, message.p99_ms, message.max_ms, rss("gateway"), rss("leads"), rss("notifier"),
+        cpu("gateway"), cpu("leads"), cpu("notifier"), cpu("wechat-sim"),
+        cpu("nats-server"), cpu("postgres"), cpu("bench")
     );
     Ok(Run {
         rate,
@@ -566,7 +602,7 @@ async fn one_rate(
 }
 
 /// Every rate at every WeChat latency; `secs` per rate.
-pub async fn run(secs: u64) -> anyhow::Result<OpenLoop> {
+pub async fn run(secs: u64, rates: &[u32], latencies: &[u64]) -> anyhow::Result<OpenLoop> {
     let dir = std::env::current_exe()?
         .parent()
         .context("the binary's directory")?
@@ -596,7 +632,7 @@ pub async fn run(secs: u64) -> anyhow::Result<OpenLoop> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("   WeChat  rate/s |  accepted p50/p99   stored p50/p99   outcome p50/p99   message p50/p99/max (ms) | leads lag | RSS MB gw/leads/notifier");
+    println!("   WeChat  rate/s |  accepted p50/p99   stored p50/p99   outcome p50/p99   message p50/p99/max (ms) | leads lag | RSS MB gw/leads/notifier | CPU s gw/leads/notifier/sim/nats/pg/bench");
     let target = Target {
         bus: &bus,
         db: &db,
@@ -608,7 +644,7 @@ pub async fn run(secs: u64) -> anyhow::Result<OpenLoop> {
     };
     let mut runs = Vec::new();
     let mut seq = 0;
-    for wechat_ms in WECHAT_LATENCIES {
+    for &wechat_ms in latencies {
         http.delete(format!("{sim}/sim/faults")).send().await?;
         if wechat_ms > 0 {
             http.post(format!("{sim}/sim/faults"))
@@ -617,7 +653,7 @@ pub async fn run(secs: u64) -> anyhow::Result<OpenLoop> {
                 .await?
                 .error_for_status()?;
         }
-        for rate in RATES {
+        for &rate in rates {
             runs.push(one_rate(&target, rate, wechat_ms, secs, &mut seq).await?);
         }
     }

@@ -65,16 +65,22 @@ struct BenchCmd {
     /// Events for the throughput part (a quarter as many requests for latency).
     #[arg(long, default_value_t = 2000)]
     events: usize,
-    /// Only this part (1 gateway, 2 leads, 3 end to end, 4 notifier, 5 gateway vs the
-    /// reference under concurrency, 6 end to end open loop); all when absent.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
-    part: Option<u8>,
+    /// Only these parts (1 gateway, 2 leads, 3 end to end, 4 notifier, 5 gateway vs the
+    /// reference under concurrency, 6 end to end open loop), e.g. `--part 5,6`; all when absent.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+    part: Vec<u8>,
     /// Seconds per run of part 5 (each level, each server).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// Seconds per offered rate of part 6.
     #[arg(long, default_value_t = 30)]
     open_seconds: u64,
+    /// Offered rates of part 6, actions per second.
+    #[arg(long, value_delimiter = ',', default_values_t = andectl::bench_open::RATES)]
+    rates: Vec<u32>,
+    /// The simulator's latencies of part 6, ms.
+    #[arg(long, value_delimiter = ',', default_values_t = andectl::bench_open::WECHAT_LATENCIES)]
+    wechat_ms: Vec<u64>,
     /// Write the results of parts 5 and 6 as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -402,9 +408,11 @@ async fn bench(b: BenchCmd) -> anyhow::Result<()> {
     }
     andectl::bench::run(andectl::bench::BenchArgs {
         events: b.events,
-        part: b.part,
+        parts: b.part,
         seconds: std::time::Duration::from_secs(b.seconds.max(1)),
         open_seconds: b.open_seconds.max(1),
+        rates: b.rates.into_iter().filter(|r| *r > 0).collect(),
+        wechat_ms: b.wechat_ms,
         json: b.json,
         svg: b.svg,
     })
