@@ -35,6 +35,8 @@ pub const DEV_JWT_SECRET: &str = "ande-dev-only-jwt-secret-change-me";
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub common: CommonConfig,
+    /// The admin listener (`METRICS_ADDR`: /metrics, /healthz, /readyz); none when `off`.
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub host: IpAddr,
     pub port: u16,
     /// Allowed browser origins; empty means any (development).
@@ -154,6 +156,7 @@ impl GatewayConfig {
         );
         Ok(Self {
             common: CommonConfig::from_env(env)?,
+            admin_addr: ande_platform::admin::addr_from_env(env, "127.0.0.1:9101")?,
             host: env.parse(API_HOST, IpAddr::from([127, 0, 0, 1]))?,
             port: env.parse(API_PORT, 3001u16)?,
             cors_origins: env
@@ -186,6 +189,8 @@ impl GatewayConfig {
         let mut c = Self::read(&Env::default()).expect("defaults are valid");
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
+        // Many services share a test process: none binds the default admin port.
+        c.admin_addr = None;
         c
     }
 }

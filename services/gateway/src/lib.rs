@@ -164,6 +164,14 @@ impl Gateway {
             self.state.config.common.retention.idempotency_keys,
             shutdown.clone(),
         ));
+        if let Some(addr) = self.state.config.admin_addr {
+            let ready = ande_platform::admin::Readiness {
+                bus: Some(self.state.bus.clone()),
+                pool: Some(self.state.pool.clone()),
+                consumers: Vec::new(),
+            };
+            ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+        }
         let app = routes::router(self.state.clone());
         server::serve(self.listener, app, self.state.config.limits, shutdown).await?;
         self.state.pool.close().await;

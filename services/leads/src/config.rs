@@ -18,6 +18,8 @@ pub struct LeadsConfig {
     pub source: String,
     /// Most actions stored in one transaction.
     pub batch: usize,
+    /// The admin listener (`METRICS_ADDR`: /metrics, /healthz, /readyz); none when `off`.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl LeadsConfig {
@@ -28,12 +30,15 @@ impl LeadsConfig {
             default_level: env.string(LEADS_DEFAULT_LEVEL, "B类"),
             source: env.string(LEADS_SOURCE, "微信小程序"),
             batch: env.parse(LEADS_BATCH, 64usize)?.clamp(1, 512),
+            admin_addr: ande_platform::admin::addr_from_env(env, "127.0.0.1:9102")?,
         })
     }
 
     pub fn with_common(common: CommonConfig) -> Self {
         let mut c = Self::from_env(&Env::default()).expect("defaults are valid");
         c.common = common;
+        // Many services share a test process: none binds the default admin port.
+        c.admin_addr = None;
         c
     }
 }

@@ -99,7 +99,14 @@ impl ActionHandler {
             );
         }
         for ack in acks {
-            ack.await.context("outcome not acknowledged")?;
+            let acked = ack.await;
+            Bus::count::<LeadOutcome>(acked.is_ok());
+            acked.context("outcome not acknowledged")?;
+        }
+        for (o, _) in &outcomes {
+            ande_platform::metrics::LEADS_OUTCOMES
+                .with_label_values(&[o.kind.as_str()])
+                .inc();
         }
         let ids: Vec<Uuid> = outcomes.iter().map(|(o, _)| o.action_id).collect();
         let mut conn = self.pool.acquire().await.context("acquire")?;

@@ -42,6 +42,14 @@ pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Re
     let bus = Bus::connect(&config.common, "leads").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let spec = consumer_spec(&bus, &config);
+    if let Some(addr) = config.admin_addr {
+        let ready = ande_platform::admin::Readiness {
+            bus: Some(bus.clone()),
+            pool: Some(pool.clone()),
+            consumers: vec![consumer::DURABLE.to_string()],
+        };
+        ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+    }
     let handler = Arc::new(consumer::ActionHandler {
         pool: pool.clone(),
         bus: bus.clone(),

@@ -282,6 +282,8 @@ impl TemplateFields {
 #[derive(Clone, Debug)]
 pub struct NotifierConfig {
     pub common: CommonConfig,
+    /// The admin listener (`METRICS_ADDR`: /metrics, /healthz, /readyz); none when `off`.
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub wechat: WechatConfig,
     pub template_id: String,
     pub fields: TemplateFields,
@@ -384,6 +386,7 @@ impl NotifierConfig {
         )?;
         Ok(Self {
             common,
+            admin_addr: ande_platform::admin::addr_from_env(env, "127.0.0.1:9103")?,
             wechat,
             template_id: env.string(NOTIFIER_TEMPLATE_ID, ande_wechat::DEV_TEMPLATE_ID),
             fields,
@@ -430,6 +433,8 @@ impl NotifierConfig {
         let mut c = Self::from_env(&dev).expect("defaults are valid");
         c.common = common;
         c.wechat.base_url = wechat_base.to_string();
+        // Many services share a test process: none binds the default admin port.
+        c.admin_addr = None;
         c
     }
 }

@@ -138,6 +138,17 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     let wake = Arc::new(Notify::new());
     let sweep_now = Arc::new(Notify::new());
     let (outcomes, subscriptions, pushes) = consumer_specs(&bus);
+    if let Some(addr) = config.admin_addr {
+        let ready = ande_platform::admin::Readiness {
+            bus: Some(bus.clone()),
+            pool: Some(pool.clone()),
+            consumers: [&outcomes, &subscriptions, &pushes]
+                .iter()
+                .map(|s| s.durable.clone())
+                .collect(),
+        };
+        ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+    }
     let (outcome_handler, sub_handler, push_handler) = handlers(&pool, &config, &wake, &sweep_now);
     let dispatcher = Arc::new(dispatch::Dispatcher {
         pool: pool.clone(),

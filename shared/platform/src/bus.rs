@@ -157,7 +157,21 @@ impl Bus {
         &self,
         event: &E,
     ) -> Result<jetstream::publish::PublishAck, BusError> {
-        self.publish_start(event).await?.await.map_err(map_ack_err)
+        let acked = self.publish_start(event).await?.await.map_err(map_ack_err);
+        Self::count::<E>(acked.is_ok());
+        acked
+    }
+
+    /// Count a publish of `E` in the metrics: acknowledged, or not (for callers that await the
+    /// acks of [`Bus::publish_start`] themselves).
+    pub fn count<E: Event>(acked: bool) {
+        if acked {
+            crate::metrics::EVENTS_PUBLISHED
+                .with_label_values(&[E::KIND.type_name()])
+                .inc();
+        } else {
+            crate::metrics::PUBLISH_FAILURES.inc();
+        }
     }
 
     /// Send an event and return the ack future without waiting, so a batch of publishes can be

@@ -218,10 +218,15 @@ async fn decode<E: Event>(bus: &Bus, spec: &ConsumerSpec, batch: Vec<Message>) -
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 1));
+        if delivered > 1 {
+            crate::metrics::CONSUMER_REDELIVERED
+                .with_label_values(&[&spec.durable])
+                .inc();
+        }
         if delivered > spec.max_deliver {
             let why = format!("delivered {delivered} times without being settled (the consumer may be crashing on it)");
             tracing::warn!(consumer = %spec.durable, seq = stream_seq, "{why}; dead-lettering");
-            settle_dead_letter(bus, spec, &msg, &why).await;
+            settle_dead_letter(bus, spec, &msg, "max_deliver", &why).await;
             continue;
         }
         match E::decode_checked(&msg.payload) {
@@ -243,7 +248,7 @@ async fn decode<E: Event>(bus: &Bus, spec: &ConsumerSpec, batch: Vec<Message>) -
             }
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, seq = stream_seq, error = %e, "dead-lettering an undecodable message");
-                settle_dead_letter(bus, spec, &msg, &e.to_string()).await;
+                settle_dead_letter(bus, spec, &msg, "undecodable", &e.to_string()).await;
             }
         }
     }
@@ -260,6 +265,9 @@ async fn handle_until_done<H: Handler>(
     shutdown: &CancellationToken,
 ) -> Option<Vec<Disposition>> {
     let mut backoff = FIRST_BACKOFF;
+    let _timer = crate::metrics::CONSUME_BATCH
+        .with_label_values(&[&spec.durable])
+        .start_timer();
     loop {
         let work = handler
             .handle(deliveries)
@@ -303,7 +311,7 @@ async fn settle<E>(
             }
             Disposition::Retry { reason, .. } if d.delivered >= spec.max_deliver => {
                 let why = format!("gave up after {} deliveries: {reason}", d.delivered);
-                settle_dead_letter(bus, spec, &d.msg, &why).await;
+                settle_dead_letter(bus, spec, &d.msg, "max_deliver", &why).await;
             }
             Disposition::Retry { after, reason } => {
                 tracing::info!(parent: &d.span, %reason, ?after, "retrying later");
@@ -311,7 +319,7 @@ async fn settle<E>(
             }
             Disposition::DeadLetter(reason) => {
                 tracing::warn!(parent: &d.span, %reason, "dead-lettering");
-                settle_dead_letter(bus, spec, &d.msg, &reason).await;
+                settle_dead_letter(bus, spec, &d.msg, "rejected", &reason).await;
             }
         }
     }
@@ -340,9 +348,20 @@ async fn keep_alive<T, E>(
 }
 
 /// Dead-letter then ack; if the dead letter cannot be stored, nak so the message is not lost.
-async fn settle_dead_letter(bus: &Bus, spec: &ConsumerSpec, msg: &Message, reason: &str) {
+/// Dead-letter `msg`; `kind` is the reason's category for the metric (`max_deliver`,
+/// `undecodable`, `rejected`), `reason` the text kept with the message.
+async fn settle_dead_letter(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    msg: &Message,
+    kind: &'static str,
+    reason: &str,
+) {
     match bus.dead_letter(&spec.durable, msg, reason).await {
         Ok(()) => {
+            crate::metrics::DEAD_LETTERS
+                .with_label_values(&[spec.durable.as_str(), kind])
+                .inc();
             let _ = msg.ack().await;
         }
         Err(e) => {

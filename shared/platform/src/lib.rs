@@ -7,12 +7,16 @@
 //! - [`bus`]: the JetStream stream, publishing events with their envelope headers, dead letters;
 //! - [`consumer`]: the one durable pull-consumer loop every consuming service runs;
 //! - [`rpc`]: JSON request/reply over NATS for queries between services;
-//! - [`db`]: a Postgres pool confined to the service's own schema, with its migrations.
+//! - [`db`]: a Postgres pool confined to the service's own schema, with its migrations;
+//! - [`metrics`]: every Prometheus family the services export; [`admin`]: the listener that
+//!   serves them with the liveness and readiness probes.
 
+pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod metrics;
 pub mod retention;
 pub mod rpc;
 pub mod shutdown;

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(deadline))
         .layer(cors)
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(metrics))
         .with_state(state)
 }
 
@@ -87,6 +88,29 @@ async fn request_id(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    resp
+}
+
+/// Count the request and time it, by route template (`/api/actions/{id}`, never the id; a path
+/// no route knows is `unmatched`), method and status.
+async fn metrics(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let m = ande_platform::metrics::HTTP_REQUESTS.with_label_values(&[
+        route.as_str(),
+        method.as_str(),
+        resp.status().as_str(),
+    ]);
+    m.inc();
+    ande_platform::metrics::HTTP_DURATION
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
