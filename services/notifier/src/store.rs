@@ -122,7 +122,10 @@ pub struct Enqueue<'a> {
 
 /// Store notifications (each unless one exists for its (action, advisor)) and log those stored
 /// now: two statements for any number.
-pub async fn enqueue_many(conn: &mut PgConnection, rows: &[Enqueue<'_>]) -> Result<(), sqlx::Error> {
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    rows: &[Enqueue<'_>],
+) -> Result<(), sqlx::Error> {
     // The same (action, advisor) twice in a batch (a redelivery beside the original): once.
     let mut seen = std::collections::HashSet::new();
     let rows: Vec<&Enqueue> = rows

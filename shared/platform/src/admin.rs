@@ -56,10 +56,13 @@ impl Readiness {
             if bus.client.connection_state() != async_nats::connection::State::Connected {
                 out.push("nats: not connected".to_string());
             } else {
-                match tokio::time::timeout(PROBE_TIMEOUT, bus.js.get_stream(bus.subjects.stream())).await {
+                match tokio::time::timeout(PROBE_TIMEOUT, bus.js.get_stream(bus.subjects.stream()))
+                    .await
+                {
                     Ok(Ok(stream)) => {
                         for c in &self.consumers {
-                            let info = tokio::time::timeout(PROBE_TIMEOUT, stream.consumer_info(c)).await;
+                            let info =
+                                tokio::time::timeout(PROBE_TIMEOUT, stream.consumer_info(c)).await;
                             if !matches!(info, Ok(Ok(_))) {
                                 out.push(format!("consumer {c}: not found or not answering"));
                             }
@@ -89,7 +92,10 @@ fn router(ready: Arc<Readiness>) -> Router {
             "/metrics",
             get(|| async {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     crate::metrics::render(),
                 )
             }),
@@ -104,7 +110,8 @@ fn router(ready: Arc<Readiness>) -> Router {
                     if problems.is_empty() {
                         (StatusCode::OK, "ready\n".to_string()).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response()
+                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+                            .into_response()
                     }
                 }
             }),
@@ -125,12 +132,19 @@ pub async fn start(
         .with_context(|| format!("binding the admin listener {addr} ({METRICS_ADDR})"))?;
     let bound = listener.local_addr()?;
     if let Some(bus) = ready.bus.clone() {
-        tokio::spawn(sample_consumers(bus, ready.consumers.clone(), shutdown.clone()));
+        tokio::spawn(sample_consumers(
+            bus,
+            ready.consumers.clone(),
+            shutdown.clone(),
+        ));
     }
     let app = router(Arc::new(ready));
     tokio::spawn(async move {
         let done = shutdown.cancelled_owned();
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(done).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(done)
+            .await
+        {
             tracing::warn!(error = %e, "admin listener stopped");
         }
     });

@@ -278,10 +278,14 @@ mod tests {
 
     #[test]
     fn labelled_series_appear_once_moved() {
-        DEAD_LETTERS.with_label_values(&["t-consumer", "undecodable"]).inc();
+        DEAD_LETTERS
+            .with_label_values(&["t-consumer", "undecodable"])
+            .inc();
         let text = render();
         assert!(
-            text.contains(r#"ande_dead_letters_total{consumer="t-consumer",reason="undecodable"} 1"#),
+            text.contains(
+                r#"ande_dead_letters_total{consumer="t-consumer",reason="undecodable"} 1"#
+            ),
             "{text}"
         );
     }

@@ -151,9 +151,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.gateway_vs_reference = Some(crate::bench_gateway::run(args.seconds).await?);
     }
     if wants(6) {
-        report.open_loop = Some(crate::bench_open::run(args.open_seconds, &args.rates, &args.wechat_ms).await?);
+        report.open_loop =
+            Some(crate::bench_open::run(args.open_seconds, &args.rates, &args.wechat_ms).await?);
     }
     if let Some(path) = &args.json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nresults written to {}", path.display());
@@ -188,16 +192,28 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 md,
                 "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2}× |",
-                g.connections, g.rps, g.p50_ms, g.p99_ms, g.p999_ms, f.rps, f.p50_ms, f.p99_ms, f.p999_ms, l.ratio
+                g.connections,
+                g.rps,
+                g.p50_ms,
+                g.p99_ms,
+                g.p999_ms,
+                f.rps,
+                f.p50_ms,
+                f.p99_ms,
+                f.p999_ms,
+                l.ratio
             );
         }
     }
     if let Some(open) = &r.open_loop {
-        md.push_str("\n## End to end, open loop (target: message p99 ≤ 100 ms at 1,000/s, WeChat 0 ms)\n\n");
+        md.push_str(
+            "\n## End to end, open loop (target: message p99 ≤ 100 ms at 1,000/s, WeChat 0 ms)\n\n",
+        );
         md.push_str("| WeChat ms | rate/s | accepted p50/p99 | stored p50/p99 | outcome p50/p99 | message p50/p99/max | leads max pending | CPU s per 1,000 actions (gw/leads/notifier/sim/NATS/Postgres/bench) | peak RSS MB (gw/leads/notifier) |\n|---|---|---|---|---|---|---|---|---|\n");
         for run in &open.runs {
             let cpu = |n: &str| {
-                run.resources.get(n).map_or(0.0, |x| x.cpu_seconds) * 1000.0 / run.sent.max(1) as f64
+                run.resources.get(n).map_or(0.0, |x| x.cpu_seconds) * 1000.0
+                    / run.sent.max(1) as f64
             };
             let rss = |n: &str| run.resources.get(n).map_or(0.0, |x| x.peak_rss_mb);
             let _ = writeln!(
@@ -211,12 +227,18 @@ pub fn markdown(r: &Report) -> String {
         }
         let mut ready: Vec<_> = open.ready_ms.iter().collect();
         ready.sort_by(|a, b| a.0.cmp(b.0));
-        let ready: Vec<String> = ready.iter().map(|(n, ms)| format!("{n} {ms:.0} ms")).collect();
+        let ready: Vec<String> = ready
+            .iter()
+            .map(|(n, ms)| format!("{n} {ms:.0} ms"))
+            .collect();
         let _ = writeln!(md, "\nReady after start: {}.", ready.join(", "));
         let mut highest: Vec<_> = open.highest_under_100ms.iter().collect();
         highest.sort();
         for (ms, rate) in highest {
-            let _ = writeln!(md, "\nHighest offered rate with message p99 under 100 ms at WeChat {ms} ms: {rate}/s.");
+            let _ = writeln!(
+                md,
+                "\nHighest offered rate with message p99 under 100 ms at WeChat {ms} ms: {rate}/s."
+            );
         }
     }
     md

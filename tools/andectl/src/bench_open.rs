@@ -128,16 +128,29 @@ fn shared_cpu() -> HashMap<&'static str, f64> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c);
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(c, _)| c);
         let name = match comm {
             _ if pid == me => "bench",
-            Some(c @ ("nats-server" | "postgres")) => if c == "postgres" { "postgres" } else { "nats-server" },
+            Some(c @ ("nats-server" | "postgres")) => {
+                if c == "postgres" {
+                    "postgres"
+                } else {
+                    "nats-server"
+                }
+            }
             _ => continue,
         };
         if let Some((_, cpu)) = sample(pid) {
