@@ -41,6 +41,7 @@ FAMILIES = {
     "ande_wechat_token_fetches_total": ("counter", set()),
     "ande_notifier_paused": ("gauge", set()),
     "ande_end_to_end_seconds": ("histogram", set()),
+    "ande_trace_spans_failed_total": ("counter", set()),
     "process_resident_memory_bytes": ("gauge", set()),
     "process_cpu_seconds_total": ("counter", set()),
     "process_open_fds": ("gauge", set()),
@@ -382,8 +383,20 @@ def run_promtool():
     return f"{version}: check config, check rules, test rules"
 
 
+def check_declared():
+    """The families the Rust code declares (shared/platform/src/metrics.rs) are the list above."""
+    source = (OBS.parent.parent / "shared/platform/src/metrics.rs").read_text()
+    declared = set(re.findall(r'"(ande_[a-z_]+)"', source))
+    listed = {name for name in FAMILIES if name.startswith("ande_")}
+    for name in sorted(declared - listed):
+        fail("metrics.rs", f"{name} is declared but not in FAMILIES")
+    for name in sorted(listed - declared):
+        fail("metrics.rs", f"{name} is in FAMILIES but no service declares it")
+
+
 def main():
     docs = load_all()
+    check_declared()
     check_prometheus(docs)
     check_alerts(docs)
     check_dashboards(docs)

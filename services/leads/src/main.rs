@@ -5,5 +5,7 @@ use ande_platform::config::Env;
 async fn main() -> anyhow::Result<()> {
     let config = LeadsConfig::from_env(&Env::from_process())?;
     ande_platform::telemetry::init("leads", config.common.log_json);
-    ande_leads::run(config, ande_platform::shutdown::on_signals()).await
+    let result = ande_leads::run(config, ande_platform::shutdown::on_signals()).await;
+    ande_platform::telemetry::shutdown().await;
+    result
 }

@@ -74,7 +74,8 @@ impl StoreInTx<LeadOutcome> for OutcomeHandler {
                 continue;
             };
             for (advisor_id, audience) in recipients(o, self.config.foreign_lead) {
-                let row = self.notification(o, action_id, advisor_id, audience);
+                let mut row = self.notification(o, action_id, advisor_id, audience);
+                row.new.traceparent = ande_platform::telemetry::traceparent(&d.span);
                 if o.anonymous {
                     // Admitted one by one: each counts against the advisor's hourly budget,
                     // which the next one reads.
@@ -165,6 +166,7 @@ impl OutcomeHandler {
                 summary: Summary::Action(action),
                 anonymous: o.anonymous,
                 state: NotificationState::Queued,
+                traceparent: None,
             },
             event: "queued",
             detail,

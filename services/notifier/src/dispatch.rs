@@ -350,8 +350,21 @@ impl Dispatcher {
             miniprogram_state: Some(self.config.miniprogram_state.clone()),
             lang: Some(self.config.lang.clone()),
         };
+        let span = tracing::info_span!("notification.send", notification_id = %c.id, action_id = %c.action_id, attempt = c.attempts + 1);
+        ande_platform::telemetry::continue_trace(c.traceparent.as_deref(), &span);
+        let sending = async {
+            let started = std::time::Instant::now();
+            let r = self.wechat.send_subscribe(&msg).await;
+            let errcode = match &r {
+                Ok(_) => 0,
+                Err(WechatError::Api { errcode, .. }) => *errcode,
+                Err(_) => -2,
+            };
+            ande_platform::metrics::wechat_call("subscribe_send", errcode, started.elapsed());
+            r
+        };
         tokio::select! {
-            r = self.wechat.send_subscribe(&msg) => r,
+            r = tracing::Instrument::instrument(sending, span) => r,
             _ = cut_off.cancelled() => Err(WechatError::Transport(
                 "cut off at the end of the shutdown grace; outcome unknown".into(),
             )),
@@ -677,6 +690,8 @@ impl Dispatcher {
             },
             anonymous: waiting.iter().all(|w| w.anonymous),
             state: NotificationState::Queued,
+            // A digest stands for many actions: its send starts a trace of its own.
+            traceparent: None,
         };
         let id = store::enqueue(tx, &new)
             .await?

@@ -126,6 +126,42 @@ fn handlers(
     )
 }
 
+/// Copy the queue's state and the token cache's fetches into the gauges until `shutdown`.
+async fn sample_queue(pool: sqlx::PgPool, wechat: WechatClient, shutdown: CancellationToken) {
+    use ande_platform::metrics as m;
+    while !shutdown.is_cancelled() {
+        let read = async {
+            let mut conn = pool.acquire().await?;
+            store::queue_gauges(&mut conn).await
+        };
+        match read.await {
+            Ok(g) => {
+                for state in ["queued", "sending", "waiting"] {
+                    let n = g
+                        .by_state
+                        .iter()
+                        .find(|(s, _)| s == state)
+                        .map_or(0, |(_, n)| *n);
+                    m::NOTIFICATIONS.with_label_values(&[state]).set(n);
+                }
+                m::OLDEST_QUEUED.set(g.oldest_due_seconds);
+                m::NOTIFIER_PAUSED.set(i64::from(g.paused));
+            }
+            Err(e) => tracing::debug!(error = %e, "queue gauges not sampled"),
+        }
+        let fetched = wechat.token_fetches();
+        let counted = m::WECHAT_TOKEN_FETCHES.get();
+        if fetched > counted {
+            m::WECHAT_TOKEN_FETCHES.inc_by(fetched - counted);
+        }
+        if ande_platform::consumer::sleep_or_shutdown(ande_platform::admin::SAMPLE_EVERY, &shutdown)
+            .await
+        {
+            break;
+        }
+    }
+}
+
 /// Run the notifier until `shutdown` is cancelled.
 pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     raise_stale_after(&mut config);
@@ -148,6 +184,7 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
                 .collect(),
         };
         ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+        tokio::spawn(sample_queue(pool.clone(), wechat.clone(), shutdown.clone()));
     }
     let (outcome_handler, sub_handler, push_handler) = handlers(&pool, &config, &wake, &sweep_now);
     let dispatcher = Arc::new(dispatch::Dispatcher {

@@ -5,5 +5,7 @@ use ande_platform::config::Env;
 async fn main() -> anyhow::Result<()> {
     let config = NotifierConfig::from_env(&Env::from_process())?;
     ande_platform::telemetry::init("notifier", config.common.log_json);
-    ande_notifier::run(config, ande_platform::shutdown::on_signals()).await
+    let result = ande_notifier::run(config, ande_platform::shutdown::on_signals()).await;
+    ande_platform::telemetry::shutdown().await;
+    result
 }

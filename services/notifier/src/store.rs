@@ -85,6 +85,8 @@ pub struct NewNotification<'a> {
     pub anonymous: bool,
     /// `Queued`, or where [`admit_anonymous`] put an anonymous one.
     pub state: NotificationState,
+    /// The trace the send continues (the consume's `traceparent`), when traced.
+    pub traceparent: Option<String>,
 }
 
 /// Store a notification unless one exists for (action, advisor). Returns its id when stored now.
@@ -93,8 +95,8 @@ pub async fn enqueue(
     n: &NewNotification<'_>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let row = sqlx::query!(
-        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous)
-         VALUES ($1,$2,$3,$4,$9,$5,$6,$7,$8,$10)
+        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous, traceparent)
+         VALUES ($1,$2,$3,$4,$9,$5,$6,$7,$8,$10,$11)
          ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
         n.id,
         n.action_id,
@@ -105,7 +107,8 @@ pub async fn enqueue(
         n.page,
         sqlx::types::Json(&n.summary) as _,
         n.state.as_str(),
-        n.anonymous
+        n.anonymous,
+        n.traceparent
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -143,9 +146,9 @@ pub async fn enqueue_many(
     let data = col!(|r| serde_json::to_value(&r.new.data).unwrap_or_default());
     let summary = col!(|r| serde_json::to_value(&r.new.summary).unwrap_or_default());
     let stored: std::collections::HashSet<Uuid> = sqlx::query_scalar!(
-        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous)
+        "INSERT INTO notifications (id, action_id, advisor_id, kind, state, template_id, data, page, summary, anonymous, traceparent)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                              $8::text[], $9::jsonb[], $10::bool[])
+                              $8::text[], $9::jsonb[], $10::bool[], $11::text[])
          ON CONFLICT (action_id, advisor_id) DO NOTHING RETURNING id",
         &col!(|r| r.new.id),
         &col!(|r| r.new.action_id),
@@ -157,6 +160,7 @@ pub async fn enqueue_many(
         &col!(|r| r.new.page.as_str()) as &[&str],
         &summary,
         &col!(|r| r.new.anonymous),
+        &col!(|r| r.new.traceparent.clone()) as &[Option<String>],
     )
     .fetch_all(&mut *conn)
     .await?
@@ -335,6 +339,8 @@ pub struct Claimed {
     /// The subscription's accept count when the credit was reserved: accepts that arrive while
     /// the send is in flight are credits a 43101 must not wipe out.
     pub accepts_at_claim: i32,
+    /// The trace the send continues.
+    pub traceparent: Option<String>,
 }
 
 /// What one claim found.
@@ -377,6 +383,7 @@ struct Due {
     anonymous: bool,
     /// The action's type (none for a digest): quiet hours let urgent ones through.
     action_type: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// A subscription that can take a send, locked for this transaction.
@@ -556,7 +563,7 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
     let due = sqlx::query_as!(
         Due,
         r#"SELECT id, action_id, advisor_id, template_id, data AS "data: Json<BTreeMap<String, String>>", page, anonymous,
-                summary->>'actionType' AS action_type
+                summary->>'actionType' AS action_type, traceparent
          FROM notifications
          WHERE id = ANY(ARRAY(
              SELECT id FROM (
@@ -632,6 +639,7 @@ fn assign_credits(due: Vec<Due>, mut subs: Vec<Usable>) -> (Vec<Claimed>, Vec<Du
             long_term: sub.long_term,
             attempts: 0,
             accepts_at_claim: sub.accepts,
+            traceparent: d.traceparent,
         });
     }
     (claimed, no_credit)
@@ -1238,4 +1246,38 @@ pub async fn digest_members(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// What the notifier's gauges show: notifications by live state, the age of the oldest one due
+/// and not sent, and whether sending is paused.
+pub struct QueueGauges {
+    pub by_state: Vec<(String, i64)>,
+    pub oldest_due_seconds: i64,
+    pub paused: bool,
+}
+
+/// Read [`QueueGauges`] (live states only: the sent and failed rows are history, not queue).
+pub async fn queue_gauges(conn: &mut PgConnection) -> Result<QueueGauges, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT state AS "state!", count(*) AS "n!" FROM notifications
+         WHERE state IN ('queued', 'sending', 'waiting') GROUP BY state"#
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let oldest: Option<f64> = sqlx::query_scalar!(
+        "SELECT extract(epoch FROM now() - min(next_attempt_at))::float8 FROM notifications
+         WHERE state = 'queued' AND next_attempt_at <= now()"
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let paused: Option<bool> =
+        sqlx::query_scalar!("SELECT paused_until > now() FROM control WHERE key = 'sending'")
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    Ok(QueueGauges {
+        by_state: rows.into_iter().map(|r| (r.state, r.n)).collect(),
+        oldest_due_seconds: oldest.map_or(0, |s| s.max(0.0) as i64),
+        paused: paused == Some(true),
+    })
 }

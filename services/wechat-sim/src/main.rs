@@ -20,5 +20,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {WECHAT_SIM_ADDR}={addr}"))?;
     let shutdown = ande_platform::shutdown::on_signals();
-    wechat_sim::run(config, listener, shutdown).await
+    let result = wechat_sim::run(config, listener, shutdown).await;
+    ande_platform::telemetry::shutdown().await;
+    result
 }

@@ -24,7 +24,7 @@ pub const METRICS_ADDR: &str = "METRICS_ADDR";
 /// How long each readiness probe may take before it counts as a failure.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often consumer counts are copied into the gauges.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// `METRICS_ADDR`, or `default` when unset; `off` (or empty) for no admin listener.
 pub fn addr_from_env(env: &Env, default: &str) -> Result<Option<SocketAddr>, ConfigError> {

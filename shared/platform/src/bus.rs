@@ -183,10 +183,18 @@ impl Bus {
         h.insert(headers::EVENT_TYPE, E::KIND.type_name());
         h.insert(headers::CORRELATION_ID, meta.correlation_id.as_str());
         h.insert(headers::PRODUCER, meta.producer.as_str());
-        crate::telemetry::inject(&mut h);
+        // The consumer's span is a child of this one (the publish, until JetStream has it).
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            event = E::KIND.type_name()
+        );
+        span.in_scope(|| crate::telemetry::inject(&mut h));
         let subject = self.subjects.event(E::KIND);
-        self.js
-            .publish_with_headers(subject, h, Bytes::from(event.encode_to_vec()))
+        let sending = self
+            .js
+            .publish_with_headers(subject, h, Bytes::from(event.encode_to_vec()));
+        tracing::Instrument::instrument(sending, span)
             .await
             .map_err(map_ack_err)
     }

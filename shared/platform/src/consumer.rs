@@ -236,7 +236,7 @@ async fn decode<E: Event>(bus: &Bus, spec: &ConsumerSpec, batch: Vec<Message>) -
                     .meta()
                     .map(|m| m.correlation_id.clone())
                     .unwrap_or_default();
-                let span = tracing::info_span!("consume", consumer = %spec.durable, seq = stream_seq, delivered, %event_id, %correlation_id);
+                let span = tracing::info_span!("consume", otel.kind = "consumer", consumer = %spec.durable, seq = stream_seq, delivered, %event_id, %correlation_id);
                 crate::telemetry::extract_into(msg.headers.as_ref(), &span);
                 deliveries.push(Delivery {
                     event,
@@ -451,6 +451,7 @@ async fn store_with_retries<E: Sync, S: StoreInTx<E>>(
             tx.commit().await?;
             Ok(out)
         }
+        .instrument(transaction_span(batch))
         .await;
         match result {
             Err(e) if crate::db::is_contention(&e) && attempt < CONTENTION_ATTEMPTS => {
@@ -462,6 +463,24 @@ async fn store_with_retries<E: Sync, S: StoreInTx<E>>(
             other => return other,
         }
     }
+}
+
+/// The span of one transaction: in the first message's trace (for a batch of one, the usual
+/// case at low load, that is the message's own), linked to the trace of every other message.
+fn transaction_span<E>(batch: &[Delivery<E>]) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(first) = batch.first() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(parent: &first.span, "transaction", size = batch.len());
+    for d in &batch[1..] {
+        span.add_link(
+            opentelemetry::trace::TraceContextExt::span(&d.span.context())
+                .span_context()
+                .clone(),
+        );
+    }
+    span
 }
 
 /// Per-message work of a handler that writes to Postgres: see [`apply_batch`].

@@ -182,6 +182,27 @@ pub static END_TO_END_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register(Histogram::with_opts(opts).expect("valid metric"))
 });
 
+pub static TRACE_SPANS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "ande_trace_spans_failed_total",
+            "Spans the OTLP collector did not take (down, refusing or too slow); they are dropped.",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Count and time one WeChat API call: `errcode` 0 for success, WeChat's code for its refusals,
+/// -2 when no answer came (transport, timeout, HTTP status, undecodable body).
+pub fn wechat_call(api: &str, errcode: i64, elapsed: std::time::Duration) {
+    WECHAT_REQUESTS
+        .with_label_values(&[api, &errcode.to_string()])
+        .inc();
+    WECHAT_DURATION
+        .with_label_values(&[api])
+        .observe(elapsed.as_secs_f64());
+}
+
 /// Touch every family so that a scrape shows them all (at zero) from the start: dashboards
 /// and `absent()` alerts then tell "nothing happened" from "not exported".
 pub fn init() {
@@ -202,6 +223,7 @@ pub fn init() {
     LazyLock::force(&WECHAT_TOKEN_FETCHES);
     LazyLock::force(&NOTIFIER_PAUSED);
     LazyLock::force(&END_TO_END_SECONDS);
+    LazyLock::force(&TRACE_SPANS_FAILED);
 }
 
 /// Every family in the Prometheus text format, then the process's own.

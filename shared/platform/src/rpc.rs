@@ -83,7 +83,9 @@ where
         };
         let permit = limit.clone().acquire_owned().await?;
         let (client, handler) = (client.clone(), handler.clone());
-        tokio::spawn(async move {
+        let span = tracing::info_span!("rpc.serve", otel.kind = "server", method = M::NAME);
+        crate::telemetry::extract_into(msg.headers.as_ref(), &span);
+        let answering = async move {
             let reply = match serde_json::from_slice::<M::Request>(&msg.payload) {
                 Ok(req) => match handler(req).await {
                     Ok(r) => Reply::Ok(r),
@@ -99,7 +101,8 @@ where
                 tracing::warn!(error = %e, "cannot send reply");
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(answering, span));
     }
     let _ = sub.unsubscribe().await;
     Ok(())
@@ -115,7 +118,16 @@ pub async fn call<M: Method>(
     // A request type that cannot be encoded is our bug, not the caller's input.
     let body = serde_json::to_vec(req).map_err(|e| RpcError::internal(e.to_string()))?;
     let subject = subjects.rpc(M::SERVICE, M::NAME);
-    let answer = tokio::time::timeout(timeout, client.request(subject, body.into()))
+    let span = tracing::info_span!(
+        "rpc.call",
+        otel.kind = "client",
+        service = M::SERVICE,
+        method = M::NAME
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    span.in_scope(|| crate::telemetry::inject(&mut headers));
+    let asking = client.request_with_headers(subject, headers, body.into());
+    let answer = tokio::time::timeout(timeout, tracing::Instrument::instrument(asking, span))
         .await
         .map_err(|_| RpcError::unavailable(Unavailable::Timeout, "no answer in time"))?
         .map_err(|e| {

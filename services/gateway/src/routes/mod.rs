@@ -78,7 +78,8 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let span = tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    ande_platform::telemetry::extract_http(req.headers(), &span);
     let mut resp = REQUEST_ID
         .scope(
             id.clone(),
