@@ -45,9 +45,21 @@ pub fn init(service: &'static str, json: bool) {
 
 /// [`init`] with another filter for when `RUST_LOG` is unset.
 pub fn init_with_filter(service: &'static str, json: bool, default_filter: &str) {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    init_with_vars(service, json, default_filter, &vars)
+}
+
+/// [`init_with_filter`] reading the `OTEL_*` settings from `vars` rather than the process
+/// environment (for tests, which cannot safely change the environment of a running process).
+pub fn init_with_vars(
+    service: &'static str,
+    json: bool,
+    default_filter: &str,
+    vars: &[(String, String)],
+) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (provider, export_error) = tracer_provider(&std::env::vars().collect::<Vec<_>>(), service);
+    let (provider, export_error) = tracer_provider(vars, service);
     // Traces follow info-level spans whatever the log filter says: turning logs down to `warn`
     // must not break trace propagation across services.
     let otel = tracing_opentelemetry::layer()
@@ -160,6 +172,12 @@ fn tracer_provider(
         }
     };
     let builder = provider_builder(&settings.service_name);
+    if settings.protocol.is_none() {
+        return (builder.build(), None);
+    }
+    // The HTTP client needs a TLS provider even for a plain-HTTP collector (the same one the
+    // WeChat client installs; whichever is first serves both).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = match settings.protocol {
         None => return (builder.build(), None),
         Some(Protocol::HttpProtobuf) => opentelemetry_otlp::SpanExporter::builder()
@@ -383,6 +401,75 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn export_follows_the_otel_variables() {
+        let off = ExportSettings::from_vars(&[], "gateway").unwrap();
+        assert_eq!(off.service_name, "ande-gateway");
+        assert_eq!(off.protocol, None, "no endpoint: nothing to export to");
+        let on = ExportSettings::from_vars(
+            &vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]),
+            "leads",
+        )
+        .unwrap();
+        assert_eq!(on.protocol, Some(Protocol::HttpProtobuf));
+        assert_eq!(on.service_name, "ande-leads");
+        let grpc = ExportSettings::from_vars(
+            &vars(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://collector:4317",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_SERVICE_NAME", "notifier-eu"),
+            ]),
+            "notifier",
+        )
+        .unwrap();
+        assert_eq!(grpc.protocol, Some(Protocol::Grpc));
+        assert_eq!(grpc.service_name, "notifier-eu");
+        let disabled = ExportSettings::from_vars(
+            &vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_SDK_DISABLED", "TRUE"),
+            ]),
+            "gateway",
+        )
+        .unwrap();
+        assert_eq!(disabled.protocol, None);
+        let wrong = ExportSettings::from_vars(
+            &vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ]),
+            "gateway",
+        );
+        assert!(wrong.unwrap_err().contains("http/protobuf or grpc"));
+    }
+
+    #[test]
+    fn a_stored_traceparent_continues_its_trace() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            let consume = tracing::info_span!("consume");
+            let stored = traceparent(&consume).expect("a traced span has a traceparent");
+            let send = tracing::info_span!("send");
+            continue_trace(Some(&stored), &send);
+            assert_eq!(trace_id(&send), trace_id(&consume));
+            let fresh = tracing::info_span!("fresh");
+            continue_trace(Some("garbage"), &fresh);
+            assert_ne!(trace_id(&fresh), trace_id(&consume));
+        });
+    }
 
     #[test]
     fn trace_context_crosses_headers() {

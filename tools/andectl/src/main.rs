@@ -700,6 +700,7 @@ fn print_walkthrough(stack: &Stack, started: &[&str]) {
         r#"
 Ande stack is up.
   gateway       {g}        (OpenAPI: {g}/api/openapi.json)
+  metrics       {admin}   (/metrics, /healthz, /readyz: every service's, one process)
   wechat-sim    {sim}
   NATS          {nats}   stream {stream}
   Postgres      schemas gateway, leads, notifier
@@ -724,6 +725,10 @@ Try it (paste into another terminal):
 
 Ctrl-C stops everything."#,
         accept = accept_steps(stack),
+        admin = stack.admin_addr.map_or_else(
+            || "off (METRICS_ADDR=off)".to_string(),
+            |a| format!("http://{a}")
+        ),
         nats = ande_platform::config::redact_url(&stack.common.nats_url),
         db = ande_platform::config::redact_url(ande_platform::ExposeSecret::expose_secret(
             &stack.common.database_url

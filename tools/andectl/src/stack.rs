@@ -107,10 +107,17 @@ impl StackOptions {
         if let Some(p) = &push {
             p.apply(&mut gateway)?;
         }
+        // One process, one registry: every service's metrics on the gateway's admin listener
+        // (METRICS_ADDR, default 127.0.0.1:9101); three listeners would show the same series
+        // three times.
+        let mut leads = LeadsConfig::from_env(env)?;
+        let mut notifier = NotifierConfig::from_env(env)?;
+        leads.admin_addr = None;
+        notifier.admin_addr = None;
         Ok(Self {
             gateway,
-            leads: LeadsConfig::from_env(env)?,
-            notifier: NotifierConfig::from_env(env)?,
+            leads,
+            notifier,
             sim: wechat_sim::SimConfig::from_env(env)?,
             common,
             sim_addr,
@@ -142,6 +149,8 @@ pub struct Stack {
     pub sim_url: Option<String>,
     /// The simulator pushes WeChat's subscription events to the gateway.
     pub sim_pushes: bool,
+    /// The gateway's admin listener (`/metrics`, `/healthz`, `/readyz`), when on.
+    pub admin_addr: Option<SocketAddr>,
     pub common: CommonConfig,
     pub gateway_pool: sqlx::PgPool,
     pub shutdown: CancellationToken,
@@ -179,6 +188,7 @@ impl Stack {
             opts.notifier.common.nats_url = n.notifier.clone();
         }
 
+        let admin_addr = opts.gateway.admin_addr;
         let gateway = Gateway::bind(opts.gateway).await.context("gateway")?;
         let gateway_url = format!("http://{}", gateway.addr);
         let gateway_pool = gateway.state().pool.clone();
@@ -207,6 +217,7 @@ impl Stack {
             gateway_url,
             sim_url,
             sim_pushes,
+            admin_addr,
             common: opts.common,
             gateway_pool,
             shutdown,
