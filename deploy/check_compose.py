@@ -56,6 +56,19 @@ for name in ["gateway", "leads", "notifier"]:
 if "/etc/nats/nats-server.conf" not in services["nats"].get("command", []):
     errors.append("nats: must run deploy/nats/nats-server.conf (users and permissions)")
 
+# Each service serves /metrics, /healthz and /readyz where Prometheus scrapes it
+# (deploy/observability/prometheus.yml) and compose probes its readiness there.
+for name, port in [("gateway", 9101), ("leads", 9102), ("notifier", 9103)]:
+    svc = services[name]
+    addr = str(svc.get("environment", {}).get("METRICS_ADDR", ""))
+    if addr != f"0.0.0.0:{port}":
+        errors.append(f"{name}: METRICS_ADDR is {addr!r}, Prometheus scrapes {name}:{port}")
+    probe = " ".join(map(str, (svc.get("healthcheck") or {}).get("test", [])))
+    if f"127.0.0.1:{port}/readyz" not in probe:
+        errors.append(f"{name}: the healthcheck must probe 127.0.0.1:{port}/readyz (has {probe!r})")
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" not in svc.get("environment", {}):
+        errors.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT is not passed through")
+
 if not (root / services["gateway"]["build"]["dockerfile"]).exists():
     errors.append("the Dockerfile named by the build section does not exist")
 

@@ -361,6 +361,9 @@ impl Dispatcher {
                 Err(_) => -2,
             };
             ande_platform::metrics::wechat_call("subscribe_send", errcode, started.elapsed());
+            if errcode == 0 && c.id != c.action_id {
+                observe_end_to_end(c.action_id);
+            }
             r
         };
         tokio::select! {
@@ -822,6 +825,19 @@ impl<'a> Outcome<'a> {
         }
         .write(tx)
         .await
+    }
+}
+
+/// Time from the action's acceptance to WeChat's: the gateway's action ids are UUIDv7, minted
+/// when it accepts the action, so the id carries that moment. (A digest's id is its own: not
+/// counted.)
+fn observe_end_to_end(action_id: Uuid) {
+    let Some((secs, nanos)) = action_id.get_timestamp().map(|t| t.to_unix()) else {
+        return;
+    };
+    let accepted = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    if let Ok(elapsed) = std::time::SystemTime::now().duration_since(accepted) {
+        ande_platform::metrics::END_TO_END_SECONDS.observe(elapsed.as_secs_f64());
     }
 }
 
