@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -107,6 +108,9 @@ pub struct ExportSettings {
     pub service_name: String,
     /// `None`: no endpoint set, or the SDK disabled.
     pub protocol: Option<Protocol>,
+    /// Where spans go: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended for HTTP.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,12 +135,13 @@ impl ExportSettings {
             str::to_string,
         );
         let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if disabled || endpoint.is_none() {
+        let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let base_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if disabled || (traces_endpoint.is_none() && base_endpoint.is_none()) {
             return Ok(Self {
                 service_name,
                 protocol: None,
+                endpoint: String::new(),
             });
         }
         let protocol = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -151,9 +156,18 @@ impl ExportSettings {
                 ))
             }
         };
+        let endpoint = match (traces_endpoint, base_endpoint, protocol) {
+            (Some(e), _, _) => e.to_string(),
+            (None, Some(base), Protocol::HttpProtobuf) => {
+                format!("{}/v1/traces", base.trim_end_matches('/'))
+            }
+            (None, Some(base), Protocol::Grpc) => base.to_string(),
+            (None, None, _) => unreachable!("checked above"),
+        };
         Ok(Self {
             service_name,
             protocol: Some(protocol),
+            endpoint,
         })
     }
 }
@@ -182,9 +196,11 @@ fn tracer_provider(
         None => return (builder.build(), None),
         Some(Protocol::HttpProtobuf) => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_endpoint(settings.endpoint)
             .build(),
         Some(Protocol::Grpc) => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
+            .with_endpoint(settings.endpoint)
             .build(),
     };
     match exporter {
@@ -420,6 +436,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(on.protocol, Some(Protocol::HttpProtobuf));
+        assert_eq!(on.endpoint, "http://collector:4318/v1/traces");
         assert_eq!(on.service_name, "ande-leads");
         let grpc = ExportSettings::from_vars(
             &vars(&[
@@ -434,6 +451,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(grpc.protocol, Some(Protocol::Grpc));
+        assert_eq!(grpc.endpoint, "http://collector:4317");
         assert_eq!(grpc.service_name, "notifier-eu");
         let disabled = ExportSettings::from_vars(
             &vars(&[
@@ -452,6 +470,64 @@ mod tests {
             "gateway",
         );
         assert!(wrong.unwrap_err().contains("http/protobuf or grpc"));
+    }
+
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids_of_their_span() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let out = Lines::default();
+        let writer = out.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .event_format(json_log::WithTraceIds::default())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")))
+            .with(json_log::DispatchKeeper)
+            .with(fmt);
+        let (want_trace, want_span) = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work", action_id = "a-1");
+            let ids = span.in_scope(|| {
+                tracing::info!(n = 1, "inside");
+                let sc = tracing::Span::current()
+                    .context()
+                    .span()
+                    .span_context()
+                    .clone();
+                (sc.trace_id().to_string(), sc.span_id().to_string())
+            });
+            ids
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].get("trace_id").is_none(),
+            "no span, no ids: {text}"
+        );
+        assert_eq!(lines[1]["trace_id"], want_trace.as_str(), "{text}");
+        assert_eq!(lines[1]["span_id"], want_span.as_str(), "{text}");
+        assert_eq!(
+            lines[1]["span"]["action_id"], "a-1",
+            "span fields kept: {text}"
+        );
+        assert_eq!(lines[1]["fields"]["message"], "inside");
     }
 
     #[test]

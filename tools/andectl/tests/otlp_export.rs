@@ -124,6 +124,11 @@ async fn one_action_is_one_exported_trace_from_request_to_wechat_call() {
     ande_platform::telemetry::shutdown().await;
 
     let all = spans.lock().unwrap().clone();
+    assert!(
+        !all.is_empty(),
+        "nothing exported; failed exports: {}",
+        ande_platform::metrics::TRACE_SPANS_FAILED.get()
+    );
     let trace: Vec<&Exported> = all.iter().filter(|s| s.trace_id == client_trace).collect();
     let names: Vec<String> = trace
         .iter()
@@ -137,7 +142,13 @@ async fn one_action_is_one_exported_trace_from_request_to_wechat_call() {
                 s.name == name
                     && attr.is_none_or(|(k, v)| s.attrs.get(k).is_some_and(|x| x.contains(v)))
             })
-            .unwrap_or_else(|| panic!("no span {name} {attr:?} in the trace: {names:#?}"))
+            .unwrap_or_else(|| {
+                let others: Vec<String> = all
+                    .iter()
+                    .map(|s| format!("{} {} {}", s.trace_id, s.name, s.parent))
+                    .collect();
+                panic!("no span {name} {attr:?} in the trace: {names:#?}; all: {others:#?}")
+            })
     };
     let http = find("http", Some(("path", "/api/customer/action")));
     assert_eq!(
