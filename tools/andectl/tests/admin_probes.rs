@@ -148,16 +148,127 @@ fn label_with_an_id(metrics: &str) -> Option<String> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_fails_with_the_reason_when_nats_or_postgres_is_gone() {
-    use ande_platform::admin::{start, Readiness};
-    let http = ande_wechat::http::client();
-    // A NATS of our own, to stop.
-    let port = free_addr().port();
-    let dir = std::env::temp_dir().join(format!("ande-readyz-{port}"));
-    let mut nats = std::process::Command::new("nats-server")
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wechat_refusal_a_quota_pause_and_a_dead_letter_show_in_the_metrics() {
+    use ande_events::EventKind;
+    let admin = free_addr();
+    let t = common::start_with(|o| o.notifier.admin_addr = Some(admin)).await;
+    t.advisor_accepts(
+        "adv-faults",
+        "o_advisor_faults",
+        ande_wechat::DEV_TEMPLATE_ID,
+    )
+    .await;
+    // WeChat says the day's quota is spent (45009), once: the notifier pauses sending.
+    let fault = json!({"endpoint": "subscribe_send", "errcode": 45009, "count": 1});
+    let r = t
+        .http
+        .post(t.sim("/sim/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (status, body) = t
+        .post(
+            "/api/customer/action",
+            json!({"customerId": "c-f", "advisorId": "adv-faults", "actionType": "view_resume"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Something no consumer can decode: leads dead-letters it.
+    let bus = ande_platform::bus::Bus::connect(&t.stack.common, "test")
+        .await
+        .unwrap();
+    bus.js
+        .publish(
+            bus.subjects.event(EventKind::ActionRecorded),
+            bytes::Bytes::from_static(b"\xff\xfe not protobuf"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let refused = [r#"api="subscribe_send""#, r#"errcode="45009""#];
+    let dead = [r#"consumer="leads""#, r#"reason="undecodable""#];
+    let mut metrics = String::new();
+    // The pause gauge is sampled every 5 s.
+    for _ in 0..150 {
+        metrics = get(&t.http, admin, "/metrics").await.1;
+        if sample(&metrics, "ande_wechat_requests_total", &refused) >= 1.0
+            && sample(&metrics, "ande_dead_letters_total", &dead) >= 1.0
+            && sample(&metrics, "ande_notifier_paused", &[]) == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(&metrics, "ande_wechat_requests_total", &refused),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ande_dead_letters_total", &dead),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ande_notifier_paused", &[]),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// A TCP relay to `target` that can be cut (dropping every connection through it) and restored:
+/// Postgres going away and coming back, without stopping the machine's Postgres.
+struct Relay {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(target: &'static str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (is_open, cuts) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut_now = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, open, cut }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+        if !open {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+fn start_nats(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir)
+        .arg(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -166,60 +277,83 @@ async fn readiness_fails_with_the_reason_when_nats_or_postgres_is_gone() {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+/// Poll `/readyz` until it answers `status`; the last answer.
+async fn readyz_until(http: &reqwest::Client, addr: SocketAddr, status: u16) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = get(http, addr, "/readyz").await;
+        if last.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_with_the_reason_while_nats_or_postgres_is_gone_and_recovers() {
+    use ande_platform::admin::{start, Readiness};
+    let http = ande_wechat::http::client();
     let mut config = ande_platform::testing::isolated_config().await;
+    // A NATS of our own, to stop and start again.
+    let port = free_addr().port();
+    let dir = std::env::temp_dir().join(format!("ande-readyz-{port}"));
+    let mut nats = start_nats(port, &dir);
     config.nats_url = format!("nats://127.0.0.1:{port}");
     let bus = ande_platform::bus::Bus::connect(&config, "readyz-test")
         .await
         .unwrap();
     bus.ensure_streams(Duration::from_secs(3600)).await.unwrap();
+    // The machine's Postgres, through a relay we can cut.
+    let relay = Relay::start("127.0.0.1:5432").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("postgres://postgres@{}/postgres", relay.addr))
+        .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let with_nats = Readiness {
+    let ready = Readiness {
         bus: Some(bus),
-        pool: None,
+        pool: Some(pool),
         consumers: vec![],
     };
-    let a = start("127.0.0.1:0".parse().unwrap(), with_nats, shutdown.clone())
+    let admin = start("127.0.0.1:0".parse().unwrap(), ready, shutdown.clone())
         .await
         .unwrap();
-    let (status, body) = get(&http, a, "/readyz").await;
+    let (status, body) = readyz_until(&http, admin, 200).await;
     assert_eq!(status, 200, "{body}");
 
-    // Postgres that does not answer (nothing listens there).
-    let dead_pg = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy("postgres://postgres@127.0.0.1:1/nothing")
-        .unwrap();
-    let with_pg = Readiness {
-        bus: None,
-        pool: Some(dead_pg),
-        consumers: vec![],
-    };
-    let b = start("127.0.0.1:0".parse().unwrap(), with_pg, shutdown.clone())
-        .await
-        .unwrap();
-    let (status, body) = get(&http, b, "/readyz").await;
-    assert_eq!(status, 503);
-    assert!(body.contains("postgres"), "{body}");
+    relay.set_open(false);
+    let (status, body) = readyz_until(&http, admin, 503).await;
+    assert_eq!(status, 503, "still ready without Postgres: {body}");
+    assert!(
+        body.contains("postgres") && !body.contains("nats"),
+        "{body}"
+    );
     assert_eq!(
-        get(&http, b, "/healthz").await.0,
+        get(&http, admin, "/healthz").await.0,
         200,
         "alive, if not ready"
     );
+    relay.set_open(true);
+    let (status, body) = readyz_until(&http, admin, 200).await;
+    assert_eq!(status, 200, "Postgres is back: {body}");
 
     let _ = nats.kill();
     let _ = nats.wait();
-    let mut last = (0, String::new());
-    for _ in 0..100 {
-        last = get(&http, a, "/readyz").await;
-        if last.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(last.0, 503, "still ready without NATS: {}", last.1);
-    assert!(last.1.contains("nats"), "{}", last.1);
+    let (status, body) = readyz_until(&http, admin, 503).await;
+    assert_eq!(status, 503, "still ready without NATS: {body}");
+    assert!(body.contains("nats"), "{body}");
+    let mut nats = start_nats(port, &dir);
+    let (status, body) = readyz_until(&http, admin, 200).await;
+    assert_eq!(status, 200, "NATS is back: {body}");
+
     shutdown.cancel();
+    let _ = nats.kill();
+    let _ = nats.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
