@@ -48,6 +48,8 @@ pub struct Bus {
     pub subjects: Subjects,
     /// How long dead letters are kept (`ANDE_RETENTION_DLQ`).
     pub dlq_max_age: Duration,
+    /// Replicas of the streams this bus creates (their consumers inherit them).
+    pub replicas: usize,
 }
 
 impl Bus {
@@ -78,7 +80,7 @@ impl Bus {
         config: &CommonConfig,
         options: async_nats::ConnectOptions,
     ) -> Result<Self, BusError> {
-        let (url, credentials) = split_credentials(&config.nats_url);
+        let (urls, credentials) = split_servers(&config.nats_url);
         let options = match credentials {
             // Each service reads replies on its own inbox prefix, which the NATS permissions
             // (deploy/nats/ande-auth.conf) let only that user subscribe to.
@@ -87,13 +89,10 @@ impl Bus {
                 .user_and_password(user, password),
             None => options,
         };
-        let client = options
-            .connect(url.as_str())
-            .await
-            .map_err(|e| BusError::Connect {
-                url: crate::config::redact_url(&config.nats_url),
-                reason: e.to_string(),
-            })?;
+        let client = options.connect(urls).await.map_err(|e| BusError::Connect {
+            url: crate::config::redact_url(&config.nats_url),
+            reason: e.to_string(),
+        })?;
         Ok(Self::from_client(client, config))
     }
 
@@ -105,6 +104,7 @@ impl Bus {
             js,
             subjects: config.subjects(),
             dlq_max_age: config.retention.dead_letters,
+            replicas: config.stream_replicas,
         }
     }
 
@@ -118,6 +118,7 @@ impl Bus {
             storage: stream::StorageType::File,
             max_age: event_max_age,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
             description: Some("Ande pipeline events (kept for replay)".into()),
             ..Default::default()
         };
@@ -128,6 +129,7 @@ impl Bus {
             storage: stream::StorageType::File,
             max_age: self.dlq_max_age,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
             description: Some("Ande dead letters".into()),
             ..Default::default()
         };
@@ -141,7 +143,12 @@ impl Bus {
                 .info()
                 .await
                 .map_err(|e| BusError::JetStream(e.to_string()))?;
-            if info.config.max_age != config.max_age {
+            // NATS changes a stream's replicas in place on a cluster (it copies the data to the
+            // new peers); on a single server it refuses more than one, and that error stops the
+            // service with the stream named.
+            if info.config.max_age != config.max_age
+                || info.config.num_replicas != config.num_replicas
+            {
                 self.js
                     .update_stream(config.clone())
                     .await
@@ -255,6 +262,24 @@ fn truncate(s: &str, max: usize) -> String {
 /// `nats://user:password@host:port` → (`nats://host:port`, Some((user, password))): async-nats
 /// does not read credentials from the URL itself. No percent-decoding: use passwords of URL-safe
 /// characters (`openssl rand -hex 24`).
+/// `NATS_URL` may list several servers of a cluster, comma-separated
+/// (`nats://gateway:pw@n1:4222,nats://gateway:pw@n2:4222`): the client connects to one and fails
+/// over to the others. The credentials are those of the first URL that carries any.
+pub fn split_servers(urls: &str) -> (Vec<String>, Option<(String, String)>) {
+    let mut credentials = None;
+    let bare = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            let (bare, c) = split_credentials(u);
+            credentials = credentials.take().or(c);
+            bare
+        })
+        .collect();
+    (bare, credentials)
+}
+
 pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_string(), None);
@@ -274,7 +299,18 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
 
 #[cfg(test)]
 mod credential_tests {
-    use super::split_credentials;
+    use super::{split_credentials, split_servers};
+
+    #[test]
+    fn several_servers_share_one_set_of_credentials() {
+        let (urls, c) =
+            split_servers("nats://leads:pw@n1:4222, nats://leads:pw@n2:4222,nats://n3:4222");
+        assert_eq!(urls, ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]);
+        assert_eq!(c, Some(("leads".to_string(), "pw".to_string())));
+        let (urls, c) = split_servers("nats://127.0.0.1:4222");
+        assert_eq!(urls, ["nats://127.0.0.1:4222"]);
+        assert_eq!(c, None);
+    }
 
     #[test]
     fn credentials_come_out_of_the_url() {

@@ -22,6 +22,9 @@ pub const DB_USERNAME: &str = "DB_USERNAME";
 pub const DB_PASSWORD: &str = "DB_PASSWORD";
 pub const EVENT_PREFIX: &str = "ANDE_PREFIX";
 pub const EVENT_MAX_AGE: &str = "ANDE_EVENT_MAX_AGE";
+/// Copies JetStream keeps of each stream (1, or 3/5 on a cluster): a stream with 3 survives the
+/// loss of one server without losing an acknowledged event.
+pub const STREAM_REPLICAS: &str = "ANDE_STREAM_REPLICAS";
 pub const WECHAT_APP_ID: &str = "WECHAT_APP_ID";
 pub const WECHAT_APP_SECRET: &str = "WECHAT_APP_SECRET";
 pub const WECHAT_API_BASE: &str = "WECHAT_API_BASE";
@@ -190,6 +193,25 @@ mod tests {
             "postgres://postgres@h/db"
         );
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+        assert_eq!(
+            redact_url("nats://u:p@n1:4222,nats://u:p@n2:4222"),
+            "nats://u:<redacted>@n1:4222,nats://u:<redacted>@n2:4222"
+        );
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        let replicas = |v: &str| stream_replicas(&Env::from_pairs([(STREAM_REPLICAS, v)]));
+        assert_eq!(
+            stream_replicas(&Env::from_pairs::<_, &str, &str>([])).unwrap(),
+            1
+        );
+        assert_eq!(replicas("3").unwrap(), 3);
+        assert!(replicas("0").is_err());
+        assert!(replicas("7")
+            .unwrap_err()
+            .to_string()
+            .contains(STREAM_REPLICAS));
     }
 
     #[test]
@@ -213,6 +235,8 @@ pub struct CommonConfig {
     pub prefix: String,
     /// How long the event stream keeps events for replay.
     pub event_max_age: Duration,
+    /// `ANDE_STREAM_REPLICAS`: 1 (one server) to 5.
+    pub stream_replicas: usize,
     pub log_json: bool,
     /// How long records holding personal data are kept (`ANDE_RETENTION_*`).
     pub retention: crate::retention::Retention,
@@ -226,9 +250,22 @@ impl std::fmt::Debug for CommonConfig {
             .field("database_url", &"<redacted>")
             .field("prefix", &self.prefix)
             .field("event_max_age", &self.event_max_age)
+            .field("stream_replicas", &self.stream_replicas)
             .field("log_json", &self.log_json)
             .finish()
     }
+}
+
+fn stream_replicas(env: &Env) -> Result<usize, ConfigError> {
+    let n: usize = env.parse(STREAM_REPLICAS, 1)?;
+    if !(1..=5).contains(&n) {
+        return Err(ConfigError {
+            var: STREAM_REPLICAS.to_string(),
+            shown: n.to_string(),
+            reason: "JetStream keeps 1 to 5 replicas (3 on a three-server cluster)".to_string(),
+        });
+    }
+    Ok(n)
 }
 
 impl CommonConfig {
@@ -257,6 +294,7 @@ impl CommonConfig {
             database_url: SecretString::from(database_url(env)?),
             prefix,
             event_max_age: env.duration(EVENT_MAX_AGE, Duration::from_secs(30 * 86_400))?,
+            stream_replicas: stream_replicas(env)?,
             log_json: env
                 .get(LOG_FORMAT)
                 .is_some_and(|f| f.eq_ignore_ascii_case("json")),
@@ -312,6 +350,10 @@ pub fn refuse_development_wechat(
 
 /// A URL with any `user:password@` part replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
+    // A list of servers (NATS_URL on a cluster): each one redacted.
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             // The user stays (it says who connects); a password never shows.
