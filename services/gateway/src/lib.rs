@@ -108,8 +108,14 @@ impl Gateway {
     /// a free one). NATS is connected lazily: the gateway starts and answers 503 on publishes
     /// until NATS is there, and recovers by itself.
     pub async fn bind(config: GatewayConfig) -> anyhow::Result<Self> {
-        let pool = ande_platform::db::connect(&config.common.database_url, SCHEMA, 16, &MIGRATIONS)
-            .await?;
+        let pool = ande_platform::db::connect_with(
+            &config.common.database_url,
+            SCHEMA,
+            16,
+            &MIGRATIONS,
+            config.common.migrations,
+        )
+        .await?;
         let bus = Bus::connect_lazy(&config.common, "gateway").await?;
         let streams_ready = match bus.ensure_streams(config.common.event_max_age).await {
             Ok(()) => true,

@@ -37,8 +37,14 @@ pub fn consumer_spec(bus: &Bus, config: &LeadsConfig) -> ConsumerSpec {
 
 /// Run the service until `shutdown` is cancelled.
 pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool =
-        ande_platform::db::connect(&config.common.database_url, SCHEMA, 8, &MIGRATIONS).await?;
+    let pool = ande_platform::db::connect_with(
+        &config.common.database_url,
+        SCHEMA,
+        8,
+        &MIGRATIONS,
+        config.common.migrations,
+    )
+    .await?;
     let bus = Bus::connect(&config.common, "leads").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let spec = consumer_spec(&bus, &config);

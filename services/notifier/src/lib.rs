@@ -83,11 +83,12 @@ fn announce(config: &NotifierConfig) {
 /// handlers each need a connection at times; sends hold none.
 async fn pool(config: &NotifierConfig) -> anyhow::Result<sqlx::PgPool> {
     let connections = 12;
-    let pool = ande_platform::db::connect(
+    let pool = ande_platform::db::connect_with(
         &config.common.database_url,
         SCHEMA,
         connections,
         &MIGRATIONS,
+        config.common.migrations,
     )
     .await?;
     Ok(pool)

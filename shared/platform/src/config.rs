@@ -25,6 +25,9 @@ pub const EVENT_MAX_AGE: &str = "ANDE_EVENT_MAX_AGE";
 /// Copies JetStream keeps of each stream (1, or 3/5 on a cluster): a stream with 3 survives the
 /// loss of one server without losing an acknowledged event.
 pub const STREAM_REPLICAS: &str = "ANDE_STREAM_REPLICAS";
+/// `apply` (default): each service applies its migrations at start; `check`: it only checks them
+/// (`andectl migrate` applies them as a deployment step of its own).
+pub const MIGRATIONS: &str = "ANDE_MIGRATIONS";
 pub const WECHAT_APP_ID: &str = "WECHAT_APP_ID";
 pub const WECHAT_APP_SECRET: &str = "WECHAT_APP_SECRET";
 pub const WECHAT_API_BASE: &str = "WECHAT_API_BASE";
@@ -237,6 +240,8 @@ pub struct CommonConfig {
     pub event_max_age: Duration,
     /// `ANDE_STREAM_REPLICAS`: 1 (one server) to 5.
     pub stream_replicas: usize,
+    /// `ANDE_MIGRATIONS`: apply at start, or only check.
+    pub migrations: crate::db::Migrations,
     pub log_json: bool,
     /// How long records holding personal data are kept (`ANDE_RETENTION_*`).
     pub retention: crate::retention::Retention,
@@ -253,6 +258,18 @@ impl std::fmt::Debug for CommonConfig {
             .field("stream_replicas", &self.stream_replicas)
             .field("log_json", &self.log_json)
             .finish()
+    }
+}
+
+fn migrations(env: &Env) -> Result<crate::db::Migrations, ConfigError> {
+    match env.string(MIGRATIONS, "apply").trim() {
+        "apply" => Ok(crate::db::Migrations::Apply),
+        "check" => Ok(crate::db::Migrations::Check),
+        other => Err(ConfigError {
+            var: MIGRATIONS.to_string(),
+            shown: other.to_string(),
+            reason: "apply (at start) or check (andectl migrate applies them)".to_string(),
+        }),
     }
 }
 
@@ -295,6 +312,7 @@ impl CommonConfig {
             prefix,
             event_max_age: env.duration(EVENT_MAX_AGE, Duration::from_secs(30 * 86_400))?,
             stream_replicas: stream_replicas(env)?,
+            migrations: migrations(env)?,
             log_json: env
                 .get(LOG_FORMAT)
                 .is_some_and(|f| f.eq_ignore_ascii_case("json")),

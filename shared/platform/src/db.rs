@@ -31,6 +31,25 @@ pub enum DbError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error(
+        "schema {schema} lacks migrations this binary needs ({missing}): run `andectl migrate` \
+         (ANDE_MIGRATIONS=check leaves migrating to it)"
+    )]
+    SchemaBehind { schema: String, missing: String },
+    #[error(
+        "schema {schema}: migration {version} differs from the one this binary was built with"
+    )]
+    SchemaChanged { schema: String, version: i64 },
+}
+
+/// What a service does with its migrations at start (`ANDE_MIGRATIONS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply what is missing (one process or `andectl up`: the default).
+    Apply,
+    /// Apply nothing; refuse to start on a schema that lacks one of this binary's migrations
+    /// (a deployment that runs `andectl migrate` as a step of its own, e.g. a Kubernetes Job).
+    Check,
 }
 
 /// Connect to `schema` (created if missing) and apply `migrations` to it.
@@ -39,6 +58,21 @@ pub async fn connect(
     schema: &str,
     max_connections: u32,
     migrations: &Migrator,
+) -> Result<PgPool, DbError> {
+    connect_with(url, schema, max_connections, migrations, Migrations::Apply).await
+}
+
+/// [`connect`], applying or only checking the migrations as `mode` says.
+///
+/// Either way a schema *ahead* of the binary (migrations it does not know, all applied after its
+/// own) is accepted: that is a one-version rollback, and migrations are written to be additive
+/// (new tables, new nullable columns, new indexes), so the older binary still works on it.
+pub async fn connect_with(
+    url: &SecretString,
+    schema: &str,
+    max_connections: u32,
+    migrations: &Migrator,
+    mode: Migrations,
 ) -> Result<PgPool, DbError> {
     let base = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| DbError::BadUrl)?;
     // CREATE SCHEMA IF NOT EXISTS can race with another process doing the same; the loser's
@@ -72,14 +106,71 @@ pub async fn connect(
         .connect_with(opts)
         .await
         .map_err(DbError::Connect)?;
-    migrations
-        .run(&pool)
-        .await
-        .map_err(|source| DbError::Migrate {
-            schema: schema.into(),
-            source,
-        })?;
+    match mode {
+        Migrations::Apply => {
+            tolerant(migrations)
+                .run(&pool)
+                .await
+                .map_err(|source| DbError::Migrate {
+                    schema: schema.into(),
+                    source,
+                })?
+        }
+        Migrations::Check => check(&pool, schema, migrations).await?,
+    }
     Ok(pool)
+}
+
+/// `migrations`, accepting applied migrations it does not know (a rollback: see
+/// [`connect_with`]).
+fn tolerant(migrations: &Migrator) -> Migrator {
+    Migrator {
+        migrations: migrations.migrations.clone(),
+        ignore_missing: true,
+        locking: migrations.locking,
+        no_tx: migrations.no_tx,
+        table_name: migrations.table_name.clone(),
+        create_schemas: migrations.create_schemas.clone(),
+    }
+}
+
+/// Every migration of this binary is applied, unchanged.
+async fn check(pool: &PgPool, schema: &str, migrations: &Migrator) -> Result<(), DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(DbError::Connect)?;
+    let applied: Vec<(i64, Vec<u8>)> = if exists {
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .map_err(DbError::Connect)?
+    } else {
+        Vec::new()
+    };
+    let mut missing = Vec::new();
+    for m in migrations
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+    {
+        match applied.iter().find(|(v, _)| *v == m.version) {
+            None => missing.push(m.version.to_string()),
+            Some((_, sum)) if sum.as_slice() != &*m.checksum => {
+                return Err(DbError::SchemaChanged {
+                    schema: schema.into(),
+                    version: m.version,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DbError::SchemaBehind {
+            schema: schema.into(),
+            missing: missing.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// True when an error means Postgres could not be reached or the connection broke (retry

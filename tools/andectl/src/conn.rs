@@ -70,3 +70,25 @@ pub async fn gateway_db(common: &CommonConfig) -> anyhow::Result<PgPool> {
     )
     .await?)
 }
+
+/// Apply every service's migrations to its schema (idempotent): the deployment step that runs
+/// before the services when they start with `ANDE_MIGRATIONS=check`. Returns, per schema, the
+/// newest migration this binary knows.
+pub async fn migrate(common: &CommonConfig) -> anyhow::Result<Vec<(&'static str, i64)>> {
+    use anyhow::Context;
+    let schemas: [(&'static str, &sqlx::migrate::Migrator); 3] = [
+        (ande_gateway::SCHEMA, &ande_gateway::MIGRATIONS),
+        (ande_leads::SCHEMA, &ande_leads::MIGRATIONS),
+        (ande_notifier::SCHEMA, &ande_notifier::MIGRATIONS),
+    ];
+    let mut done = Vec::new();
+    for (schema, migrations) in schemas {
+        let pool = ande_platform::db::connect(&common.database_url, schema, 1, migrations)
+            .await
+            .with_context(|| format!("migrating {schema}"))?;
+        pool.close().await;
+        let newest = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+        done.push((schema, newest));
+    }
+    Ok(done)
+}

@@ -30,6 +30,9 @@ struct Cli {
 enum Cmd {
     /// Run every service and the WeChat simulator locally (Ctrl-C stops everything).
     Up,
+    /// Apply every service's database migrations (idempotent); for deployments whose services
+    /// start with ANDE_MIGRATIONS=check.
+    Migrate,
     /// Read the event log, decoded to JSON lines.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -341,6 +344,11 @@ async fn run(cmd: Cmd, env: &Env) -> anyhow::Result<u8> {
     let mut out = std::io::stdout();
     match cmd {
         Cmd::Up => unreachable!("handled above"),
+        Cmd::Migrate => {
+            for (schema, newest) in andectl::conn::migrate(&common).await? {
+                writeln!(out, "{schema}: migrations applied up to {newest}")?;
+            }
+        }
         Cmd::Events(c) => events(&common, c, &mut out).await?,
         Cmd::Replay(c) => replay(&common, c, &mut out).await?,
         Cmd::Dlq(c) => dlq(&common, c, &mut out).await?,
