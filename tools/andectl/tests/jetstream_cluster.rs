@@ -2,7 +2,8 @@
 //! (`ANDE_STREAM_REPLICAS=3`, `NATS_URL` listing the three): the stream's leader is killed with
 //! SIGKILL in the middle of a steady load. Every action the gateway accepted (2xx) is stored once,
 //! as one lead per phone and one notification per action; while the cluster elects a new leader
-//! the gateway answers 503, never a 2xx it cannot keep.
+//! the gateway answers 503, never a 2xx it cannot keep. The killed server then comes back with an
+//! empty store (a replaced disk) and catches up with the stream.
 
 use andectl::stack::{Stack, StackOptions};
 use andectl::testing::TestStack;
@@ -24,6 +25,16 @@ fn free_port() -> u16 {
 struct Cluster {
     servers: Vec<(String, u16, Option<Child>)>,
     dir: std::path::PathBuf,
+}
+
+fn spawn_server(conf: &std::path::Path) -> Child {
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server on PATH")
 }
 
 impl Cluster {
@@ -48,14 +59,7 @@ impl Cluster {
             );
             let path = dir.join(format!("{name}.conf"));
             std::fs::write(&path, conf).unwrap();
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server on PATH");
-            servers.push((name, *client, Some(child)));
+            servers.push((name, *client, Some(spawn_server(&path))));
         }
         Cluster { servers, dir }
     }
@@ -66,6 +70,17 @@ impl Cluster {
             .map(|(_, port, _)| format!("nats://127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Start a killed server again, its store emptied first (a replaced disk): it must catch up
+    /// from the others.
+    fn restart_empty(&mut self, name: &str) {
+        let store = self.dir.join(name);
+        std::fs::remove_dir_all(&store).unwrap();
+        std::fs::create_dir_all(&store).unwrap();
+        let child = spawn_server(&self.dir.join(format!("{name}.conf")));
+        let slot = self.servers.iter_mut().find(|(n, _, _)| n == name).unwrap();
+        slot.2 = Some(child);
     }
 
     fn kill(&mut self, name: &str) {
@@ -234,6 +249,23 @@ async fn killing_the_stream_leader_under_load_loses_and_doubles_nothing() {
     .await
     .unwrap();
     assert_eq!(notifications_doubled, 0, "one notification per action");
+    // The killed server comes back with an empty store and catches up with the stream.
+    cluster.restart_empty(&leader);
+    let mut caught_up = false;
+    for _ in 0..150 {
+        if let Ok(info) = stream.info().await {
+            let peer = info
+                .cluster
+                .as_ref()
+                .and_then(|c| c.replicas.iter().find(|r| r.name == leader));
+            if peer.is_some_and(|p| p.current && p.lag.unwrap_or(0) == 0) {
+                caught_up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(caught_up, "{leader} restarted empty did not catch up");
     println!(
         "cluster failover: {offered} offered, {} accepted and stored once, statuses {statuses:?}, \
          accepting again {} ms after the kill, leader {leader} -> {new_leader:?}",
