@@ -176,9 +176,17 @@ if not pg_default:
 raw_pg = str(services["postgres"].get("environment", {}).get("POSTGRES_PASSWORD", ""))
 if not raw_pg.startswith("${POSTGRES_PASSWORD"):
     errors.append("postgres: POSTGRES_PASSWORD must come from the environment (`${POSTGRES_PASSWORD:-…}`), not a literal")
-nats_conf = "\n".join(
-    re.sub(r"#.*", "", p.read_text()) for p in sorted((root / "deploy" / "nats").glob("*.conf"))
-)
+def nats_config(name, seen=()):
+    """The config the compose NATS runs (nats-server.conf) with the files it includes; not the
+    cluster example (cluster.conf), which runs elsewhere with variables of its own."""
+    text = re.sub(r"#.*", "", (root / "deploy" / "nats" / name).read_text())
+    for inc in re.findall(r"^\s*include\s+[\"']?([\w./-]+)", text, re.M):
+        if inc not in seen:
+            text += "\n" + nats_config(inc, seen + (name,))
+    return text
+
+
+nats_conf = nats_config("nats-server.conf")
 # Variables are unquoted `$NAME` values; quoted strings such as "$JS.API.INFO" are subjects.
 conf_vars = set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", re.sub(r'"[^"]*"', "", nats_conf)))
 nats_env = container_env(bare, "nats")
