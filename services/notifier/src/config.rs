@@ -344,6 +344,25 @@ pub struct NotifierConfig {
     pub obsolete: Vec<&'static str>,
 }
 
+/// The WeChat client's settings: API base, app id and secret, token mode.
+fn wechat_from_env(env: &Env) -> Result<WechatConfig, ConfigError> {
+    let token_mode = match env.get(cfg::WECHAT_TOKEN_MODE) {
+        None => TokenMode::Stable,
+        Some(m) => m.parse().map_err(|_| ConfigError {
+            var: cfg::WECHAT_TOKEN_MODE.into(),
+            shown: m.into(),
+            reason: "expected stable or classic".into(),
+        })?,
+    };
+    let mut wechat = WechatConfig::new(
+        env.string(cfg::WECHAT_API_BASE, cfg::DEFAULT_WECHAT_API_BASE),
+        env.string(cfg::WECHAT_APP_ID, cfg::DEFAULT_APP_ID),
+        env.secret(cfg::WECHAT_APP_SECRET, cfg::DEFAULT_APP_SECRET),
+    );
+    wechat.token_mode = token_mode;
+    Ok(wechat)
+}
+
 impl NotifierConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let bad = |var: &str, shown: &str, reason: String| ConfigError {
@@ -351,22 +370,7 @@ impl NotifierConfig {
             shown: shown.into(),
             reason,
         };
-        let token_mode = match env.get(cfg::WECHAT_TOKEN_MODE) {
-            None => TokenMode::Stable,
-            Some(m) => m.parse().map_err(|_| {
-                bad(
-                    cfg::WECHAT_TOKEN_MODE,
-                    m,
-                    "expected stable or classic".into(),
-                )
-            })?,
-        };
-        let mut wechat = WechatConfig::new(
-            env.string(cfg::WECHAT_API_BASE, cfg::DEFAULT_WECHAT_API_BASE),
-            env.string(cfg::WECHAT_APP_ID, cfg::DEFAULT_APP_ID),
-            env.secret(cfg::WECHAT_APP_SECRET, cfg::DEFAULT_APP_SECRET),
-        );
-        wechat.token_mode = token_mode;
+        let wechat = wechat_from_env(env)?;
         let fields_raw = env.string(NOTIFIER_TEMPLATE_FIELDS, "");
         let fields = TemplateFields::parse(&fields_raw)
             .map_err(|r| bad(NOTIFIER_TEMPLATE_FIELDS, &fields_raw, r))?;

@@ -127,6 +127,26 @@ fn handlers(
     )
 }
 
+/// The admin listener (metrics, health, readiness of NATS, the consumers and Postgres), and the
+/// sampler behind the notifier's own gauges.
+async fn serve_admin(
+    addr: std::net::SocketAddr,
+    bus: &Bus,
+    pool: &sqlx::PgPool,
+    wechat: &WechatClient,
+    consumers: Vec<String>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = ande_platform::admin::Readiness {
+        bus: Some(bus.clone()),
+        pool: Some(pool.clone()),
+        consumers,
+    };
+    ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+    tokio::spawn(sample_queue(pool.clone(), wechat.clone(), shutdown.clone()));
+    Ok(())
+}
+
 /// Copy the queue's state and the token cache's fetches into the gauges until `shutdown`.
 async fn sample_queue(pool: sqlx::PgPool, wechat: WechatClient, shutdown: CancellationToken) {
     use ande_platform::metrics as m;
@@ -176,16 +196,8 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     let sweep_now = Arc::new(Notify::new());
     let (outcomes, subscriptions, pushes) = consumer_specs(&bus);
     if let Some(addr) = config.admin_addr {
-        let ready = ande_platform::admin::Readiness {
-            bus: Some(bus.clone()),
-            pool: Some(pool.clone()),
-            consumers: [&outcomes, &subscriptions, &pushes]
-                .iter()
-                .map(|s| s.durable.clone())
-                .collect(),
-        };
-        ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
-        tokio::spawn(sample_queue(pool.clone(), wechat.clone(), shutdown.clone()));
+        let consumers = [&outcomes, &subscriptions, &pushes].map(|s| s.durable.clone());
+        serve_admin(addr, &bus, &pool, &wechat, consumers.to_vec(), &shutdown).await?;
     }
     let (outcome_handler, sub_handler, push_handler) = handlers(&pool, &config, &wake, &sweep_now);
     let dispatcher = Arc::new(dispatch::Dispatcher {

@@ -12,6 +12,18 @@ pub struct TestStack {
     pub http: reqwest::Client,
 }
 
+/// A port nothing listens on now (the OS picked it), for a server a test starts.
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// An address on 127.0.0.1 with a port nothing listens on now.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+}
+
 pub async fn start() -> TestStack {
     start_with(|_| {}).await
 }

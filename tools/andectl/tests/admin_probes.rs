@@ -10,13 +10,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 async fn get(http: &reqwest::Client, addr: SocketAddr, path: &str) -> (u16, String) {
     let r = http
         .get(format!("http://{addr}{path}"))
@@ -39,7 +32,7 @@ fn sample(metrics: &str, family: &str, with: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
-    let (gateway_admin, notifier_admin) = (free_addr(), free_addr());
+    let (gateway_admin, notifier_admin) = (common::free_addr(), common::free_addr());
     let t = common::start_with(|o| {
         o.gateway.admin_addr = Some(gateway_admin);
         o.notifier.admin_addr = Some(notifier_admin);
@@ -151,7 +144,7 @@ fn label_with_an_id(metrics: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wechat_refusal_a_quota_pause_and_a_dead_letter_show_in_the_metrics() {
     use ande_events::EventKind;
-    let admin = free_addr();
+    let admin = common::free_addr();
     let t = common::start_with(|o| o.notifier.admin_addr = Some(admin)).await;
     t.advisor_accepts(
         "adv-faults",
@@ -301,7 +294,7 @@ async fn readiness_fails_with_the_reason_while_nats_or_postgres_is_gone_and_reco
     let http = ande_wechat::http::client();
     let mut config = ande_platform::testing::isolated_config().await;
     // A NATS of our own, to stop and start again.
-    let port = free_addr().port();
+    let port = common::free_addr().port();
     let dir = std::env::temp_dir().join(format!("ande-readyz-{port}"));
     let mut nats = start_nats(port, &dir);
     config.nats_url = format!("nats://127.0.0.1:{port}");

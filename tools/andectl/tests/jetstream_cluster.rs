@@ -6,6 +6,7 @@
 //! empty store (a replaced disk) and catches up with the stream.
 
 use andectl::stack::{Stack, StackOptions};
+use andectl::testing::free_port;
 use andectl::testing::TestStack;
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,14 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Cluster {
     servers: Vec<(String, u16, Option<Child>)>,

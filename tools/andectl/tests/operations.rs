@@ -3,6 +3,7 @@
 //! back decoded; and the binary itself: `up` until SIGTERM, `status`, `user add/passwd`, exit codes.
 
 use andectl::testing as common;
+use andectl::testing::free_port;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -578,14 +579,6 @@ async fn events_are_tailed_and_shown_decoded() {
     .unwrap();
     assert_eq!(n, 0, "nothing before the range's end");
     t.stack.stop().await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The binary with this test's NATS, database and prefix, and nothing else of ours inherited.

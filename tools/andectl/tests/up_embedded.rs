@@ -2,18 +2,11 @@
 //! the binaries on the PATH (Debian's Postgres binaries are found under /usr/lib/postgresql),
 //! brings the stack to ready, and stops them again on SIGTERM.
 
+use andectl::testing::free_port;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_andectl");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn answers(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
