@@ -350,3 +350,84 @@ async fn readiness_fails_with_the_reason_while_nats_or_postgres_is_gone_and_reco
     let _ = nats.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_pending_rises_with_a_backlog_and_falls_once_it_is_worked_off() {
+    use ande_events::EventKind;
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    let http = ande_wechat::http::client();
+    let config = ande_platform::testing::isolated_config().await;
+    let bus = ande_platform::bus::Bus::connect(&config, "pending-test")
+        .await
+        .unwrap();
+    bus.ensure_streams(config.event_max_age).await.unwrap();
+    let stream = bus.js.get_stream(bus.subjects.stream()).await.unwrap();
+    // A consumer of its own, nobody working it yet (the registry is the process's: the name is
+    // unique so no other test moves this series).
+    let durable = format!("pending-probe-{}", common::free_port());
+    let subject = bus.subjects.event(EventKind::ActionRecorded);
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: subject.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ready = ande_platform::admin::Readiness {
+        bus: Some(bus.clone()),
+        pool: None,
+        consumers: vec![durable.clone()],
+    };
+    let admin =
+        ande_platform::admin::start("127.0.0.1:0".parse().unwrap(), ready, shutdown.clone())
+            .await
+            .unwrap();
+    for i in 0..5u8 {
+        bus.js
+            .publish(subject.clone(), vec![i].into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let label = format!(r#"consumer="{durable}""#);
+    // Sampled every 5 s: wait for a sample to show the backlog, then for one to show it gone.
+    let gauge = |metrics: &str, family: &str| sample(metrics, family, &[&label]);
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        metrics = get(&http, admin, "/metrics").await.1;
+        if gauge(&metrics, "ande_consumer_pending") == 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge(&metrics, "ande_consumer_pending"), 5.0, "{metrics}");
+    let mut messages = consumer.fetch().max_messages(5).messages().await.unwrap();
+    let mut acked = 0;
+    while let Some(Ok(m)) = messages.next().await {
+        m.double_ack().await.unwrap();
+        acked += 1;
+    }
+    assert_eq!(acked, 5);
+    for _ in 0..150 {
+        metrics = get(&http, admin, "/metrics").await.1;
+        if gauge(&metrics, "ande_consumer_pending") == 0.0
+            && gauge(&metrics, "ande_consumer_ack_pending") == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge(&metrics, "ande_consumer_pending"), 0.0, "{metrics}");
+    assert_eq!(
+        gauge(&metrics, "ande_consumer_ack_pending"),
+        0.0,
+        "{metrics}"
+    );
+    shutdown.cancel();
+    let _ = stream.delete_consumer(&durable).await;
+}
