@@ -136,15 +136,20 @@ fn tolerant(migrations: &Migrator) -> Migrator {
 
 /// Every migration of this binary is applied, unchanged.
 async fn check(pool: &PgPool, schema: &str, migrations: &Migrator) -> Result<(), DbError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    // The bookkeeping table sqlx writes (the migrator's name for it, a constant of our code).
+    let table = &migrations.table_name;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table.as_ref())
         .fetch_one(pool)
         .await
         .map_err(DbError::Connect)?;
     let applied: Vec<(i64, Vec<u8>)> = if exists {
-        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await
-            .map_err(DbError::Connect)?
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, checksum FROM {table} WHERE success"
+        )))
+        .fetch_all(pool)
+        .await
+        .map_err(DbError::Connect)?
     } else {
         Vec::new()
     };

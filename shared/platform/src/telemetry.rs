@@ -359,7 +359,16 @@ pub fn inject(headers: &mut HeaderMap) {
 /// Make `span` a child of the trace context found in `headers`, if any.
 pub fn extract_into(headers: Option<&HeaderMap>, span: &tracing::Span) {
     if let Some(h) = headers {
-        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(h));
+        adopt(
+            span,
+            TraceContextPropagator::new().extract(&HeaderExtractor(h)),
+        );
+    }
+}
+
+/// Make `span` a child of `cx` when `cx` names a span; otherwise `span` starts a trace.
+fn adopt(span: &tracing::Span, cx: opentelemetry::Context) {
+    if cx.span().span_context().is_valid() {
         // Fails only when the span is disabled (filtered out): nothing to attach then.
         if let Err(e) = span.set_parent(cx) {
             tracing::trace!(error = %e, "trace context not attached");
@@ -380,12 +389,10 @@ impl Extractor for HttpExtractor<'_> {
 /// Make `span` a child of the caller's W3C `traceparent` (and `tracestate`), when it sent one
 /// that parses; otherwise the span starts a trace.
 pub fn extract_http(headers: &axum::http::HeaderMap, span: &tracing::Span) {
-    let cx = TraceContextPropagator::new().extract(&HttpExtractor(headers));
-    if cx.span().span_context().is_valid() {
-        if let Err(e) = span.set_parent(cx) {
-            tracing::trace!(error = %e, "trace context not attached");
-        }
-    }
+    adopt(
+        span,
+        TraceContextPropagator::new().extract(&HttpExtractor(headers)),
+    );
 }
 
 /// A span's W3C `traceparent`, to store with work that continues later (a queued send).
@@ -399,12 +406,7 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 pub fn continue_trace(traceparent: Option<&str>, span: &tracing::Span) {
     let Some(tp) = traceparent else { return };
     let carrier = std::collections::HashMap::from([("traceparent".to_string(), tp.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        if let Err(e) = span.set_parent(cx) {
-            tracing::trace!(error = %e, "trace context not attached");
-        }
-    }
+    adopt(span, TraceContextPropagator::new().extract(&carrier));
 }
 
 /// The trace id of a span, as hex, when tracing is active (for logs and the journey view).

@@ -52,6 +52,18 @@ impl TestStack {
         format!("{}{path}", self.stack.gateway_url)
     }
 
+    /// Switch a fault on in the simulator (`POST /sim/faults`, see wechat-sim's `faults`).
+    pub async fn sim_fault(&self, spec: Value) {
+        let r = self
+            .http
+            .post(self.sim("/sim/faults"))
+            .json(&spec)
+            .send()
+            .await
+            .expect("the simulator answers");
+        assert!(r.status().is_success(), "fault {spec} refused");
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http

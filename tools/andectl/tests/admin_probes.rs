@@ -153,15 +153,8 @@ async fn a_wechat_refusal_a_quota_pause_and_a_dead_letter_show_in_the_metrics() 
     )
     .await;
     // WeChat says the day's quota is spent (45009), once: the notifier pauses sending.
-    let fault = json!({"endpoint": "subscribe_send", "errcode": 45009, "count": 1});
-    let r = t
-        .http
-        .post(t.sim("/sim/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    t.sim_fault(json!({"endpoint": "subscribe_send", "errcode": 45009, "count": 1}))
+        .await;
     let (status, body) = t
         .post(
             "/api/customer/action",

@@ -1124,15 +1124,8 @@ async fn failed_notifications_are_listed_retried_and_sending_paused_through_the_
     let (advisor, openid) = ("adv-ops", "o_advisor_ops");
     t.advisor_accepts(advisor, openid, ande_wechat::DEV_TEMPLATE_ID)
         .await;
-    let fault = json!({"endpoint": "subscribe_send", "errcode": 40003, "count": 1});
-    let r = t
-        .http
-        .post(t.sim("/sim/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    t.sim_fault(json!({"endpoint": "subscribe_send", "errcode": 40003, "count": 1}))
+        .await;
     let (status, body) = t
         .post(
             "/api/customer/action",

@@ -96,21 +96,22 @@ async fn request_id(req: Request, next: Next) -> Response {
 /// no route knows is `unmatched`), method and status.
 async fn metrics(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let route = req
+    // MatchedPath is a shared string: cloning it allocates nothing on this hot path.
+    let matched = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+        .cloned();
+    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = req.method().clone();
     let resp = next.run(req).await;
     let m = ande_platform::metrics::HTTP_REQUESTS.with_label_values(&[
-        route.as_str(),
+        route,
         method.as_str(),
         resp.status().as_str(),
     ]);
     m.inc();
     ande_platform::metrics::HTTP_DURATION
-        .with_label_values(&[route.as_str()])
+        .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     resp
 }
