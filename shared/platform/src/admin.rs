@@ -171,3 +171,19 @@ pub async fn sample_consumers(bus: Bus, consumers: Vec<String>, shutdown: Cancel
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_address_can_be_turned_off_and_a_wrong_one_names_the_variable() {
+        let default = addr_from_env(&Env::from_pairs::<_, &str, &str>([]), "127.0.0.1:9101");
+        assert_eq!(default.unwrap(), Some("127.0.0.1:9101".parse().unwrap()));
+        let off = Env::from_pairs([(METRICS_ADDR, "off")]);
+        assert_eq!(addr_from_env(&off, "127.0.0.1:9101").unwrap(), None);
+        let wrong = Env::from_pairs([(METRICS_ADDR, "everywhere")]);
+        let e = addr_from_env(&wrong, "127.0.0.1:9101").unwrap_err();
+        assert!(e.to_string().contains(METRICS_ADDR), "{e}");
+    }
+}

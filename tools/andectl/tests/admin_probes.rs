@@ -424,3 +424,30 @@ async fn consumer_pending_rises_with_a_backlog_and_falls_once_it_is_worked_off()
     shutdown.cancel();
     let _ = stream.delete_consumer(&durable).await;
 }
+
+/// The admin listener has no login: what keeps strangers out is where it listens. Each service's
+/// default is loopback; another interface (a container's) must be asked for with METRICS_ADDR.
+#[test]
+fn every_service_listens_for_probes_on_loopback_unless_told_otherwise() {
+    use ande_platform::config::Env;
+    let env = Env::from_pairs([("ANDE_ENV", "development")]);
+    let addrs = [
+        ande_gateway::GatewayConfig::from_env(&env)
+            .unwrap()
+            .admin_addr,
+        ande_leads::LeadsConfig::from_env(&env).unwrap().admin_addr,
+        ande_notifier::NotifierConfig::from_env(&env)
+            .unwrap()
+            .admin_addr,
+    ];
+    for addr in addrs {
+        let addr = addr.expect("on by default");
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
+    let elsewhere = Env::from_pairs([
+        ("ANDE_ENV", "development"),
+        ("METRICS_ADDR", "0.0.0.0:9102"),
+    ]);
+    let leads = ande_leads::LeadsConfig::from_env(&elsewhere).unwrap();
+    assert_eq!(leads.admin_addr, Some("0.0.0.0:9102".parse().unwrap()));
+}
