@@ -157,7 +157,7 @@ async fn sample_queue(pool: sqlx::PgPool, wechat: WechatClient, shutdown: Cancel
         };
         match read.await {
             Ok(g) => {
-                for state in ["queued", "sending", "waiting"] {
+                for state in store::LIVE_STATES.map(|s| s.as_str()) {
                     let n = g
                         .by_state
                         .iter()

@@ -1256,11 +1256,19 @@ pub struct QueueGauges {
     pub paused: bool,
 }
 
-/// Read [`QueueGauges`] (live states only: the sent and failed rows are history, not queue).
+/// The states [`queue_gauges`] counts: the live ones (sent, failed, digested and dropped rows
+/// are history, not queue).
+pub const LIVE_STATES: [NotificationState; 3] = [
+    NotificationState::Queued,
+    NotificationState::Sending,
+    NotificationState::WaitingCredit,
+];
+
+/// Read [`QueueGauges`] for the [`LIVE_STATES`].
 pub async fn queue_gauges(conn: &mut PgConnection) -> Result<QueueGauges, sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT state AS "state!", count(*) AS "n!" FROM notifications
-         WHERE state IN ('queued', 'sending', 'waiting') GROUP BY state"#
+         WHERE state IN ('queued', 'sending', 'waiting_credit') GROUP BY state"#
     )
     .fetch_all(&mut *conn)
     .await?;

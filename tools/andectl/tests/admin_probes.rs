@@ -54,6 +54,14 @@ async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
+    // An advisor nobody subscribed for: that notification waits for a credit.
+    let (status, body) = t
+        .post(
+            "/api/customer/action",
+            json!({"customerId": "c-waits", "advisorId": "adv-no-credit", "actionType": "view_resume"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     t.wait_messages("o_advisor_metrics", 1).await;
 
     for addr in [gateway_admin, notifier_admin] {
@@ -70,7 +78,15 @@ async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
             "ande_wechat_requests_total",
             &[r#"api="subscribe_send""#, r#"errcode="0""#],
         );
-        if sent >= 1.0 && sample(&metrics, "ande_leads_outcomes_total", &[]) >= 3.0 {
+        let waiting = sample(
+            &metrics,
+            "ande_notifications",
+            &[r#"state="waiting_credit""#],
+        );
+        if sent >= 1.0
+            && sample(&metrics, "ande_leads_outcomes_total", &[]) >= 3.0
+            && waiting >= 1.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -106,6 +122,14 @@ async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
     );
     assert!(
         metrics.contains(r#"ande_notifications{state="queued"}"#),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "ande_notifications",
+            &[r#"state="waiting_credit""#]
+        ) >= 1.0,
         "{metrics}"
     );
     assert!(sample(&metrics, "ande_consume_batch_duration_seconds_count", &[]) >= 1.0);
