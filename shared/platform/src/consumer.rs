@@ -347,9 +347,9 @@ async fn keep_alive<T, E>(
     }
 }
 
-/// Dead-letter then ack; if the dead letter cannot be stored, nak so the message is not lost.
-/// Dead-letter `msg`; `kind` is the reason's category for the metric (`max_deliver`,
-/// `undecodable`, `rejected`), `reason` the text kept with the message.
+/// Dead-letter `msg` then ack it; if the dead letter cannot be stored, nak so the message is not
+/// lost. `kind` is the reason's category for the metric (`max_deliver`, `undecodable`,
+/// `rejected`), `reason` the text kept with the message.
 async fn settle_dead_letter(
     bus: &Bus,
     spec: &ConsumerSpec,
