@@ -48,11 +48,17 @@ pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Re
     let bus = Bus::connect(&config.common, "leads").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let spec = consumer_spec(&bus, &config);
+    let consumers = vec![consumer::DURABLE.to_string()];
+    tokio::spawn(ande_platform::admin::sample_consumers(
+        bus.clone(),
+        consumers.clone(),
+        shutdown.clone(),
+    ));
     if let Some(addr) = config.admin_addr {
         let ready = ande_platform::admin::Readiness {
             bus: Some(bus.clone()),
             pool: Some(pool.clone()),
-            consumers: vec![consumer::DURABLE.to_string()],
+            consumers,
         };
         ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
     }

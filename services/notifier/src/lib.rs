@@ -127,23 +127,32 @@ fn handlers(
     )
 }
 
-/// The admin listener (metrics, health, readiness of NATS, the consumers and Postgres), and the
-/// sampler behind the notifier's own gauges.
+/// The samplers behind the notifier's gauges (always: under `andectl up` another service's
+/// listener shows them), and its admin listener when it has one (metrics, health, readiness of
+/// NATS, the consumers and Postgres).
 async fn serve_admin(
-    addr: std::net::SocketAddr,
+    config: &NotifierConfig,
     bus: &Bus,
     pool: &sqlx::PgPool,
     wechat: &WechatClient,
     consumers: Vec<String>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let ready = ande_platform::admin::Readiness {
-        bus: Some(bus.clone()),
-        pool: Some(pool.clone()),
-        consumers,
-    };
-    ande_platform::admin::start(addr, ready, shutdown.clone()).await?;
+    use ande_platform::admin;
     tokio::spawn(sample_queue(pool.clone(), wechat.clone(), shutdown.clone()));
+    tokio::spawn(admin::sample_consumers(
+        bus.clone(),
+        consumers.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(addr) = config.admin_addr {
+        let ready = admin::Readiness {
+            bus: Some(bus.clone()),
+            pool: Some(pool.clone()),
+            consumers,
+        };
+        admin::start(addr, ready, shutdown.clone()).await?;
+    }
     Ok(())
 }
 
@@ -195,10 +204,8 @@ pub async fn run(mut config: NotifierConfig, shutdown: CancellationToken) -> any
     let wake = Arc::new(Notify::new());
     let sweep_now = Arc::new(Notify::new());
     let (outcomes, subscriptions, pushes) = consumer_specs(&bus);
-    if let Some(addr) = config.admin_addr {
-        let consumers = [&outcomes, &subscriptions, &pushes].map(|s| s.durable.clone());
-        serve_admin(addr, &bus, &pool, &wechat, consumers.to_vec(), &shutdown).await?;
-    }
+    let consumers = [&outcomes, &subscriptions, &pushes].map(|s| s.durable.clone());
+    serve_admin(&config, &bus, &pool, &wechat, consumers.to_vec(), &shutdown).await?;
     let (outcome_handler, sub_handler, push_handler) = handlers(&pool, &config, &wake, &sweep_now);
     let dispatcher = Arc::new(dispatch::Dispatcher {
         pool: pool.clone(),

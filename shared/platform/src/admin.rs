@@ -119,7 +119,9 @@ fn router(ready: Arc<Readiness>) -> Router {
 }
 
 /// Bind the admin listener (an error if the address is taken: better a clear refusal at start
-/// than a service nobody can probe) and serve it until `shutdown`, sampling the consumers.
+/// than a service nobody can probe) and serve it until `shutdown`. It serves the process's one
+/// registry: the gauges come from samplers each service runs whether or not it listens, so
+/// under `andectl up` one listener shows every service's ([`sample_consumers`]).
 pub async fn start(
     addr: SocketAddr,
     ready: Readiness,
@@ -131,13 +133,6 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the admin listener {addr} ({METRICS_ADDR})"))?;
     let bound = listener.local_addr()?;
-    if let Some(bus) = ready.bus.clone() {
-        tokio::spawn(sample_consumers(
-            bus,
-            ready.consumers.clone(),
-            shutdown.clone(),
-        ));
-    }
     let app = router(Arc::new(ready));
     tokio::spawn(async move {
         let done = shutdown.cancelled_owned();

@@ -72,7 +72,9 @@ async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
     // Counters move as the work is done; the queue gauges are sampled every 5 s.
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = get(&t.http, notifier_admin, "/metrics").await.1;
+        // One process, one registry: the gateway's listener shows every service's families
+        // (as under `andectl up`, where it is the only one).
+        metrics = get(&t.http, gateway_admin, "/metrics").await.1;
         let sent = sample(
             &metrics,
             "ande_wechat_requests_total",
@@ -133,6 +135,13 @@ async fn services_answer_probes_and_metrics_follow_the_traffic_without_ids() {
         "{metrics}"
     );
     assert!(sample(&metrics, "ande_consume_batch_duration_seconds_count", &[]) >= 1.0);
+    for consumer in andectl::replay::CONSUMER_NAMES {
+        let label = format!(r#"consumer="{consumer}""#);
+        assert!(
+            metrics.contains(&format!("ande_consumer_pending{{{label}}}")),
+            "{consumer} not sampled: {metrics}"
+        );
+    }
     assert!(sample(&metrics, "process_resident_memory_bytes", &[]) > 1e6);
 
     // Labels are bounded sets: no UUID, no phone, no openid, no advisor or customer id.
@@ -394,6 +403,11 @@ async fn consumer_pending_rises_with_a_backlog_and_falls_once_it_is_worked_off()
         .await
         .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(ande_platform::admin::sample_consumers(
+        bus.clone(),
+        vec![durable.clone()],
+        shutdown.clone(),
+    ));
     let ready = ande_platform::admin::Readiness {
         bus: Some(bus.clone()),
         pool: None,
