@@ -68,7 +68,9 @@ impl Readiness {
                             }
                         }
                     }
-                    _ => out.push("stream: not found or not answering".to_string()),
+                    _ => {
+                        out.push("nats: the event stream is not found or not answering".to_string())
+                    }
                 }
             }
         }
