@@ -78,25 +78,100 @@ fn sign(secret: &SecretString, claims: &Claims) -> Result<String, jsonwebtoken::
     encode(&Header::new(Algorithm::HS256), claims, &key)
 }
 
-/// Whether a staff token's account is enabled and its version current.
-pub async fn staff_token_current(pool: &PgPool, claims: &Claims) -> Result<bool, sqlx::Error> {
+/// What a staff member may do: `admin` everything; `sales` works leads (only its advisor's
+/// when bound to one) and cannot manage accounts, bindings, direct sends or the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Sales,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Sales => "sales",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "sales" => Some(Role::Sales),
+            _ => None,
+        }
+    }
+}
+
+/// The staff member behind a request, read from the database on every request (so a changed
+/// role or binding applies at once).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaffAccount {
+    pub username: String,
+    pub role: Role,
+    /// A sales user bound to an advisor sees that advisor's leads only.
+    pub advisor_id: Option<String>,
+}
+
+impl StaffAccount {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The advisors whose leads and notifications this account may see; `None`: all.
+    pub fn advisor_scope(&self) -> Option<Vec<String>> {
+        match (&self.role, &self.advisor_id) {
+            (Role::Sales, Some(a)) => Some(vec![a.clone()]),
+            _ => None,
+        }
+    }
+
+    /// Whether this account may see what belongs to `advisor_id`.
+    pub fn may_see(&self, advisor_id: &str) -> bool {
+        self.advisor_scope()
+            .is_none_or(|scope| scope.iter().any(|a| a == advisor_id))
+    }
+
+    /// How changes by this account are recorded: `staff:<username>`.
+    pub fn author(&self) -> String {
+        format!("staff:{}", self.username)
+    }
+}
+
+/// The account of a staff token, when it is enabled and the token's version current.
+pub async fn staff_account(
+    pool: &PgPool,
+    claims: &Claims,
+) -> Result<Option<StaffAccount>, sqlx::Error> {
     let Some(ver) = claims.ver else {
-        return Ok(false);
+        return Ok(None);
     };
-    let current = sqlx::query_scalar!(
-        "SELECT token_version FROM staff_users WHERE username = $1 AND NOT disabled",
-        claims.sub
+    let row = sqlx::query!(
+        "SELECT role, advisor_id FROM staff_users
+         WHERE username = $1 AND NOT disabled AND token_version = $2",
+        claims.sub,
+        ver
     )
     .fetch_optional(pool)
     .await?;
-    Ok(current == Some(ver))
+    Ok(row.and_then(|r| {
+        Some(StaffAccount {
+            username: claims.sub.clone(),
+            role: Role::parse(&r.role)?,
+            advisor_id: r.advisor_id,
+        })
+    }))
 }
 
-/// A staff account as `andectl user ls` shows it.
+/// A staff account as `andectl user ls` and the console show it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StaffUser {
     pub username: String,
+    pub role: String,
+    pub advisor_id: Option<String>,
     pub disabled: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -105,7 +180,7 @@ pub struct StaffUser {
 pub async fn list_staff(pool: &PgPool) -> Result<Vec<StaffUser>, sqlx::Error> {
     sqlx::query_as!(
         StaffUser,
-        "SELECT username, disabled, created_at, updated_at FROM staff_users ORDER BY username"
+        "SELECT username, role, advisor_id, disabled, created_at, updated_at FROM staff_users ORDER BY username"
     )
     .fetch_all(pool)
     .await
@@ -202,6 +277,55 @@ pub async fn set_staff_password(
     .fetch_one(pool)
     .await?;
     Ok(inserted)
+}
+
+/// Create a staff account with a role (and for a sales user, optionally its advisor); `false`
+/// when the name is taken. Refuses a password [`password_problem`] objects to.
+pub async fn add_staff(
+    pool: &PgPool,
+    username: &str,
+    password: SecretString,
+    role: Role,
+    advisor_id: Option<&str>,
+) -> anyhow::Result<bool> {
+    if let Some(problem) = password_problem(username, &password) {
+        anyhow::bail!("{problem}");
+    }
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let created = sqlx::query!(
+        "INSERT INTO staff_users (username, password_hash, role, advisor_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (username) DO NOTHING",
+        username,
+        hash,
+        role.as_str(),
+        advisor_id
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(created == 1)
+}
+
+/// Set an account's role and advisor (a sales user's advisor limits what it sees); `false` when
+/// there is no such account. Its tokens stay valid: the role is read on every request.
+pub async fn set_role(
+    pool: &PgPool,
+    username: &str,
+    role: Role,
+    advisor_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query!(
+        "UPDATE staff_users SET role = $2, advisor_id = $3, updated_at = now() WHERE username = $1",
+        username,
+        role.as_str(),
+        advisor_id
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
 }
 
 pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {

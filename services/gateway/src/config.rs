@@ -18,6 +18,7 @@ pub const GATEWAY_RATE_WECHAT: &str = "GATEWAY_RATE_WECHAT";
 pub const GATEWAY_BODY_LIMIT: &str = "GATEWAY_BODY_LIMIT";
 pub const GATEWAY_TRUST_FORWARDED: &str = "GATEWAY_TRUST_FORWARDED";
 pub const GATEWAY_ANONYMOUS_ACTIONS: &str = "GATEWAY_ANONYMOUS_ACTIONS";
+pub const GATEWAY_COOKIE_SECURE: &str = "GATEWAY_COOKIE_SECURE";
 pub const GATEWAY_TRUSTED_PROXIES: &str = "GATEWAY_TRUSTED_PROXIES";
 pub const GATEWAY_HEADER_TIMEOUT: &str = "GATEWAY_HEADER_TIMEOUT";
 pub const GATEWAY_IDLE_TIMEOUT: &str = "GATEWAY_IDLE_TIMEOUT";
@@ -60,6 +61,10 @@ pub struct GatewayConfig {
     /// Record customer actions without a session (the mini-program's calls today carry none).
     /// `false` answers them 401, for a mini-program that sends its session token.
     pub anonymous_actions: bool,
+    /// Mark the console's session cookie `Secure` (`GATEWAY_COOKIE_SECURE`, default false):
+    /// set it wherever the console is served over HTTPS (production); plain HTTP on a developer's
+    /// machine needs it off.
+    pub cookie_secure: bool,
     /// WeChat's message push, when configured.
     pub push: Option<PushConfig>,
 }
@@ -180,6 +185,7 @@ impl GatewayConfig {
                 max_connections: env.parse(GATEWAY_MAX_CONNECTIONS, 10_000usize)?.max(1),
             },
             anonymous_actions: env.bool(GATEWAY_ANONYMOUS_ACTIONS, true)?,
+            cookie_secure: env.bool(GATEWAY_COOKIE_SECURE, false)?,
             push: PushConfig::from_env(env)?,
         })
     }

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::auth::{self, Claims};
+use crate::auth::{self, Claims, StaffAccount};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -175,27 +175,63 @@ impl FromRequestParts<AppState> for MaybeSession {
 
 /// Either a staff member or a customer session (for views both may see).
 pub enum Caller {
-    Staff(Claims),
+    Staff(StaffAccount),
     Customer(Claims),
+}
+
+/// The staff console's session cookie: `HttpOnly` (no script reads it), `SameSite=Strict` (no
+/// other site's page sends it). Requests that change something and carry only the cookie must
+/// also send [`CONSOLE_HEADER`], which no cross-site form can and no cross-origin script may
+/// without a preflight this gateway never grants with credentials.
+pub const STAFF_COOKIE: &str = "ande_staff";
+pub const CONSOLE_HEADER: &str = "x-ande-console";
+
+/// The staff session cookie's token, if the request carries one.
+fn staff_cookie(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == STAFF_COOKIE)
+        .map(|(_, token)| token)
+        .filter(|t| !t.is_empty())
+}
+
+/// A bearer token, or else the console's cookie (then a request that changes something must
+/// carry [`CONSOLE_HEADER`]).
+fn staff_or_session_token(parts: &Parts) -> Result<&str, ApiError> {
+    if let Some(t) = bearer(parts)? {
+        return Ok(t);
+    }
+    let t = staff_cookie(parts)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD);
+    if !safe && !parts.headers.contains_key(CONSOLE_HEADER) {
+        return Err(ApiError::forbidden(
+            "a change made with the session cookie must carry the x-ande-console header",
+        ));
+    }
+    Ok(t)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let t = bearer(parts)?
-            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+        let t = staff_or_session_token(parts)?;
         if let Some(c) = auth::verify(&state.config.jwt_secret, auth::STAFF_AUDIENCE, t) {
             // Signed by us, but the account may have been disabled or its password changed.
-            return if auth::staff_token_current(&state.pool, &c)
+            return match auth::staff_account(&state.pool, &c)
                 .await
                 .map_err(ApiError::db)?
             {
-                Ok(Caller::Staff(c))
-            } else {
-                Err(ApiError::unauthorized(
+                Some(account) => Ok(Caller::Staff(account)),
+                None => Err(ApiError::unauthorized(
                     "this staff token was revoked (password changed or account disabled); log in again",
-                ))
+                )),
             };
         }
         auth::verify(&state.config.jwt_secret, auth::MINIPROGRAM_AUDIENCE, t)
@@ -204,16 +240,33 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A staff member (staff-only endpoints). A customer's session is a 403, no token a 401.
-pub struct Staff(pub Claims);
+/// A staff member of either role (staff-only endpoints). A customer's session is a 403, no
+/// token a 401.
+pub struct Staff(pub StaffAccount);
 
 impl FromRequestParts<AppState> for Staff {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Staff(c) => Ok(Staff(c)),
+            Caller::Staff(a) => Ok(Staff(a)),
             Caller::Customer(_) => Err(ApiError::forbidden("staff only")),
+        }
+    }
+}
+
+/// A staff member with the `admin` role; a `sales` account is a 403.
+pub struct Admin(pub StaffAccount);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Staff(a) = Staff::from_request_parts(parts, state).await?;
+        if a.is_admin() {
+            Ok(Admin(a))
+        } else {
+            Err(ApiError::forbidden("admins only"))
         }
     }
 }

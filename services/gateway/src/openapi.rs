@@ -5,7 +5,7 @@
 use axum::routing::{get, post, MethodRouter};
 
 use ande_contracts::vocab::{
-    Lang, MiniprogramState, NotificationState, SubscriptionStatus, Vocabulary,
+    Lang, MiniprogramState, NotificationState, OutcomeKind, SubscriptionStatus, Vocabulary,
 };
 
 use ande_wechat::KeywordType;
@@ -196,6 +196,132 @@ pub const ENDPOINTS: &[Endpoint] = &[
         response: login_resp,
     },
     Endpoint {
+        method: "post",
+        path: "/api/staff/session",
+        route: || post(routes::staff::sign_in),
+        summary: "Console sign-in: sets the httpOnly SameSite=Strict session cookie (needs the x-ande-console header)",
+        auth: "none",
+        request: Some(login_req),
+        response: me_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/session/end",
+        route: || post(routes::staff::sign_out),
+        summary: "Console sign-out: clears the session cookie",
+        auth: "none",
+        request: None,
+        response: empty_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/me",
+        route: || get(routes::staff::me),
+        summary: "The signed-in staff account: name, role, advisor",
+        auth: "staff",
+        request: None,
+        response: me_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/leads",
+        route: || get(routes::staff::leads),
+        summary: "Leads: filter by advisor, status, level, created/last-touch time; search name/phone/code; sort; cursor pages",
+        auth: "staff",
+        request: None,
+        response: lead_page_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/leads/{id}",
+        route: || get(routes::staff::lead),
+        summary: "One lead with its actions, their notifications and delivery log, and staff changes",
+        auth: "staff",
+        request: None,
+        response: lead_detail_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/leads/{id}",
+        route: || post(routes::staff::change_lead),
+        summary: "Change a lead's status, level, owner or remark: recorded as a lead.changed event (202)",
+        auth: "staff",
+        request: Some(lead_change_req),
+        response: lead_changed_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/advisors",
+        route: || get(routes::staff::advisors),
+        summary: "Advisors: bound WeChat users, credits per template, waiting and failed notifications",
+        auth: "staff",
+        request: None,
+        response: advisors_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/notifications",
+        route: || get(routes::staff::notifications),
+        summary: "Notifications in a state (default failed), optionally one advisor's",
+        auth: "staff",
+        request: None,
+        response: notifications_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/notifications/{id}/retry",
+        route: || post(routes::staff::retry),
+        summary: "Queue a failed notification again",
+        auth: "staff",
+        request: None,
+        response: retried_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/sending",
+        route: || post(routes::staff::sending),
+        summary: "Pause (for some minutes, or until resumed) or resume all sending (admin)",
+        auth: "admin",
+        request: Some(sending_req),
+        response: sending_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/overview",
+        route: || get(routes::staff::overview),
+        summary: "Ingest and messages per hour (24 h), consumer lag, the queue by state, the latest errors",
+        auth: "staff",
+        request: None,
+        response: overview_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/users",
+        route: || get(routes::staff::users),
+        summary: "Staff accounts (admin)",
+        auth: "admin",
+        request: None,
+        response: users_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/users",
+        route: || post(routes::staff::add_user),
+        summary: "Add a staff account with a role (admin)",
+        auth: "admin",
+        request: Some(user_req),
+        response: user_created_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/users/{name}",
+        route: || post(routes::staff::change_user),
+        summary: "Disable or enable an account, or change its role and advisor (admin)",
+        auth: "admin",
+        request: Some(user_change_req),
+        response: user_resp,
+    },
+    Endpoint {
         method: "get",
         path: "/api/health",
         route: || get(routes::health::health),
@@ -223,6 +349,49 @@ pub const ENDPOINTS: &[Endpoint] = &[
         response: document_resp,
     },
 ];
+
+/// The query parameters of the staff lists, and the console header of the sign-in.
+fn query_params(e: &Endpoint) -> Option<Value> {
+    let q = |name: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "schema": schema });
+    let time =
+        json!({ "type": "string", "description": "YYYY-MM-DD (midnight, Beijing) or RFC 3339" });
+    match (e.method, e.path) {
+        ("get", "/api/staff/leads") => Some(json!([
+            q("advisorId", validate::ID.schema(false)),
+            q("status", routes::staff::LABEL.schema(false)),
+            q("level", routes::staff::LABEL.schema(false)),
+            q("createdFrom", time.clone()),
+            q("createdUntil", time.clone()),
+            q("touchedFrom", time.clone()),
+            q("touchedUntil", time),
+            q("q", routes::staff::SEARCH.schema(false)),
+            q(
+                "sort",
+                json!({ "type": "string", "enum": ["created", "lastTouch"] })
+            ),
+            q("cursor", text()),
+            q(
+                "limit",
+                json!({ "type": "integer", "minimum": 1, "maximum": 200 })
+            ),
+        ])),
+        ("get", "/api/staff/notifications") => Some(json!([
+            q(
+                "state",
+                json!({ "type": "string", "enum": NotificationState::names() })
+            ),
+            q("advisorId", validate::ID.schema(false)),
+            q(
+                "limit",
+                json!({ "type": "integer", "minimum": 1, "maximum": 1000 })
+            ),
+        ])),
+        ("post", "/api/staff/session") => Some(json!([
+            { "name": "x-ande-console", "in": "header", "required": true, "schema": { "type": "string", "enum": ["1"] } }
+        ])),
+        _ => None,
+    }
+}
 
 /// A string of at most `max` characters (headers).
 /// One of a vocabulary's words, or absent/null.
@@ -399,6 +568,149 @@ fn login_resp() -> Value {
         json!({ "token": text(), "username": text(), "expiresIn": { "type": "integer" } }),
     )
 }
+fn me_resp() -> Value {
+    obj(
+        &["username", "role", "advisorId"],
+        json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] },
+                "advisorId": { "type": ["string", "null"] }, "expiresIn": { "type": "integer" } }),
+    )
+}
+fn empty_resp() -> Value {
+    json!({ "type": "object" })
+}
+fn time() -> Value {
+    json!({ "type": "string", "format": "date-time" })
+}
+fn lead_schema() -> Value {
+    obj(
+        &[
+            "id",
+            "customerCode",
+            "phone",
+            "ownerAdvisorId",
+            "status",
+            "level",
+            "createdAt",
+            "lastTouchAt",
+        ],
+        json!({ "id": uuid(), "customerCode": text(), "phone": text(), "name": { "type": ["string", "null"] },
+                "openid": { "type": ["string", "null"] }, "ownerAdvisorId": text(), "createdBy": text(), "source": text(),
+                "status": text(), "level": text(), "remark": text(), "touchCount": { "type": "integer" },
+                "lastTouchAt": time(), "createdAt": time() }),
+    )
+}
+fn lead_page_resp() -> Value {
+    obj(
+        &["leads", "nextCursor"],
+        json!({ "leads": { "type": "array", "items": lead_schema() }, "nextCursor": { "type": ["string", "null"] } }),
+    )
+}
+fn lead_detail_resp() -> Value {
+    let action = obj(
+        &[
+            "actionId",
+            "advisorId",
+            "actionType",
+            "occurredAt",
+            "outcomeKind",
+            "delivery",
+        ],
+        json!({ "actionId": uuid(), "advisorId": text(), "actionType": text(), "occurredAt": time(),
+                "outcomeKind": { "type": "string", "enum": OutcomeKind::names() }, "linked": { "type": "boolean" },
+                "delivery": obj(&["notifications", "log"], json!({ "notifications": { "type": "array" }, "log": { "type": "array" } })) }),
+    );
+    let change = obj(
+        &["eventId", "changedBy", "changes", "changedAt"],
+        json!({ "eventId": uuid(), "changedBy": text(), "changes": { "type": "object" }, "changedAt": time() }),
+    );
+    obj(
+        &["lead", "actions", "changes"],
+        json!({ "lead": lead_schema(), "actions": { "type": "array", "items": action }, "changes": { "type": "array", "items": change } }),
+    )
+}
+fn lead_change_req() -> Value {
+    json!({ "type": "object", "minProperties": 1, "properties": {
+        "status": routes::staff::LABEL.schema(false), "level": routes::staff::LABEL.schema(false),
+        "ownerAdvisorId": validate::ID.schema(false), "remark": routes::staff::REMARK.schema(false) },
+        "description": "at least one field that is not blank" })
+}
+fn lead_changed_resp() -> Value {
+    obj(
+        &["leadId", "eventId", "sequence"],
+        json!({ "leadId": uuid(), "eventId": uuid(), "sequence": { "type": "integer" } }),
+    )
+}
+fn notifications_resp() -> Value {
+    obj(
+        &["notifications"],
+        json!({ "notifications": { "type": "array", "items": obj(&["id", "actionId", "advisorId", "state", "attempts"],
+            json!({ "id": uuid(), "actionId": uuid(), "advisorId": text(), "state": { "type": "string", "enum": NotificationState::names() },
+                    "attempts": { "type": "integer" }, "msgid": { "type": ["string", "null"] }, "errcode": { "type": ["integer", "null"] } })) } }),
+    )
+}
+fn advisors_resp() -> Value {
+    let advisor = obj(
+        &["advisorId", "bindings", "credits", "waiting", "failed"],
+        json!({ "advisorId": text(), "bindings": { "type": "array", "items": binding_resp() },
+                "credits": { "type": "array" }, "waiting": { "type": "integer" }, "failed": { "type": "integer" } }),
+    );
+    obj(
+        &["advisors"],
+        json!({ "advisors": { "type": "array", "items": advisor } }),
+    )
+}
+fn retried_resp() -> Value {
+    obj(&["requeued"], json!({ "requeued": { "type": "integer" } }))
+}
+fn sending_req() -> Value {
+    obj(
+        &["paused"],
+        json!({ "paused": { "type": "boolean" }, "minutes": { "type": ["integer", "null"], "minimum": 1, "maximum": 10080 },
+                "reason": validate::SOURCE.schema(false) }),
+    )
+}
+fn sending_resp() -> Value {
+    obj(&["paused"], json!({ "paused": { "type": "boolean" } }))
+}
+fn overview_resp() -> Value {
+    obj(
+        &["leads", "messages", "queue", "consumers"],
+        json!({ "leads": obj(&["actionsPerHour", "actionsLastMinute", "leadsLast24h", "leadsTotal"], json!({})),
+                "messages": obj(&["sentPerHour", "recentErrors"], json!({})),
+                "queue": obj(&["byState", "pause"], json!({})),
+                "consumers": { "type": "array", "items": obj(&["name", "pending", "ackPending"], json!({})) } }),
+    )
+}
+fn user_resp() -> Value {
+    obj(
+        &["username", "role", "disabled"],
+        json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] },
+                "advisorId": { "type": ["string", "null"] }, "disabled": { "type": "boolean" } }),
+    )
+}
+fn users_resp() -> Value {
+    obj(
+        &["users"],
+        json!({ "users": { "type": "array", "items": user_resp() } }),
+    )
+}
+fn user_req() -> Value {
+    obj(
+        &["username", "password", "role"],
+        json!({ "username": validate::USERNAME.schema(true), "password": { "type": "string", "minLength": 12, "maxLength": messages::MAX_PASSWORD },
+                "role": { "type": "string", "enum": ["admin", "sales"] }, "advisorId": validate::ID.schema(false) }),
+    )
+}
+fn user_created_resp() -> Value {
+    obj(
+        &["username", "role"],
+        json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] }, "advisorId": { "type": ["string", "null"] } }),
+    )
+}
+fn user_change_req() -> Value {
+    json!({ "type": "object", "properties": { "disabled": { "type": ["boolean", "null"] },
+            "role": { "type": ["string", "null"], "enum": ["admin", "sales", null] }, "advisorId": validate::ID.schema(false) } })
+}
 fn health_resp() -> Value {
     obj(
         &["status", "service", "nats", "stream", "database"],
@@ -506,7 +818,9 @@ pub fn build() -> Value {
                 json!({ "required": true, "content": { "application/json": { "schema": req() } } });
         }
         match e.auth {
-            "staff" => op["security"] = json!([{ "staffToken": [] }]),
+            "staff" | "admin" => {
+                op["security"] = json!([{ "staffToken": [] }, { "staffCookie": [] }])
+            }
             "session" => op["security"] = json!([{}, { "sessionToken": [] }]),
             "session-required" => op["security"] = json!([{ "sessionToken": [] }]),
             "staff-or-session" => {
@@ -519,6 +833,12 @@ pub fn build() -> Value {
         }
         if e.path == "/api/advisor-settings" && e.method == "get" {
             op["parameters"] = json!([{ "name": "advisorId", "in": "query", "required": true, "schema": validate::ID.schema(true) }]);
+        }
+        if let Some(params) = query_params(e) {
+            op["parameters"] = params;
+        }
+        if e.path.contains("{name}") {
+            op["parameters"] = json!([{ "name": "name", "in": "path", "required": true, "schema": validate::USERNAME.schema(true) }]);
         }
         if e.path.contains("{id}") {
             op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
@@ -542,7 +862,8 @@ pub fn build() -> Value {
         "components": {
             "securitySchemes": {
                 "sessionToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "aud ande-miniprogram, from /api/wechat/openid" },
-                "staffToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "aud ande-staff, from /api/auth/login" }
+                "staffToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "aud ande-staff, from /api/auth/login" },
+                "staffCookie": { "type": "apiKey", "in": "cookie", "name": "ande_staff", "description": "the console's session (POST /api/staff/session); a change made with it must also send the x-ande-console header" }
             },
             "schemas": {
                 "Success": { "type": "object", "properties": { "success": { "type": "boolean" }, "data": {}, "message": { "type": "string" }, "timestamp": { "type": "integer" }, "requestId": { "type": "string" } } },

@@ -4,9 +4,12 @@
 //!   matches the lead, publishes exactly one `lead.outcome` per action;
 //! - [`store`]: the schema's reads and writes (migrations in `migrations/`);
 //! - [`phone`]: the mainland-mobile rule that decides whether an action becomes a lead;
-//! - [`queries`]: request/reply queries for the gateway and andectl.
+//! - [`changes`]: the durable consumer of `lead.changed` (staff changes from the console);
+//! - [`queries`]: request/reply queries for the gateway and andectl ([`console`]: the console's).
 
+pub mod changes;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod phone;
 pub mod queries;
@@ -35,6 +38,11 @@ pub fn consumer_spec(bus: &Bus, config: &LeadsConfig) -> ConsumerSpec {
     spec
 }
 
+/// The settings of the consumer of staff changes on the server.
+pub fn changes_spec(bus: &Bus) -> ConsumerSpec {
+    ConsumerSpec::new(changes::DURABLE, bus.subjects.event(EventKind::LeadChanged))
+}
+
 /// Run the service until `shutdown` is cancelled.
 pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = ande_platform::db::connect_with(
@@ -48,7 +56,8 @@ pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Re
     let bus = Bus::connect(&config.common, "leads").await?;
     bus.ensure_streams(config.common.event_max_age).await?;
     let spec = consumer_spec(&bus, &config);
-    let consumers = vec![consumer::DURABLE.to_string()];
+    let changes_spec = changes_spec(&bus);
+    let consumers = vec![consumer::DURABLE.to_string(), changes::DURABLE.to_string()];
     tokio::spawn(ande_platform::admin::sample_consumers(
         bus.clone(),
         consumers.clone(),
@@ -79,8 +88,14 @@ pub async fn run(config: LeadsConfig, shutdown: CancellationToken) -> anyhow::Re
         handler.config.common.retention.actions,
         shutdown.clone(),
     ));
+    let changing = ande_platform::consumer::run(
+        bus.clone(),
+        changes_spec,
+        Arc::new(changes::ChangeHandler { pool: pool.clone() }),
+        shutdown.clone(),
+    );
     let consuming = ande_platform::consumer::run(bus, spec, handler, shutdown);
-    tokio::try_join!(consuming, queries).context("leads service")?;
+    tokio::try_join!(consuming, changing, queries).context("leads service")?;
     retention.abort();
     pool.close().await;
     Ok(())

@@ -1,14 +1,16 @@
 //! Questions other services ask the leads service over NATS request/reply
 //! (`<prefix>.rpc.leads.<method>`, contracts in `ande_contracts::leads`): an action's journey, a
-//! lead by id or phone, a page of leads.
+//! lead by id or phone, a page of leads, and the staff console's questions ([`console`]).
 
 use ande_contracts::leads::{
-    ActionQuery, GetLead, Journey, Lead, LeadJourney, LeadKey, ListLeads, ListQuery,
+    ActionQuery, ActionStats, GetLead, Journey, Lead, LeadJourney, LeadKey, LeadTimeline,
+    ListLeads, ListQuery, SearchLeads,
 };
 use ande_platform::rpc::{self, Failure, RpcError};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::console;
 use crate::phone;
 use crate::store;
 
@@ -64,6 +66,12 @@ pub async fn serve(
         .method::<Journey, _, _>(|p, q| async move { journey(&p, q).await })
         .method::<GetLead, _, _>(|p, k| async move { lead(&p, k).await })
         .method::<ListLeads, _, _>(|p, q| async move { list(&p, q).await })
+        .method::<SearchLeads, _, _>(|p, q| async move { console::search(&p, q).await })
+        .method::<LeadTimeline, _, _>(|p, k| async move {
+            let found = lead(&p, k).await?;
+            console::timeline(&p, found).await
+        })
+        .method::<ActionStats, _, _>(|p, q| async move { console::stats(&p, q).await })
         .run()
         .await
 }

@@ -7,17 +7,20 @@
 //! - `resume`: lift a pause (after 45009, or an operator's);
 //! - `pause`, `queue`, `notifications`, `retry`: the queue for operators, and `credits`, an
 //!   advisor's own remaining credits ([`crate::queue`]);
+//! - `stats`: messages sent per hour and the latest errors (the staff console's overview);
 //! - `bind`, `unbind`, `bindings`, `pair`, `redeem`, `check_binding`: advisor bindings
 //!   ([`crate::bindings`]).
 
 use ande_contracts::leads::ActionQuery;
+use ande_contracts::leads::{HourCount, StatsQuery};
 use ande_contracts::notifier::{Bind, CheckBinding, ListBindings, Pair, Redeem, Unbind};
 use ande_contracts::notifier::{Credits, ListNotifications, Pause, QueueQuery, QueueStatus, Retry};
+use ande_contracts::notifier::{DeliveryStats, NotifierStats};
+use ande_contracts::notifier::{DeliveryView, GetAdvisorSettings, SetAdvisorSettings};
 use ande_contracts::notifier::{
     DigestContents, DigestQuery, DirectSend, GetDigest, Journey, NotifierJourney, Phone,
     PhoneNumber, PhoneQuery, Resume, ResumeRequest, Resumed, Send, Sent,
 };
-use ande_contracts::notifier::{GetAdvisorSettings, SetAdvisorSettings};
 
 use ande_platform::rpc::{self, Failure, RpcError};
 use ande_wechat::{SubscribeMessage, WechatClient, WechatError};
@@ -182,6 +185,39 @@ pub async fn resume(pool: &PgPool) -> Result<Resumed, Failure> {
     Ok(Resumed { requeued })
 }
 
+/// Sends WeChat accepted per hour over the last day and the latest errors, for the advisors
+/// asked about (all when none are named).
+pub async fn stats(pool: &PgPool, q: StatsQuery) -> Result<NotifierStats, Failure> {
+    let mut conn = pool.acquire().await?;
+    let advisors = q.advisor_ids.as_deref();
+    let sent_per_hour = sqlx::query_as!(
+        HourCount,
+        r#"SELECT date_trunc('hour', d.at) AS "hour!", count(*) AS "count!"
+           FROM deliveries d LEFT JOIN notifications n ON n.id = d.notification_id
+           WHERE d.at > now() - interval '24 hours' AND d.event = 'sent'
+             AND ($1::text[] IS NULL OR n.advisor_id = ANY($1))
+           GROUP BY 1 ORDER BY 1"#,
+        advisors
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let recent_errors = sqlx::query_as!(
+        DeliveryView,
+        r#"SELECT d.event, d.errcode, d.errmsg, d.msgid, d.detail, d.at
+           FROM deliveries d LEFT JOIN notifications n ON n.id = d.notification_id
+           WHERE d.at > now() - interval '24 hours' AND COALESCE(d.errcode, 0) <> 0
+             AND ($1::text[] IS NULL OR n.advisor_id = ANY($1))
+           ORDER BY d.at DESC, d.id DESC LIMIT 10"#,
+        advisors
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(NotifierStats {
+        sent_per_hour,
+        recent_errors,
+    })
+}
+
 pub async fn serve(
     client: async_nats::Client,
     subjects: ande_events::Subjects,
@@ -203,6 +239,7 @@ pub async fn serve(
             |(p, _): Shared, f| async move { queue::list(&p, f).await },
         )
         .method::<Retry, _, _>(|(p, _): Shared, r| async move { queue::retry(&p, r).await })
+        .method::<DeliveryStats, _, _>(|(p, _): Shared, q| async move { stats(&p, q).await })
         .method::<Credits, _, _>(|(p, _): Shared, q| async move { queue::credits(&p, q).await })
         .method::<Bind, _, _>(|(p, _): Shared, r| async move { bindings::bind(&p, r).await })
         .method::<Unbind, _, _>(|(p, _): Shared, k| async move { bindings::unbind(&p, k).await })

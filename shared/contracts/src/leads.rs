@@ -20,6 +20,18 @@ method! {
     /// A page of leads, newest first.
     ListLeads: "leads"."list", ListQuery => Vec<Lead>
 }
+method! {
+    /// The staff console's lead list: filters, text search, a sort and a cursor.
+    SearchLeads: "leads"."search", LeadSearch => LeadPage
+}
+method! {
+    /// One lead with its actions (newest first, at most 100) and the changes staff made to it.
+    LeadTimeline: "leads"."timeline", LeadKey => Timeline
+}
+method! {
+    /// Actions and new leads per hour over the last 24 hours, for the console's overview.
+    ActionStats: "leads"."stats", StatsQuery => LeadStats
+}
 
 /// Which action (the `journey` methods of both services take it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,7 +64,7 @@ pub struct ListQuery {
 }
 
 /// A lead as the CRM sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Lead {
     pub id: Uuid,
@@ -132,4 +144,115 @@ pub struct StoredOutcome {
 pub struct LeadJourney {
     pub action: StoredAction,
     pub outcome: Option<StoredOutcome>,
+}
+
+/// How the console sorts leads: by creation or by the last customer action, newest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LeadSort {
+    #[default]
+    Created,
+    LastTouch,
+}
+
+/// The console's lead query. Every filter is optional; `advisor_ids`, when given, holds the
+/// lead's owner to one of them (the gateway sets it for a sales user bound to an advisor).
+/// `q` searches name, phone and customer code (substring, case-insensitive). `cursor` is the
+/// `next_cursor` of the page before.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadSearch {
+    #[serde(default)]
+    pub advisor_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub created_from: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub created_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub touched_from: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub touched_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub q: Option<String>,
+    #[serde(default)]
+    pub sort: LeadSort,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1–200, default 50.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadPage {
+    pub leads: Vec<Lead>,
+    /// Pass as `cursor` for the next page; `None` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// One action in a lead's timeline: what the customer did and what it meant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineAction {
+    pub action_id: Uuid,
+    pub advisor_id: String,
+    pub action_type: ActionType,
+    pub customer_name: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+    pub outcome_kind: OutcomeKind,
+    pub is_new_customer: bool,
+    /// Joined to the lead later (an earlier action of the same session without a phone).
+    pub linked: bool,
+    pub outcome_published_at: Option<DateTime<Utc>>,
+}
+
+/// A change staff made to a lead (a `lead.changed` event as leads applied it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadChange {
+    pub event_id: Uuid,
+    pub changed_by: String,
+    /// `{"status": {"from": "待定", "to": "跟进中"}, …}`
+    pub changes: serde_json::Value,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeline {
+    pub lead: Lead,
+    pub actions: Vec<TimelineAction>,
+    pub changes: Vec<LeadChange>,
+}
+
+/// Which advisors' numbers (all when `None`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsQuery {
+    #[serde(default)]
+    pub advisor_ids: Option<Vec<String>>,
+}
+
+/// Counts in one hour (the hour's start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HourCount {
+    pub hour: DateTime<Utc>,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadStats {
+    /// Actions stored per hour, the last 24 hours (hours without any are absent).
+    pub actions_per_hour: Vec<HourCount>,
+    pub actions_last_minute: i64,
+    pub leads_last_24h: i64,
+    pub leads_total: i64,
 }

@@ -112,6 +112,11 @@ method! {
     ListNotifications: "notifier"."notifications", NotificationFilter => Notifications
 }
 method! {
+    /// Messages WeChat accepted per hour over the last 24 hours, and the latest refusals (the
+    /// staff console's overview).
+    DeliveryStats: "notifier"."stats", crate::leads::StatsQuery => NotifierStats
+}
+method! {
     /// Queue failed notifications again (operators): one by id, or every failed one. Each gets a
     /// fresh retry budget.
     Retry: "notifier"."retry", RetryRequest => Retried
@@ -482,4 +487,14 @@ pub struct RedeemRequest {
 #[serde(rename_all = "camelCase")]
 pub struct BindingCheck {
     pub bound: bool,
+}
+
+/// The reply of `notifier.stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifierStats {
+    /// Messages WeChat accepted, per hour (hours without any are absent).
+    pub sent_per_hour: Vec<crate::leads::HourCount>,
+    /// The last refusals or failures (newest first, at most 10).
+    pub recent_errors: Vec<DeliveryView>,
 }

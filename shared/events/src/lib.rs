@@ -13,6 +13,7 @@
 //! | `events.v1.subscription.changed`  | [`SubscriptionChanged`] | gateway | notifier |
 //! | `events.v1.lead.outcome`          | [`LeadOutcome`]      | leads    | notifier  |
 //! | `events.v1.wechat.subscription`   | [`WechatSubscriptionEvent`] | gateway (WeChat's push) | notifier |
+//! | `events.v1.lead.changed`          | [`LeadChanged`]             | gateway (staff console) | leads    |
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ande.events.v1.rs"));
@@ -24,7 +25,7 @@ pub use prost::Message;
 /// decoding events without their generated types (`andectl events`, replay, dead letters).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 pub use v1::{
-    ActionRecorded, EventMeta, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
+    ActionRecorded, EventMeta, LeadChanged, LeadOutcome, LeadOutcomeKind, SubscriptionChanged,
     SubscriptionStatus, WechatPushKind, WechatSubscriptionEvent,
 };
 
@@ -90,14 +91,16 @@ pub enum EventKind {
     SubscriptionChanged,
     LeadOutcome,
     WechatSubscription,
+    LeadChanged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::ActionRecorded,
         EventKind::SubscriptionChanged,
         EventKind::LeadOutcome,
         EventKind::WechatSubscription,
+        EventKind::LeadChanged,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -106,6 +109,7 @@ impl EventKind {
             EventKind::SubscriptionChanged => "events.v1.subscription.changed",
             EventKind::LeadOutcome => "events.v1.lead.outcome",
             EventKind::WechatSubscription => "events.v1.wechat.subscription",
+            EventKind::LeadChanged => "events.v1.lead.changed",
         }
     }
 
@@ -115,6 +119,7 @@ impl EventKind {
             EventKind::SubscriptionChanged => "ande.events.v1.SubscriptionChanged",
             EventKind::LeadOutcome => "ande.events.v1.LeadOutcome",
             EventKind::WechatSubscription => "ande.events.v1.WechatSubscriptionEvent",
+            EventKind::LeadChanged => "ande.events.v1.LeadChanged",
         }
     }
 }
@@ -254,6 +259,7 @@ impl_event!(ActionRecorded, EventKind::ActionRecorded);
 impl_event!(SubscriptionChanged, EventKind::SubscriptionChanged);
 impl_event!(LeadOutcome, EventKind::LeadOutcome);
 impl_event!(WechatSubscriptionEvent, EventKind::WechatSubscription);
+impl_event!(LeadChanged, EventKind::LeadChanged);
 
 #[cfg(test)]
 mod tests {

@@ -174,6 +174,7 @@ pub fn resolve_subject(subjects: &Subjects, s: &str) -> anyhow::Result<String> {
         "subscription" | "subscription.changed" => Some(EventKind::SubscriptionChanged),
         "outcome" | "lead.outcome" => Some(EventKind::LeadOutcome),
         "wechat" | "wechat.subscription" => Some(EventKind::WechatSubscription),
+        "change" | "lead.changed" => Some(EventKind::LeadChanged),
         _ => None,
     };
     if let Some(k) = short {

@@ -273,7 +273,23 @@ enum AdvisorCmd {
 #[derive(Subcommand)]
 enum UserCmd {
     /// Create a staff account; the password is one line on stdin. Fails if it exists.
-    Add { name: String },
+    Add {
+        name: String,
+        /// admin: everything; sales: works leads (only its advisor's, with --advisor).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "sales"])]
+        role: String,
+        /// A sales user's advisor id: it sees only that advisor's leads and notifications.
+        #[arg(long)]
+        advisor: Option<String>,
+    },
+    /// Change an account's role (and a sales user's advisor); takes effect at its next request.
+    Role {
+        name: String,
+        #[arg(value_parser = ["admin", "sales"])]
+        role: String,
+        #[arg(long)]
+        advisor: Option<String>,
+    },
     /// Change a staff account's password (one line on stdin); its tokens stop working.
     Passwd { name: String },
     /// The staff accounts, one JSON line each.
@@ -587,11 +603,25 @@ async fn advisor(
 async fn user(common: &CommonConfig, cmd: UserCmd, out: &mut impl Write) -> anyhow::Result<()> {
     let pool = andectl::conn::gateway_db(common).await?;
     match cmd {
-        UserCmd::Add { name } => {
+        UserCmd::Add {
+            name,
+            role,
+            advisor,
+        } => {
             andectl::users::validate_username(&name)?;
+            let role = andectl::users::role(&role, advisor.as_deref())?;
             let password = prompt_password(&name)?;
-            andectl::users::add(&pool, &name, password).await?;
-            writeln!(out, "staff user {name} created")?;
+            andectl::users::add(&pool, &name, password, role, advisor.as_deref()).await?;
+            writeln!(out, "staff user {name} created ({})", role.as_str())?;
+        }
+        UserCmd::Role {
+            name,
+            role,
+            advisor,
+        } => {
+            let role = andectl::users::role(&role, advisor.as_deref())?;
+            andectl::users::set_role(&pool, &name, role, advisor.as_deref()).await?;
+            writeln!(out, "staff user {name} is now {}", role.as_str())?;
         }
         UserCmd::Passwd { name } => {
             andectl::users::validate_username(&name)?;
@@ -654,7 +684,14 @@ async fn up(env: &Env) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    print_walkthrough(&stack, &started.names());
+    let admin = match offer_first_admin(&stack).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("could not create the first admin: {e:#}");
+            None
+        }
+    };
+    print_walkthrough(&stack, &started.names(), admin.as_deref());
     let token = stack.shutdown.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
@@ -698,8 +735,56 @@ fn accept_steps(stack: &Stack) -> String {
     }
 }
 
-fn print_walkthrough(stack: &Stack, started: &[&str]) {
+/// In development, when no admin account exists and someone is at the terminal, offer to create
+/// one for the console. The admin to sign in as, if there is one.
+async fn offer_first_admin(stack: &Stack) -> anyhow::Result<Option<String>> {
+    use std::io::{BufRead, IsTerminal};
+    let users = ande_gateway::auth::list_staff(&stack.gateway_pool).await?;
+    if let Some(a) = users.iter().find(|u| u.role == "admin" && !u.disabled) {
+        return Ok(Some(a.username.clone()));
+    }
+    if !stack.common.development || !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let answer = tokio::task::spawn_blocking(
+        || -> anyhow::Result<Option<(String, ande_platform::SecretString)>> {
+            print!("\nNo admin account yet. Create one for the staff console now? [Y/n] ");
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            if line.trim().eq_ignore_ascii_case("n") {
+                return Ok(None);
+            }
+            print!("username [admin]: ");
+            std::io::stdout().flush()?;
+            line.clear();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let name = Some(line.trim())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("admin")
+                .to_string();
+            let password = prompt_password(&name)?;
+            Ok(Some((name, password)))
+        },
+    )
+    .await??;
+    let Some((name, password)) = answer else {
+        return Ok(None);
+    };
+    let admin = ande_gateway::auth::Role::Admin;
+    andectl::users::add(&stack.gateway_pool, &name, password, admin, None).await?;
+    println!("staff user {name} created (admin)");
+    Ok(Some(name))
+}
+
+fn print_walkthrough(stack: &Stack, started: &[&str], admin: Option<&str>) {
     let g = &stack.gateway_url;
+    let console = match admin {
+        Some(name) => format!("open {g}/console/ and sign in as {name}"),
+        None => format!(
+            "create an account (printf '%s\\n' \"$PW\" | andectl user add admin --role admin), then open {g}/console/ and sign in as admin"
+        ),
+    };
     let sim = stack
         .sim_url
         .clone()
@@ -730,6 +815,8 @@ Try it (paste into another terminal):
   psql '{db}' -c 'select customer_code, name, phone, status, level from leads.leads'
   # 5. the events, decoded, and how the pipeline is keeping up (same environment variables as here)
   andectl events tail        andectl status        andectl dlq ls
+  # 6. the staff console (leads, timelines, notifications, accounts):
+  {console}
 
 Ctrl-C stops everything."#,
         accept = accept_steps(stack),

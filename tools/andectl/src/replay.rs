@@ -68,11 +68,13 @@ pub fn known_consumers(bus: &Bus, common: &CommonConfig) -> Vec<ConsumerSpec> {
     let leads =
         ande_leads::consumer_spec(bus, &ande_leads::LeadsConfig::with_common(common.clone()));
     let (outcomes, subscriptions, pushes) = ande_notifier::consumer_specs(bus);
-    vec![leads, outcomes, subscriptions, pushes]
+    let changes = ande_leads::changes_spec(bus);
+    vec![leads, changes, outcomes, subscriptions, pushes]
 }
 
-pub const CONSUMER_NAMES: [&str; 4] = [
+pub const CONSUMER_NAMES: [&str; 5] = [
     ande_leads::consumer::DURABLE,
+    ande_leads::changes::DURABLE,
     ande_notifier::consumers::OUTCOMES_DURABLE,
     ande_notifier::consumers::SUBSCRIPTIONS_DURABLE,
     ande_notifier::consumers::WECHAT_DURABLE,

@@ -1,4 +1,4 @@
-//! `andectl user add|passwd|ls|disable|enable`: staff accounts for `POST /api/auth/login`,
+//! `andectl user add|role|passwd|ls|disable|enable`: staff accounts (role `admin` or `sales`) for `POST /api/auth/login`,
 //! stored by the gateway's own functions in its schema. Changing a password or disabling an
 //! account revokes its tokens at once.
 //!
@@ -9,6 +9,7 @@
 
 use std::io::BufRead;
 
+use ande_gateway::auth::Role;
 use anyhow::bail;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -57,17 +58,45 @@ pub fn read_password(mut input: impl BufRead) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(pw.to_string()))
 }
 
-/// Create a staff account; fails if it exists.
-pub async fn add(pool: &PgPool, name: &str, password: SecretString) -> anyhow::Result<()> {
+/// The role of `--role`, refusing an advisor for an admin (admins see every advisor).
+pub fn role(name: &str, advisor: Option<&str>) -> anyhow::Result<Role> {
+    let Some(role) = Role::parse(name) else {
+        bail!("a role is admin or sales");
+    };
+    if role == Role::Admin && advisor.is_some() {
+        bail!("--advisor is for sales users (an admin sees every advisor)");
+    }
+    if advisor.is_some_and(|a| a.trim().is_empty() || a.chars().count() > 128) {
+        bail!("an advisor id is 1 to 128 characters");
+    }
+    Ok(role)
+}
+
+/// Create a staff account with its role; fails if it exists.
+pub async fn add(
+    pool: &PgPool,
+    name: &str,
+    password: SecretString,
+    role: Role,
+    advisor: Option<&str>,
+) -> anyhow::Result<()> {
     let name = validate_username(name)?;
-    if ande_gateway::auth::staff_exists(pool, name).await? {
+    if !ande_gateway::auth::add_staff(pool, name, password, role, advisor).await? {
         bail!(UserError::Exists(name.into()));
     }
-    if !ande_gateway::auth::set_staff_password(pool, name, password).await? {
-        // Created by someone else between the check and the insert; their password was replaced.
-        bail!(
-            "staff user {name:?} was created concurrently; its password is now the one given here"
-        );
+    Ok(())
+}
+
+/// Change an account's role and advisor.
+pub async fn set_role(
+    pool: &PgPool,
+    name: &str,
+    role: Role,
+    advisor: Option<&str>,
+) -> anyhow::Result<()> {
+    let name = validate_username(name)?;
+    if !ande_gateway::auth::set_role(pool, name, role, advisor).await? {
+        bail!(UserError::Missing(name.into()));
     }
     Ok(())
 }

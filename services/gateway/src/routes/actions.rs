@@ -217,6 +217,13 @@ pub async fn journey(
         Err(e) => return Err(e.into()),
     };
     let customer = matches!(caller, Caller::Customer(_));
+    if let Caller::Staff(a) = &caller {
+        // A sales user bound to an advisor sees that advisor's actions and leads only.
+        let owner = leads.outcome.as_ref().and_then(|o| o.lead_owner.as_deref());
+        if !a.may_see(&leads.action.advisor_id) && !owner.is_some_and(|o| a.may_see(o)) {
+            return Err(ApiError::not_found("no such action (or not processed yet)"));
+        }
+    }
     if let Caller::Customer(c) = &caller {
         let owner = leads.action.openid.as_deref().unwrap_or("");
         if owner.is_empty() || owner != c.sub {

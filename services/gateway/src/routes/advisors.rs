@@ -25,7 +25,7 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 
 use crate::error::{ok, ok_with, ApiError};
-use crate::extract::{JsonBody, MaybeSession, Staff};
+use crate::extract::{Admin, JsonBody, MaybeSession};
 use crate::validate;
 use crate::AppState;
 
@@ -87,10 +87,10 @@ pub async fn credits(
     Ok(ok(report, "ok"))
 }
 
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn list(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = match q.get("advisorId") {
@@ -109,26 +109,26 @@ fn key(body: &Map<String, Value>) -> Result<BindingKey, ApiError> {
     })
 }
 
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn bind(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let k = key(&body)?;
     let r = BindRequest {
         advisor_id: k.advisor_id,
         openid: k.openid,
-        bound_by: format!("staff:{}", staff.sub),
+        bound_by: staff.author(),
     };
     let binding = state.call::<Bind>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, binding, "绑定成功"))
 }
 
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn unbind(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let k = key(&body)?;
@@ -136,26 +136,26 @@ pub async fn unbind(
     Ok(ok(gone, "已解除绑定"))
 }
 
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn pair(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
     let r = PairRequest {
         advisor_id,
-        created_by: format!("staff:{}", staff.sub),
+        created_by: staff.author(),
     };
     let pairing = state.call::<Pair>(&r, TIMEOUT).await?;
     Ok(ok_with(StatusCode::CREATED, pairing, "配对码已生成"))
 }
 
 /// `GET /api/advisor-settings?advisorId=` (staff): the advisor's own settings.
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn settings(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::ID.required(
@@ -186,10 +186,10 @@ fn window_shape(s: &str) -> bool {
 
 /// `POST /api/advisor-settings {advisorId, quietHours}` (staff): the advisor's own quiet hours,
 /// `HH:MM-HH:MM` Beijing time, `off`, or null for the deployment's.
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn set_settings(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
@@ -206,7 +206,7 @@ pub async fn set_settings(
     let c = AdvisorSettingsChange {
         advisor_id,
         quiet_hours,
-        updated_by: format!("staff:{}", staff.sub),
+        updated_by: staff.author(),
     };
     let s = state.call::<SetAdvisorSettings>(&c, TIMEOUT).await?;
     Ok(ok(s, "设置已保存"))

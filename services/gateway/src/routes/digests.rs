@@ -29,6 +29,11 @@ pub async fn digest(
     let q = DigestQuery { digest_id: id };
     let answer = state.call::<GetDigest>(&q, QUERY_TIMEOUT).await?;
     let d = &answer.digest;
+    if let Caller::Staff(a) = &caller {
+        if !a.may_see(&d.advisor_id) {
+            return Err(ApiError::not_found("no such digest"));
+        }
+    }
     if let Caller::Customer(c) = &caller {
         // The digest was sent to one openid: only that WeChat user (the advisor) may read it.
         if d.openid.as_deref().unwrap_or("").is_empty() || d.openid.as_deref() != Some(&c.sub) {

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth;
 use crate::error::{ok, ApiError};
-use crate::extract::{ClientIp, JsonBody, Staff};
+use crate::extract::{Admin, ClientIp, JsonBody};
 use crate::idempotency;
 use crate::validate;
 use crate::AppState;
@@ -31,10 +31,10 @@ pub const MAX_KEYWORDS: usize = 20;
 pub const MAX_PASSWORD: usize = 256;
 
 /// Send a subscribe message now. Staff only: it can message any user of the app.
-#[tracing::instrument(skip_all, fields(staff = %staff.sub))]
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn send(
     State(state): State<AppState>,
-    Staff(staff): Staff,
+    Admin(staff): Admin,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
@@ -69,7 +69,7 @@ pub async fn send(
         .map_err(|e| ApiError::validation(&format!("data.{}.value", e.keyword), e.to_string()))?;
     state.require_bus()?;
     let idempotency = idempotency::key(&headers)?.map(|key| SendKey {
-        scope: format!("staff:{}", staff.sub),
+        scope: staff.author(),
         key,
         fingerprint: idempotency::fingerprint(&Value::Object(body.clone())),
     });
@@ -135,6 +135,20 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
+    let (username, token) = authenticate(&state, ip, &body).await?;
+    Ok(ok(
+        json!({ "token": token, "username": username, "expiresIn": state.config.jwt_expires_in.as_secs() }),
+        "登录成功",
+    ))
+}
+
+/// Check `{username, password}` (throttled per client and account) and issue a staff token:
+/// the username and the token. Used by `POST /api/auth/login` and the console's sign-in.
+pub async fn authenticate(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    body: &Map<String, Value>,
+) -> Result<(String, String), ApiError> {
     let username = validate::USERNAME.required("username", body.get("username"))?;
     let password = match body.get("password") {
         Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= MAX_PASSWORD => {
@@ -164,8 +178,5 @@ pub async fn login(
         state.config.jwt_expires_in,
     )
     .map_err(ApiError::internal)?;
-    Ok(ok(
-        json!({ "token": token, "username": username, "expiresIn": state.config.jwt_expires_in.as_secs() }),
-        "登录成功",
-    ))
+    Ok((username, token))
 }

@@ -3,10 +3,12 @@
 
 pub mod actions;
 pub mod advisors;
+pub mod console;
 pub mod digests;
 pub mod health;
 pub mod messages;
 pub mod push;
+pub mod staff;
 pub mod subscribe;
 pub mod wechat;
 
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(e.path, (e.route)());
     }
     router
+        .merge(console::routes())
         .fallback(not_found)
         // After the routes: it applies to the paths registered above (axum keeps the Allow header).
         .method_not_allowed_fallback(method_not_allowed)
