@@ -286,7 +286,7 @@ function changeForm(lead) {
       status.textContent = '已提交，正在生效…';
       for (let i = 0; i < 20; i++) {
         const d = await api('GET', '/api/staff/leads/' + lead.id);
-        if (d.changes.some((c) => c.eventId === r.eventId)) { route(); say('修改已生效'); return; }
+        if (d.changes.some((c) => c.eventId === r.eventId)) { say('修改已生效'); route(true); return; }
         await new Promise((res) => setTimeout(res, 250));
       }
       status.textContent = '已提交，稍后刷新可见';
@@ -370,7 +370,7 @@ async function retry(id) {
   try {
     await api('POST', '/api/staff/notifications/' + id + '/retry');
     say('已重新排队，稍后发送');
-    route();
+    route(true);
   } catch (e) { say('重试失败：' + e.message); }
 }
 
@@ -409,7 +409,7 @@ async function users() {
     const f = new FormData(form);
     const body = { username: f.get('username'), password: f.get('password'), role: f.get('role') };
     if (f.get('advisorId')) body.advisorId = f.get('advisorId');
-    try { await api('POST', '/api/staff/users', body); say('已创建 ' + body.username); route(); }
+    try { await api('POST', '/api/staff/users', body); say('已创建 ' + body.username); route(true); }
     catch (e) { status.textContent = '创建失败：' + e.message; }
   });
   page('员工账号', table(['用户名', '角色', '顾问', '状态', '操作'], rows), h('h2', { text: '新增员工' }), form);
@@ -419,7 +419,8 @@ async function users() {
 
 const PAGES = { overview, leads, advisors, notifications, users };
 
-async function route() {
+/** Show the page the hash names; `keep` leaves the status line (a refresh after an action). */
+async function route(keep) {
   if (!me) {
     try { me = await api('GET', '/api/staff/me'); signedIn(); } catch (_) { return; }
   }
@@ -429,7 +430,7 @@ async function route() {
     if (a.dataset.page === (name === 'lead' ? 'leads' : name)) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
-  say('');
+  if (keep !== true) say('');
   try {
     if (name === 'lead' && arg) await lead(decodeURIComponent(arg));
     else await (PAGES[name] || leads)(query || '');
@@ -443,5 +444,5 @@ document.getElementById('logout').addEventListener('click', async () => {
   me = null;
   showLogin('已退出');
 });
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', () => route());
 route();
