@@ -65,20 +65,16 @@ fn like_pattern(q: &str) -> String {
     p
 }
 
-/// A page of leads matching `q`'s filters, newest first by its sort.
-pub async fn search(pool: &PgPool, q: LeadSearch) -> Result<LeadPage, Failure> {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    if text.is_some_and(|t| t.chars().count() > MAX_QUERY) {
-        return Err(RpcError::invalid_field("q", "at most 64 characters").into());
-    }
-    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
+/// The list's query for a sort: parameters $1 advisors, $2 status, $3 level, $4–$5 created
+/// range, $6–$7 last-touch range, $8 search pattern, $9–$10 cursor, $11 limit (public so the
+/// system test can show its plan).
+pub fn search_sql(sort: LeadSort) -> String {
     // The sort column comes from this match, never from the caller's text.
-    let column = match q.sort {
+    let column = match sort {
         LeadSort::Created => "created_at",
         LeadSort::LastTouch => "last_touch_at",
     };
-    let sql = format!(
+    format!(
         "SELECT {LEAD_COLUMNS} FROM leads
          WHERE ($1::text[] IS NULL OR owner_advisor_id = ANY($1))
            AND ($2::text IS NULL OR status = $2)
@@ -90,7 +86,18 @@ pub async fn search(pool: &PgPool, q: LeadSearch) -> Result<LeadPage, Failure> {
            AND ($8::text IS NULL OR phone LIKE $8 OR name ILIKE $8 OR customer_code ILIKE $8)
            AND ($9::timestamptz IS NULL OR ({column}, id) < ($9, $10))
          ORDER BY {column} DESC, id DESC LIMIT $11"
-    );
+    )
+}
+
+/// A page of leads matching `q`'s filters, newest first by its sort.
+pub async fn search(pool: &PgPool, q: LeadSearch) -> Result<LeadPage, Failure> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if text.is_some_and(|t| t.chars().count() > MAX_QUERY) {
+        return Err(RpcError::invalid_field("q", "at most 64 characters").into());
+    }
+    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    let sql = search_sql(q.sort);
     let leads: Vec<Lead> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(q.advisor_ids)
         .bind(q.status.filter(|s| !s.is_empty()))

@@ -190,12 +190,24 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
         .await;
     assert!(wrong.is_err(), "a wrong password connected");
 
-    // The gateway's user cannot dump leads, nor read the event log.
+    // The staff console works through the gateway's user: lists, a lead's timeline, a change
+    // (an event leads applies with its own user), the queue, pause and resume, the overview.
+    staff_console_works(&t).await;
+
+    // The gateway's user cannot dump leads through the old unscoped list, nor read the event
+    // log (the staff lists go through `leads.search`, scoped by the gateway per account).
     let gateway = client(&nats, "gateway").await;
     refused_request(&gateway, format!("{prefix}.rpc.leads.list")).await;
-    // Nor work the notification queue (operators only).
-    refused_request(&gateway, format!("{prefix}.rpc.notifier.pause")).await;
-    refused_request(&gateway, format!("{prefix}.rpc.notifier.retry")).await;
+    // Nor lift a pause WeChat imposed through anything but the staff routes' methods, nor
+    // consume staff changes itself.
+    refused_request(
+        &gateway,
+        format!(
+            "$JS.API.CONSUMER.INFO.{}_EVENTS.leads-changes",
+            prefix.to_uppercase()
+        ),
+    )
+    .await;
     let mut snoop = gateway
         .subscribe(format!("{prefix}.events.>"))
         .await
@@ -215,6 +227,16 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     assert!(
         !stored(&gateway, format!("{prefix}.events.v1.lead.outcome")).await,
         "the gateway's user stored a lead outcome"
+    );
+    // Only the gateway (which checked the staff member's role) may publish a lead change.
+    assert!(
+        !stored(&leads, format!("{prefix}.events.v1.lead.changed")).await,
+        "the leads user stored a lead change"
+    );
+    let notifier = client(&nats, "notifier").await;
+    assert!(
+        !stored(&notifier, format!("{prefix}.events.v1.lead.changed")).await,
+        "the notifier user stored a lead change"
     );
     // Only the gateway (which checked WeChat's signature) may publish WeChat's events.
     assert!(
@@ -245,4 +267,81 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
         "the gateway's user read the event log"
     );
     t.stack.stop().await.unwrap();
+}
+
+/// An admin's console calls through the stack: every NATS subject they need is allowed.
+async fn staff_console_works(t: &common::TestStack) {
+    let pw = ande_platform::SecretString::from("Console-check-2026!".to_string());
+    let pool = &t.stack.gateway_pool;
+    let admin = ande_gateway::auth::Role::Admin;
+    assert!(
+        ande_gateway::auth::add_staff(pool, "perm-admin", pw, admin, None)
+            .await
+            .unwrap()
+    );
+    let (_, login) = t
+        .post(
+            "/api/auth/login",
+            json!({"username": "perm-admin", "password": "Console-check-2026!"}),
+        )
+        .await;
+    let token = login["data"]["token"].as_str().unwrap().to_string();
+    let call = |m: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut r = t.http.request(m, t.api(path)).bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, page) = call(reqwest::Method::GET, "/api/staff/leads", None).await;
+    assert_eq!(status, 200, "{page}");
+    let id = page["data"]["leads"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/staff/leads/{id}");
+    let (status, changed) = call(
+        reqwest::Method::POST,
+        &path,
+        Some(json!({"status": "跟进中"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{changed}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, detail) = call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{detail}");
+        if detail["data"]["lead"]["status"] == "跟进中" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for path in [
+        "/api/staff/notifications?state=sent",
+        "/api/staff/advisors",
+        "/api/staff/overview",
+    ] {
+        let (status, body) = call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, overview) = call(reqwest::Method::GET, "/api/staff/overview", None).await;
+    assert_eq!(
+        overview["data"]["consumers"].as_array().map(Vec::len),
+        Some(andectl::replay::CONSUMER_NAMES.len()),
+        "{overview}"
+    );
+    for paused in [true, false] {
+        let (status, body) = call(
+            reqwest::Method::POST,
+            "/api/staff/sending",
+            Some(json!({"paused": paused})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
 }
