@@ -397,20 +397,24 @@ async function users() {
     h('td', { text: u.advisorId || '—' }), h('td', { text: u.disabled ? '已停用' : '正常' }),
     h('td', {}, u.username === me.username ? '' :
       h('button', { type: 'button', class: u.disabled ? 'secondary' : 'danger', onclick: () => toggle(u) }, u.disabled ? '启用' : '停用'))));
-  const status = h('p', { role: 'status', 'aria-live': 'polite' });
+  const status = h('p', { role: 'status', 'aria-live': 'polite', id: 'new-user' });
   const form = h('form', { class: 'stack', 'aria-label': '新增员工' },
-    input('username', '用户名', { required: true, maxlength: 64, autocomplete: 'off' }),
-    input('password', '初始密码（至少12位）', { type: 'password', required: true, minlength: 12, autocomplete: 'new-password' }),
+    input('username', '用户名', { required: true, maxlength: 64, autocomplete: 'off', pattern: '\\S+' }),
     select('role', '角色', [['sales', '销售'], ['admin', '管理员']], 'sales'),
     input('advisorId', '顾问ID（销售可选）', { maxlength: 128 }),
     h('button', { type: 'submit', text: '新增' }), status);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const f = new FormData(form);
-    const body = { username: f.get('username'), password: f.get('password'), role: f.get('role') };
+    const body = { username: f.get('username'), role: f.get('role') };
     if (f.get('advisorId')) body.advisorId = f.get('advisorId');
-    try { await api('POST', '/api/staff/users', body); say('已创建 ' + body.username); route(true); }
-    catch (e) { status.textContent = '创建失败：' + e.message; }
+    try {
+      const made = await api('POST', '/api/staff/users', body);
+      await route(true);
+      // The generated password is shown once, to hand to the new colleague.
+      document.getElementById('new-user').textContent =
+        `已创建 ${made.username}，初始密码：${made.password}（只显示这一次，请转交本人）`;
+    } catch (e) { status.textContent = '创建失败：' + e.message; }
   });
   page('员工账号', table(['用户名', '角色', '顾问', '状态', '操作'], rows), h('h2', { text: '新增员工' }), form);
 }

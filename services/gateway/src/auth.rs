@@ -232,6 +232,21 @@ pub fn verify_password(password: &SecretString, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A password for a new account `username` (not empty) made in the console: 20 characters from
+/// 56 letters and digits without look-alikes (about 116 bits), passing [`password_problem`].
+pub fn generate_password(username: &str) -> String {
+    use argon2::password_hash::rand_core::RngCore;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
+    loop {
+        let pw: String = (0..20)
+            .map(|_| ALPHABET[(OsRng.next_u32() as usize) % ALPHABET.len()] as char)
+            .collect();
+        if password_problem(username, &SecretString::from(pw.clone())).is_none() {
+            return pw;
+        }
+    }
+}
+
 /// Fewest characters of a staff password.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 

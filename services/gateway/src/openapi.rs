@@ -369,7 +369,10 @@ fn query_params(e: &Endpoint) -> Option<Value> {
                 "sort",
                 json!({ "type": "string", "enum": ["created", "lastTouch"] })
             ),
-            q("cursor", text()),
+            q(
+                "cursor",
+                json!({ "type": "string", "pattern": ande_contracts::leads::CURSOR_PATTERN, "description": "nextCursor of the page before" })
+            ),
             q(
                 "limit",
                 json!({ "type": "integer", "minimum": 1, "maximum": 200 })
@@ -629,10 +632,23 @@ fn lead_detail_resp() -> Value {
     )
 }
 fn lead_change_req() -> Value {
-    json!({ "type": "object", "minProperties": 1, "properties": {
-        "status": routes::staff::LABEL.schema(false), "level": routes::staff::LABEL.schema(false),
-        "ownerAdvisorId": validate::ID.schema(false), "remark": routes::staff::REMARK.schema(false) },
-        "description": "at least one field that is not blank" })
+    use routes::staff::{LABEL, REMARK};
+    let fields = [
+        ("status", LABEL),
+        ("level", LABEL),
+        ("ownerAdvisorId", validate::ID),
+        ("remark", REMARK),
+    ];
+    let one_given: Vec<Value> = fields
+        .iter()
+        .map(|(name, rule)| json!({ "required": [name], "properties": { *name: rule.schema(true) } }))
+        .collect();
+    let properties: Map<String, Value> = fields
+        .iter()
+        .map(|(name, rule)| (name.to_string(), rule.schema(false)))
+        .collect();
+    json!({ "type": "object", "properties": properties, "anyOf": one_given,
+            "description": "at least one field that is not blank; the others absent, null or blank (unchanged)" })
 }
 fn lead_changed_resp() -> Value {
     obj(
@@ -665,7 +681,7 @@ fn retried_resp() -> Value {
 fn sending_req() -> Value {
     obj(
         &["paused"],
-        json!({ "paused": { "type": "boolean" }, "minutes": { "type": ["integer", "null"], "minimum": 1, "maximum": 10080 },
+        json!({ "paused": { "type": "boolean" }, "minutes": { "type": ["integer", "null"], "minimum": 1, "maximum": 10080, "description": "how long a pause lasts (until resumed when absent)" },
                 "reason": validate::SOURCE.schema(false) }),
     )
 }
@@ -696,15 +712,16 @@ fn users_resp() -> Value {
 }
 fn user_req() -> Value {
     obj(
-        &["username", "password", "role"],
-        json!({ "username": validate::USERNAME.schema(true), "password": { "type": "string", "minLength": 12, "maxLength": messages::MAX_PASSWORD },
+        &["username", "role"],
+        json!({ "username": { "type": "string", "minLength": 1, "maxLength": 64, "pattern": routes::staff::USERNAME_PATTERN },
                 "role": { "type": "string", "enum": ["admin", "sales"] }, "advisorId": validate::ID.schema(false) }),
     )
 }
 fn user_created_resp() -> Value {
     obj(
-        &["username", "role"],
-        json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] }, "advisorId": { "type": ["string", "null"] } }),
+        &["username", "role", "password"],
+        json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] }, "advisorId": { "type": ["string", "null"] },
+                "password": { "type": "string", "description": "generated; shown this once" } }),
     )
 }
 fn user_change_req() -> Value {

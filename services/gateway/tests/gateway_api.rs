@@ -1342,7 +1342,7 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 21] = [
+const EXPECTED_PATHS: [(&str, &str); 35] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("get", "/api/wechat/events"),
@@ -1361,6 +1361,20 @@ const EXPECTED_PATHS: [(&str, &str); 21] = [
     ("get", "/api/digests/{id}"),
     ("post", "/api/message/send"),
     ("post", "/api/auth/login"),
+    ("post", "/api/staff/session"),
+    ("post", "/api/staff/session/end"),
+    ("get", "/api/staff/me"),
+    ("get", "/api/staff/leads"),
+    ("get", "/api/staff/leads/{id}"),
+    ("post", "/api/staff/leads/{id}"),
+    ("get", "/api/staff/advisors"),
+    ("get", "/api/staff/notifications"),
+    ("post", "/api/staff/notifications/{id}/retry"),
+    ("post", "/api/staff/sending"),
+    ("get", "/api/staff/overview"),
+    ("get", "/api/staff/users"),
+    ("post", "/api/staff/users"),
+    ("post", "/api/staff/users/{name}"),
     ("get", "/api/health"),
     ("get", "/api/health/ready"),
     ("get", "/api/openapi.json"),

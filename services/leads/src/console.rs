@@ -4,8 +4,8 @@
 //! gateway, which passes a sales user's advisors as `advisor_ids`.
 
 use ande_contracts::leads::{
-    HourCount, Lead, LeadChange, LeadPage, LeadSearch, LeadSort, LeadStats, StatsQuery, Timeline,
-    TimelineAction,
+    HourCount, Lead, LeadChange, LeadKey, LeadPage, LeadSearch, LeadSort, LeadStats, StatsQuery,
+    Timeline, TimelineAction,
 };
 use ande_contracts::vocab::{ActionType, OutcomeKind};
 use ande_platform::rpc::{Failure, RpcError};
@@ -24,8 +24,8 @@ const MAX_QUERY: usize = 64;
 const LEAD_COLUMNS: &str = "id, customer_code, phone, name, openid, owner_advisor_id, created_by, \
      source, status, level, remark, touch_count, last_touch_at, created_at";
 
-/// A page position: the sort key and id of the last lead of the page before, as
-/// `<RFC 3339 time>_<uuid>`.
+/// A page position: the sort key (microseconds since 1970) and id of the last lead of the page
+/// before, as `<micros>_<uuid>` ([`ande_contracts::leads::CURSOR_PATTERN`]).
 fn parse_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), Failure> {
     let bad = || {
         Failure::from(RpcError::invalid_field(
@@ -34,9 +34,17 @@ fn parse_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), Failure> {
         ))
     };
     let (at, id) = cursor.split_once('_').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
-    let id = Uuid::parse_str(id).map_err(|_| bad())?;
-    Ok((at.with_timezone(&Utc), id))
+    let micros = at
+        .parse::<i64>()
+        .ok()
+        .filter(|_| at.len() <= 16 && at.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let id = Some(id)
+        .filter(|id| id.len() == 36)
+        .and_then(|id| Uuid::try_parse(id).ok())
+        .ok_or_else(bad)?;
+    Ok((at, id))
 }
 
 fn cursor_of(lead: &Lead, sort: LeadSort) -> String {
@@ -44,11 +52,7 @@ fn cursor_of(lead: &Lead, sort: LeadSort) -> String {
         LeadSort::Created => lead.created_at,
         LeadSort::LastTouch => lead.last_touch_at,
     };
-    format!(
-        "{}_{}",
-        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        lead.id
-    )
+    format!("{}_{}", at.timestamp_micros(), lead.id)
 }
 
 /// `q` as a LIKE pattern matching it anywhere, its wildcards taken literally.
@@ -125,9 +129,15 @@ fn page(mut leads: Vec<Lead>, limit: usize, sort: LeadSort) -> LeadPage {
     LeadPage { leads, next_cursor }
 }
 
-/// The lead, its latest actions (its own and those joined to it later) and its changes.
-pub async fn timeline(pool: &PgPool, lead: Lead) -> Result<Timeline, Failure> {
-    let mut conn = pool.acquire().await?;
+/// The lead, its latest actions (its own and those joined to it later) and its changes, read
+/// in one snapshot (a change applied meanwhile shows in both the lead and its history, or in
+/// neither).
+pub async fn timeline(pool: &PgPool, key: LeadKey) -> Result<Timeline, Failure> {
+    let mut conn = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let lead = crate::queries::lead_in(&mut conn, key).await?;
     let actions = sqlx::query_as!(
         TimelineAction,
         r#"SELECT action_id, advisor_id, action_type AS "action_type: ActionType", customer_name,
@@ -148,6 +158,7 @@ pub async fn timeline(pool: &PgPool, lead: Lead) -> Result<Timeline, Failure> {
     )
     .fetch_all(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok(Timeline {
         lead,
         actions,
@@ -196,16 +207,29 @@ mod tests {
     #[test]
     fn search_text_is_literal_and_cursors_round_trip() {
         assert_eq!(like_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
-        let at = DateTime::parse_from_rfc3339("2026-12-06T01:02:03.123456Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let at = DateTime::from_timestamp_micros(1_796_522_961_123_456).unwrap();
         let id = Uuid::now_v7();
-        let c = format!(
-            "{}_{id}",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        );
+        let c = format!("{}_{id}", at.timestamp_micros());
         assert_eq!(parse_cursor(&c).unwrap(), (at, id));
-        assert!(parse_cursor("nonsense").is_err());
-        assert!(parse_cursor("2026-12-06T01:02:03Z_x").is_err());
+        let pattern = regex_lite(&c);
+        assert!(pattern, "{c} matches the documented pattern");
+        for bad in [
+            "nonsense",
+            "12_x",
+            "-5_0190c5a0-0000-7000-8000-000000000000",
+            "99999999999999999_0190c5a0-0000-7000-8000-000000000000",
+        ] {
+            assert!(parse_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The documented pattern, checked by hand (no regex crate here): digits, `_`, a UUID.
+    fn regex_lite(c: &str) -> bool {
+        c.split_once('_').is_some_and(|(a, b)| {
+            (1..=16).contains(&a.len())
+                && a.bytes().all(|x| x.is_ascii_digit())
+                && Uuid::try_parse(b).is_ok()
+                && b.len() == 36
+        })
     }
 }

@@ -29,13 +29,17 @@ pub async fn journey(pool: &PgPool, q: ActionQuery) -> Result<LeadJourney, Failu
 }
 
 pub async fn lead(pool: &PgPool, key: LeadKey) -> Result<Lead, Failure> {
-    let mut conn = pool.acquire().await?;
+    lead_in(&mut *pool.acquire().await?, key).await
+}
+
+/// A lead by id or phone on `conn` (inside a caller's transaction, say).
+pub async fn lead_in(conn: &mut sqlx::PgConnection, key: LeadKey) -> Result<Lead, Failure> {
     let found = match key {
-        LeadKey::Id(id) => store::lead_by_id(&mut conn, id).await?,
+        LeadKey::Id(id) => store::lead_by_id(conn, id).await?,
         LeadKey::Phone(p) => {
             let p = phone::mainland_mobile(Some(&p))
                 .map_err(|r| RpcError::invalid_field("phone", r.as_str()))?;
-            store::lead_by_phone(&mut conn, &p).await?
+            store::lead_by_phone(conn, &p).await?
         }
     };
     found.ok_or_else(|| RpcError::not_found("no such lead").into())
@@ -67,10 +71,7 @@ pub async fn serve(
         .method::<GetLead, _, _>(|p, k| async move { lead(&p, k).await })
         .method::<ListLeads, _, _>(|p, q| async move { list(&p, q).await })
         .method::<SearchLeads, _, _>(|p, q| async move { console::search(&p, q).await })
-        .method::<LeadTimeline, _, _>(|p, k| async move {
-            let found = lead(&p, k).await?;
-            console::timeline(&p, found).await
-        })
+        .method::<LeadTimeline, _, _>(|p, k| async move { console::timeline(&p, k).await })
         .method::<ActionStats, _, _>(|p, q| async move { console::stats(&p, q).await })
         .run()
         .await

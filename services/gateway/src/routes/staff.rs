@@ -336,11 +336,18 @@ pub async fn notifications(
     })?;
     let advisor = validate::ID.optional("advisorId", param(&q, "advisorId").as_ref())?;
     let advisor = advisor_filter(&staff, advisor)?.and_then(|v| v.into_iter().next());
-    let limit = q.get("limit").and_then(|l| l.parse::<u32>().ok());
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::validation("limit", "must be 1 to 1000"))?,
+    };
     let f = NotificationFilter {
         state: st,
         advisor_id: advisor,
-        limit: Some(limit.unwrap_or(100).clamp(1, 1000)),
+        limit: Some(limit),
     };
     Ok(ok(
         state.call::<ListNotifications>(&f, TIMEOUT).await?,
@@ -385,6 +392,23 @@ pub async fn sending(
         Some(Value::Bool(b)) => *b,
         _ => return Err(ApiError::validation("paused", "must be true or false")),
     };
+    let reason = validate::SOURCE.optional("reason", body.get("reason"))?;
+    let minutes = match body.get("minutes") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n
+            .as_f64()
+            .filter(|m| m.fract() == 0.0 && (1.0..=10080.0).contains(m))
+        {
+            Some(m) => Some(m as i64),
+            None => {
+                return Err(ApiError::validation(
+                    "minutes",
+                    "must be a whole number from 1 to 10080",
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::validation("minutes", "must be a number")),
+    };
     if !paused {
         let r = state.call::<Resume>(&ResumeRequest {}, TIMEOUT).await?;
         return Ok(ok(
@@ -392,15 +416,7 @@ pub async fn sending(
             "已恢复发送",
         ));
     }
-    let until = match body.get("minutes") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64().filter(|m| (1..=7 * 24 * 60).contains(m)) {
-            Some(m) => Some(Utc::now() + chrono::Duration::minutes(m as i64)),
-            None => return Err(ApiError::validation("minutes", "must be 1 to 10080")),
-        },
-        Some(_) => return Err(ApiError::validation("minutes", "must be a number")),
-    };
-    let reason = validate::SOURCE.optional("reason", body.get("reason"))?;
+    let until = minutes.map(|m| Utc::now() + chrono::Duration::minutes(m));
     let r = PauseRequest {
         until,
         reason: Some(reason.unwrap_or_else(|| staff.author())),
@@ -534,31 +550,47 @@ fn role_of(body: &Map<String, Value>) -> Result<Option<Role>, ApiError> {
     }
 }
 
-/// `POST /api/staff/users {username, password, role, advisorId?}` (admin): a new account.
+/// A username: 1–64 characters, no white space (as JavaScript's `\s` or Rust's
+/// `is_whitespace` say) and no control characters: the document's [`USERNAME_PATTERN`].
+pub const USERNAME_PATTERN: &str = r"^[^\s\u0000-\u001F\u007F-\u009F]+$";
+
+fn username(body: &Map<String, Value>) -> Result<String, ApiError> {
+    let name = match body.get("username") {
+        Some(Value::String(n)) => n,
+        _ => return Err(ApiError::validation("username", "is required")),
+    };
+    let bad = |c: char| c.is_whitespace() || c == '\u{feff}' || c.is_control();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(bad) {
+        return Err(ApiError::validation(
+            "username",
+            "must be 1 to 64 characters without spaces or control characters",
+        ));
+    }
+    Ok(name.clone())
+}
+
+/// `POST /api/staff/users {username, role, advisorId?}` (admin): a new account with a generated
+/// password, answered once (hand it over; `andectl user passwd` changes it). The admin never
+/// picks a weak one, and no policy a form cannot state is needed.
 #[tracing::instrument(skip_all, fields(staff = %staff.username))]
 pub async fn add_user(
     State(state): State<AppState>,
     Admin(staff): Admin,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let username = validate::USERNAME.required("username", body.get("username"))?;
-    if username.chars().any(char::is_whitespace) {
-        return Err(ApiError::validation("username", "must not contain spaces"));
-    }
-    let password = match body.get("password") {
-        Some(Value::String(p)) if p.chars().count() <= super::messages::MAX_PASSWORD => {
-            secrecy::SecretString::from(p.clone())
-        }
-        _ => return Err(ApiError::validation("password", "is required")),
-    };
-    if let Some(problem) = auth::password_problem(&username, &password) {
-        return Err(ApiError::validation("password", problem));
-    }
+    let username = username(&body)?;
     let role = role_of(&body)?.ok_or_else(|| ApiError::validation("role", "is required"))?;
     let advisor = validate::ID.optional("advisorId", body.get("advisorId"))?;
-    let created = auth::add_staff(&state.pool, &username, password, role, advisor.as_deref())
-        .await
-        .map_err(ApiError::internal)?;
+    let password = auth::generate_password(&username);
+    let created = auth::add_staff(
+        &state.pool,
+        &username,
+        secrecy::SecretString::from(password.clone()),
+        role,
+        advisor.as_deref(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     if !created {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -568,7 +600,7 @@ pub async fn add_user(
     }
     Ok(ok_with(
         StatusCode::CREATED,
-        json!({ "username": username, "role": role, "advisorId": advisor }),
+        json!({ "username": username, "role": role, "advisorId": advisor, "password": password }),
         "已创建",
     ))
 }
