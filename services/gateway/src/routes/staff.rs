@@ -24,7 +24,7 @@ use ande_events::{meta_with_id, LeadChanged};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -61,26 +61,9 @@ fn param(q: &HashMap<String, String>, name: &str) -> Option<Value> {
     q.get(name).map(|v| Value::String(v.clone()))
 }
 
-/// An RFC 3339 time, or a date (`2026-12-06`: its midnight in Beijing).
+/// A time filter when given: a date (`2026-12-06`: its midnight in Beijing) or an RFC 3339 time.
 fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let Some(raw) = q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("a valid offset");
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| {
-            beijing
-                .from_local_datetime(&d.and_hms_opt(0, 0, 0)?)
-                .single()
-        })
-        .map(|t| Some(t.with_timezone(&Utc)))
-        .ok_or_else(|| {
-            ApiError::validation(name, "must be a date (YYYY-MM-DD) or an RFC 3339 time")
-        })
+    q.get(name).map(|raw| validate::time(name, raw)).transpose()
 }
 
 /// The advisors a request may look at: a sales account's own (asking for another is refused),
@@ -196,7 +179,7 @@ pub async fn leads(
         touched_until: time_param(&q, "touchedUntil")?,
         q: SEARCH.optional("q", param(&q, "q").as_ref())?,
         sort,
-        cursor: q.get("cursor").filter(|c| !c.is_empty()).cloned(),
+        cursor: q.get("cursor").cloned(),
         limit,
     };
     let page = state.call::<SearchLeads>(&search, TIMEOUT).await?;
