@@ -176,6 +176,7 @@ async function overview() {
   const card = (n, l) => h('div', { class: 'card' }, h('div', { class: 'n', text: n }), h('div', { class: 'l', text: l }));
   const paused = q.pause && q.pause.pausedUntil;
   const lag = d.consumers.map((c) => h('tr', {}, h('td', { text: c.name }), h('td', { text: c.pending }), h('td', { text: c.ackPending })));
+  const dead = d.deadLetters.map((c) => h('tr', {}, h('td', { text: c.consumer }), h('td', { text: c.count })));
   const states = Object.entries(q.byState || {}).map(([s, n]) => h('tr', {}, h('td', {}, badge(s, STATE_NAMES[s] || s)), h('td', { text: n })));
   const errors = d.messages.recentErrors.map((e) => h('tr', {},
     h('td', { text: when(e.at) }), h('td', { text: e.event }), h('td', { text: e.errcode }), h('td', { class: 'wrap', text: e.errmsg || '' })));
@@ -190,6 +191,8 @@ async function overview() {
     h('p', { class: 'legend' }, h('span', {}, h('i', { style: null, class: 'la' }), '客户行为'), h('span', {}, h('i', { class: 'lm' }), '已发送消息')),
     chart(d.leads.actionsPerHour, d.messages.sentPerHour),
     h('h2', { text: '消费者积压' }), table(['消费者', '未投递', '待确认'], lag),
+    h('h2', { text: '死信（处理失败、待运维处理的消息）' }), table(['消费者', '数量'], dead),
+    h('p', { class: 'muted', text: '查看、重试或清除死信：andectl dlq ls | show | retry | purge' }),
     h('h2', { text: '通知队列' }), table(['状态', '数量'], states),
     h('h2', { text: '最近错误' }), table(['时间', '事件', 'errcode', 'errmsg'], errors));
 }

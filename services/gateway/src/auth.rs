@@ -268,6 +268,17 @@ pub fn password_problem(username: &str, password: &SecretString) -> Option<Strin
     }
 }
 
+/// The argon2id hash of a password [`password_problem`] does not object to (hashed off the
+/// async runtime).
+async fn checked_hash(username: &str, password: SecretString) -> anyhow::Result<String> {
+    if let Some(problem) = password_problem(username, &password) {
+        anyhow::bail!("{problem}");
+    }
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await?
+        .map_err(anyhow::Error::msg)
+}
+
 /// Create or replace a staff account (used by `andectl user add/passwd`); a replaced password
 /// revokes the account's tokens. Refuses a password [`password_problem`] objects to.
 pub async fn set_staff_password(
@@ -275,12 +286,7 @@ pub async fn set_staff_password(
     username: &str,
     password: SecretString,
 ) -> anyhow::Result<bool> {
-    if let Some(problem) = password_problem(username, &password) {
-        anyhow::bail!("{problem}");
-    }
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    let hash = checked_hash(username, password).await?;
     let inserted = sqlx::query_scalar!(
         r#"INSERT INTO staff_users (username, password_hash) VALUES ($1, $2)
          ON CONFLICT (username) DO UPDATE SET password_hash = $2, updated_at = now(),
@@ -303,12 +309,7 @@ pub async fn add_staff(
     role: Role,
     advisor_id: Option<&str>,
 ) -> anyhow::Result<bool> {
-    if let Some(problem) = password_problem(username, &password) {
-        anyhow::bail!("{problem}");
-    }
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    let hash = checked_hash(username, password).await?;
     let created = sqlx::query!(
         "INSERT INTO staff_users (username, password_hash, role, advisor_id) VALUES ($1, $2, $3, $4)
          ON CONFLICT (username) DO NOTHING",

@@ -690,11 +690,12 @@ fn sending_resp() -> Value {
 }
 fn overview_resp() -> Value {
     obj(
-        &["leads", "messages", "queue", "consumers"],
+        &["leads", "messages", "queue", "consumers", "deadLetters"],
         json!({ "leads": obj(&["actionsPerHour", "actionsLastMinute", "leadsLast24h", "leadsTotal"], json!({})),
                 "messages": obj(&["sentPerHour", "recentErrors"], json!({})),
                 "queue": obj(&["byState", "pause"], json!({})),
-                "consumers": { "type": "array", "items": obj(&["name", "pending", "ackPending"], json!({})) } }),
+                "consumers": { "type": "array", "items": obj(&["name", "pending", "ackPending"], json!({})) },
+                "deadLetters": { "type": "array", "items": obj(&["consumer", "count"], json!({})) } }),
     )
 }
 fn user_resp() -> Value {

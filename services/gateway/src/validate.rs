@@ -157,13 +157,11 @@ fn text(field: &str, s: &str, max: usize, allow_empty: bool) -> Result<String, A
     Ok(t.to_string())
 }
 
-/// A date filter: `YYYY-MM-DD` (midnight in Beijing).
-pub const DATE_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$";
-/// A time filter: RFC 3339 with `T`, seconds, an optional fraction and `Z` or an offset.
-pub const DATE_TIME_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+/// A time filter: a date `YYYY-MM-DD` (midnight in Beijing), or RFC 3339 with `T`, seconds, an
+/// optional fraction and `Z` or an offset; or empty, which is no filter (an empty form field).
+pub const TIME_PATTERN: &str = "^([0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))?)?$";
 
-/// A time given as [`DATE_PATTERN`] or [`DATE_TIME_PATTERN`], exactly those (checked by hand,
-/// the same rules); a day past its month's end rolls over into the next month, as JavaScript's
+/// A time given as [`TIME_PATTERN`] says, exactly that (checked by hand, the same rules); a day past its month's end rolls over into the next month, as JavaScript's
 /// `Date` does, so every string the patterns allow is a time.
 pub fn time(field: &str, raw: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     let refuse = || ApiError::validation(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time");

@@ -188,9 +188,9 @@ pub struct LeadSearch {
 }
 
 /// The shape of a lead page's cursor, `<microseconds since 1970>_<uuid>`: every string it
-/// matches is a position the leads service takes.
+/// matches is a position the leads service takes (empty: the first page).
 pub const CURSOR_PATTERN: &str =
-    "^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+    "^([0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -216,14 +216,7 @@ async fn all_pages(t: &TestStack, token: &str, query: &str) -> (Vec<Value>, Dura
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    ande_platform::config::percent_encode(s)
 }
 
 fn descending(leads: &[Value], key: &str) -> bool {
@@ -635,6 +628,26 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
         .collect();
     for c in andectl::replay::CONSUMER_NAMES {
         assert!(names.contains(&c), "{c} in {names:?}");
+    }
+    // A message leads can never decode is dead-lettered, and the overview counts it.
+    let bus = ande_platform::bus::Bus::connect(&t.stack.common, "staff-api-test")
+        .await
+        .unwrap();
+    let subject = bus.subjects.event(ande_events::EventKind::ActionRecorded);
+    bus.js
+        .publish(subject, "not protobuf".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, o) = get(&t, "/api/staff/overview", &s.admin).await;
+        if o["data"]["deadLetters"] == json!([{"consumer": "leads", "count": 1}]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead letter never counted: {o}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, _) = post(&t, "/api/staff/sending", &s.admin, json!({"paused": false})).await;
     assert_eq!(status, 200);

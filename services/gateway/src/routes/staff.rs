@@ -61,9 +61,13 @@ fn param(q: &HashMap<String, String>, name: &str) -> Option<Value> {
     q.get(name).map(|v| Value::String(v.clone()))
 }
 
-/// A time filter when given: a date (`2026-12-06`: its midnight in Beijing) or an RFC 3339 time.
+/// A time filter when given and not empty: a date (`2026-12-06`: its midnight in Beijing) or an
+/// RFC 3339 time.
 fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    q.get(name).map(|raw| validate::time(name, raw)).transpose()
+    q.get(name)
+        .filter(|raw| !raw.is_empty())
+        .map(|raw| validate::time(name, raw))
+        .transpose()
 }
 
 /// The advisors a request may look at: a sales account's own (asking for another is refused),
@@ -179,7 +183,7 @@ pub async fn leads(
         touched_until: time_param(&q, "touchedUntil")?,
         q: SEARCH.optional("q", param(&q, "q").as_ref())?,
         sort,
-        cursor: q.get("cursor").cloned(),
+        cursor: q.get("cursor").filter(|c| !c.is_empty()).cloned(),
         limit,
     };
     let page = state.call::<SearchLeads>(&search, TIMEOUT).await?;
@@ -496,9 +500,10 @@ pub async fn overview(
         state.call::<DeliveryStats>(&scope, TIMEOUT),
         state.call::<QueueStatus>(&QueueQuery {}, TIMEOUT),
     );
-    let consumers = consumer_lag(&state).await;
+    let (consumers, dead_letters) = tokio::join!(consumer_lag(&state), dead_letters(&state));
     Ok(ok(
-        json!({ "leads": leads?, "messages": sent?, "queue": queue?, "consumers": consumers }),
+        json!({ "leads": leads?, "messages": sent?, "queue": queue?, "consumers": consumers,
+                "deadLetters": dead_letters }),
         "ok",
     ))
 }
@@ -514,6 +519,32 @@ async fn consumer_lag(state: &AppState) -> Vec<Value> {
     while let Some(Ok(info)) = infos.next().await {
         out.push(json!({ "name": info.name, "pending": info.num_pending, "ackPending": info.num_ack_pending }));
     }
+    out
+}
+
+/// Dead letters waiting, by consumer (`andectl dlq` shows, retries and purges them); empty when
+/// JetStream does not answer.
+async fn dead_letters(state: &AppState) -> Vec<Value> {
+    let subjects = &state.bus.subjects;
+    let Ok(stream) = state.bus.js.get_stream(subjects.dlq_stream()).await else {
+        return Vec::new();
+    };
+    let Ok(counts) = stream.info_with_subjects(subjects.all_dead_letters()).await else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.dlq.", subjects.prefix());
+    let mut out: Vec<Value> = counts
+        .filter_map(|r| async move { r.ok() })
+        .map(|(subject, n)| {
+            let consumer = subject
+                .strip_prefix(&prefix)
+                .unwrap_or(&subject)
+                .to_string();
+            json!({ "consumer": consumer, "count": n })
+        })
+        .collect()
+        .await;
+    out.sort_by(|a, b| a["consumer"].as_str().cmp(&b["consumer"].as_str()));
     out
 }
 
