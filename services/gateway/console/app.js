@@ -100,6 +100,7 @@ function input(name, label, attrs) {
 function showLogin(message) {
   document.getElementById('nav').hidden = true;
   document.getElementById('logout').hidden = true;
+  document.getElementById('password-link').hidden = true;
   document.getElementById('who').textContent = '';
   const err = h('p', { class: 'error', role: 'alert', id: 'login-error', text: message || '' });
   const form = h('form', { class: 'login', id: 'login-form', 'aria-describedby': 'login-error' },
@@ -126,6 +127,7 @@ function showLogin(message) {
 function signedIn() {
   document.getElementById('nav').hidden = false;
   document.getElementById('logout').hidden = false;
+  document.getElementById('password-link').hidden = false;
   document.getElementById('who').textContent =
     me.username + '（' + (me.role === 'admin' ? '管理员' : '销售') + (me.advisorId ? ' · 顾问 ' + me.advisorId : '') + '）';
   for (const a of document.querySelectorAll('nav a[data-admin]')) a.hidden = me.role !== 'admin';
@@ -422,9 +424,29 @@ async function users() {
   page('员工账号', table(['用户名', '角色', '顾问', '状态', '操作'], rows), h('h2', { text: '新增员工' }), form);
 }
 
+async function password() {
+  const status = h('p', { role: 'status', 'aria-live': 'polite', id: 'password-status' });
+  const form = h('form', { class: 'login', 'aria-label': '修改密码' },
+    input('currentPassword', '当前密码', { type: 'password', required: true, autocomplete: 'current-password', maxlength: 256 }),
+    input('newPassword', '新密码（至少12位，至少5种字符，不含用户名）', { type: 'password', required: true, minlength: 12, autocomplete: 'new-password', maxlength: 256 }),
+    input('confirmPassword', '再次输入新密码', { type: 'password', required: true, minlength: 12, autocomplete: 'new-password', maxlength: 256 }),
+    h('button', { type: 'submit', text: '修改密码' }), status);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    if (f.get('newPassword') !== f.get('confirmPassword')) { status.textContent = '两次输入的新密码不一致'; return; }
+    try {
+      await api('POST', '/api/staff/me/password', { currentPassword: f.get('currentPassword'), newPassword: f.get('newPassword') });
+      form.reset();
+      status.textContent = '密码已修改，其他设备上的登录已失效';
+    } catch (e) { status.textContent = '修改失败：' + e.message; }
+  });
+  page('修改密码', form);
+}
+
 // ---------- routing ----------
 
-const PAGES = { overview, leads, advisors, notifications, users };
+const PAGES = { overview, leads, advisors, notifications, users, password };
 
 /** Show the page the hash names; `keep` leaves the status line (a refresh after an action). */
 async function route(keep) {

@@ -223,6 +223,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         response: me_resp,
     },
     Endpoint {
+        method: "post",
+        path: "/api/staff/me/password",
+        route: || post(routes::staff::change_password),
+        summary: "Change one's own password (the current one is checked; other sessions end)",
+        auth: "staff",
+        request: Some(password_req),
+        response: me_resp,
+    },
+    Endpoint {
         method: "get",
         path: "/api/staff/leads",
         route: || get(routes::staff::leads),
@@ -353,8 +362,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
 /// The query parameters of the staff lists, and the console header of the sign-in.
 fn query_params(e: &Endpoint) -> Option<Value> {
     let q = |name: &str, schema: Value| json!({ "name": name, "in": "query", "required": false, "schema": schema });
-    let time =
-        json!({ "type": "string", "description": "YYYY-MM-DD (midnight, Beijing) or RFC 3339" });
+    let time = json!({ "anyOf": [{ "type": "string", "format": "date" }, { "type": "string", "format": "date-time" },
+                                 { "type": "string", "maxLength": 0 }],
+                       "description": "YYYY-MM-DD (midnight, Beijing) or an RFC 3339 time; empty: no filter" });
     match (e.method, e.path) {
         ("get", "/api/staff/leads") => Some(json!([
             q("advisorId", validate::ID.schema(false)),
@@ -576,6 +586,14 @@ fn me_resp() -> Value {
         &["username", "role", "advisorId"],
         json!({ "username": text(), "role": { "type": "string", "enum": ["admin", "sales"] },
                 "advisorId": { "type": ["string", "null"] }, "expiresIn": { "type": "integer" } }),
+    )
+}
+fn password_req() -> Value {
+    let pw = json!({ "type": "string", "minLength": 1, "maxLength": messages::MAX_PASSWORD });
+    obj(
+        &["currentPassword", "newPassword"],
+        json!({ "currentPassword": pw, "newPassword": { "type": "string", "minLength": 12, "maxLength": messages::MAX_PASSWORD,
+                "description": "at least 12 characters, 5 different ones, not containing the username" } }),
     )
 }
 fn empty_resp() -> Value {

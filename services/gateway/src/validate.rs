@@ -157,32 +157,17 @@ fn text(field: &str, s: &str, max: usize, allow_empty: bool) -> Result<String, A
     Ok(t.to_string())
 }
 
-/// A time filter: a date `YYYY-MM-DD` (midnight in Beijing), or RFC 3339 with `T`, seconds, an
-/// optional fraction and `Z` or an offset; or empty, which is no filter (an empty form field).
-pub const TIME_PATTERN: &str = "^([0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))?)?$";
-
-/// A time given as [`TIME_PATTERN`] says, exactly that (checked by hand, the same rules); a day past its month's end rolls over into the next month, as JavaScript's
-/// `Date` does, so every string the patterns allow is a time.
+/// A time filter: a date (`YYYY-MM-DD`, JSON Schema's `date`: midnight in Beijing) or an RFC
+/// 3339 time (`date-time`), as the document's `format`s say.
 pub fn time(field: &str, raw: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     let refuse = || ApiError::validation(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time");
-    let num = |r: std::ops::Range<usize>, max: u32| {
-        raw.get(r)
-            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|t| t.parse::<u32>().ok())
-            .filter(|n| *n <= max)
-    };
-    let b = raw.as_bytes();
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return Err(refuse());
-    }
-    let (y, m, d) = (num(0..4, 9999), num(5..7, 12), num(8..10, 31));
-    let (Some(y), Some(m @ 1..), Some(d @ 1..)) = (y, m, d) else {
-        return Err(refuse());
-    };
-    let date = chrono::NaiveDate::from_ymd_opt(y as i32, m, 1)
-        .and_then(|first| first.checked_add_days(chrono::Days::new(u64::from(d - 1))))
-        .ok_or_else(refuse)?;
-    if b.len() == 10 {
+    let is_date = raw.len() == 10
+        && raw.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if is_date {
+        let date = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| refuse())?;
         let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("a valid offset");
         let midnight = date.and_hms_opt(0, 0, 0).ok_or_else(refuse)?;
         return Ok(midnight
@@ -191,52 +176,9 @@ pub fn time(field: &str, raw: &str) -> Result<chrono::DateTime<chrono::Utc>, Api
             .ok_or_else(refuse)?
             .to_utc());
     }
-    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return Err(refuse());
-    }
-    let (h, mi, se) = (num(11..13, 23), num(14..16, 59), num(17..19, 59));
-    let (Some(h), Some(mi), Some(se)) = (h, mi, se) else {
-        return Err(refuse());
-    };
-    let mut rest = &raw[19..];
-    let mut nanos = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if !(1..=9).contains(&n) {
-            return Err(refuse());
-        }
-        nanos = frac[..n].parse::<u32>().map_err(|_| refuse())? * 10u32.pow(9 - n as u32);
-        rest = &frac[n..];
-    }
-    let offset = match rest.as_bytes() {
-        [b'Z'] => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let hours = rest
-                .get(1..3)
-                .filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
-            let mins = rest
-                .get(4..6)
-                .filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
-            let (Some(oh), Some(om)) = (
-                hours
-                    .and_then(|t| t.parse::<i32>().ok())
-                    .filter(|h| *h <= 23),
-                mins.and_then(|t| t.parse::<i32>().ok())
-                    .filter(|m| *m <= 59),
-            ) else {
-                return Err(refuse());
-            };
-            (oh * 3600 + om * 60) * if *sign == b'-' { -1 } else { 1 }
-        }
-        _ => return Err(refuse()),
-    };
-    let zone = chrono::FixedOffset::east_opt(offset).ok_or_else(refuse)?;
-    let local = date.and_hms_nano_opt(h, mi, se, nanos).ok_or_else(refuse)?;
-    Ok(local
-        .and_local_timezone(zone)
-        .single()
-        .ok_or_else(refuse)?
-        .to_utc())
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.to_utc())
+        .map_err(|_| refuse())
 }
 
 /// `actionData`: an object (absent means `{}`), bounded in size and depth, no NUL anywhere.
@@ -282,30 +224,26 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn time_filters_take_exactly_the_documented_shapes() {
+    fn time_filters_take_dates_and_rfc3339_times() {
         let t = |s: &str| time("t", s).map(|t| t.to_rfc3339());
         assert_eq!(t("2026-12-06").unwrap(), "2026-12-05T16:00:00+00:00");
-        assert_eq!(t("2026-02-30").unwrap(), "2026-03-01T16:00:00+00:00");
         assert_eq!(
             t("2026-12-06T01:02:03.5+08:00").unwrap(),
             "2026-12-05T17:02:03.500+00:00"
         );
         assert_eq!(
-            t("0000-01-01T00:00:00Z").unwrap(),
-            "0000-01-01T00:00:00+00:00"
+            t("2026-12-06t01:02:03z").unwrap(),
+            "2026-12-06T01:02:03+00:00"
         );
         for bad in [
             "",
             "2026-13-01",
-            "2026-12-00",
-            "2026-12-06t01:02:03Z",
+            "2026-02-30",
             "2026-12-06T24:00:00Z",
             "2026-12-06T01:02:03",
-            "2026-12-06T01:02:03.Z",
-            "2026-12-06T01:02:03+8:00",
             "２０２６-12-06",
             "2026-12-06 ",
-            "2026-12-06T01:02:03.1234567890Z",
+            "yesterday",
         ] {
             assert!(time("t", bad).is_err(), "{bad:?}");
         }

@@ -1342,7 +1342,7 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 35] = [
+const EXPECTED_PATHS: [(&str, &str); 36] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("get", "/api/wechat/events"),
@@ -1364,6 +1364,7 @@ const EXPECTED_PATHS: [(&str, &str); 35] = [
     ("post", "/api/staff/session"),
     ("post", "/api/staff/session/end"),
     ("get", "/api/staff/me"),
+    ("post", "/api/staff/me/password"),
     ("get", "/api/staff/leads"),
     ("get", "/api/staff/leads/{id}"),
     ("post", "/api/staff/leads/{id}"),

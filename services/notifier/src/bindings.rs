@@ -46,16 +46,13 @@ fn check_id(field: &str, value: &str) -> Result<(), Failure> {
 pub async fn bind(pool: &PgPool, r: BindRequest) -> Result<Binding, Failure> {
     check_id("advisorId", &r.advisor_id)?;
     check_id("openid", &r.openid)?;
-    sqlx::query!(
-        "INSERT INTO advisor_bindings (advisor_id, openid, bound_by) VALUES ($1, $2, $3)
-         ON CONFLICT (advisor_id, openid) DO NOTHING",
-        r.advisor_id,
-        r.openid,
-        r.bound_by
+    let row = upsert(
+        &mut *pool.acquire().await?,
+        &r.advisor_id,
+        &r.openid,
+        &r.bound_by,
     )
-    .execute(pool)
     .await?;
-    let row = fetch(pool, &r.advisor_id, &r.openid).await?;
     tracing::info!(advisor_id = %row.advisor_id, bound_by = %row.bound_by, "advisor bound");
     Ok(row)
 }
@@ -159,27 +156,31 @@ pub async fn redeem(pool: &PgPool, r: RedeemRequest) -> Result<Binding, Failure>
             RpcError::not_found("no such pairing code, or it was used or has expired").into(),
         );
     };
-    sqlx::query!(
-        "INSERT INTO advisor_bindings (advisor_id, openid, bound_by) VALUES ($1, $2, 'pairing')
-         ON CONFLICT (advisor_id, openid) DO NOTHING",
-        advisor_id,
-        r.openid
-    )
-    .execute(&mut *tx)
-    .await?;
+    let row = upsert(&mut tx, &advisor_id, &r.openid, "pairing").await?;
     tx.commit().await?;
     tracing::info!(%advisor_id, "pairing code redeemed");
-    Ok(fetch(pool, &advisor_id, &r.openid).await?)
+    Ok(row)
 }
 
-async fn fetch(pool: &PgPool, advisor_id: &str, openid: &str) -> Result<Binding, sqlx::Error> {
+/// Bind (binding twice is not an error) and answer the binding as it stands, first binder and
+/// time kept, in one statement: a separate read after the insert could find nothing when an
+/// unbind ran in between.
+async fn upsert(
+    conn: &mut sqlx::PgConnection,
+    advisor_id: &str,
+    openid: &str,
+    bound_by: &str,
+) -> Result<Binding, sqlx::Error> {
     sqlx::query_as!(
         Binding,
-        "SELECT advisor_id, openid, bound_by, bound_at FROM advisor_bindings WHERE advisor_id = $1 AND openid = $2",
+        "INSERT INTO advisor_bindings (advisor_id, openid, bound_by) VALUES ($1, $2, $3)
+         ON CONFLICT (advisor_id, openid) DO UPDATE SET bound_by = advisor_bindings.bound_by
+         RETURNING advisor_id, openid, bound_by, bound_at",
         advisor_id,
-        openid
+        openid,
+        bound_by
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 

@@ -569,6 +569,37 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
         (status, me["data"]["advisorId"].as_str()),
         (200, Some("adv-9"))
     );
+    // The new colleague replaces it: the current one is checked, the policy applies, the old
+    // token stops working and the new password signs in.
+    let change_pw =
+        |current: &str, new: &str| json!({"currentPassword": current, "newPassword": new});
+    let (status, _) = post(
+        &t,
+        "/api/staff/me/password",
+        &token,
+        change_pw("wrong-one", "Fresh-pass-2026"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = post(
+        &t,
+        "/api/staff/me/password",
+        &token,
+        change_pw(&generated, "aaaaaaaaaaaaaaa"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, b) = post(
+        &t,
+        "/api/staff/me/password",
+        &token,
+        change_pw(&generated, "Fresh-pass-2026"),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let (status, _) = get(&t, "/api/staff/me", &token).await;
+    assert_eq!(status, 401, "the old token ended with the old password");
+    login(&t, ("new-sales", "Fresh-pass-2026")).await;
     let again = with_cookie(Method::POST, "/api/staff/users", true)
         .json(&change)
         .send()

@@ -29,11 +29,13 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::messages::MAX_PASSWORD;
 use crate::auth::{self, Role, StaffAccount};
 use crate::error::{ok, ok_with, ApiError};
 use crate::extract::{Admin, ClientIp, JsonBody, Staff, CONSOLE_HEADER, STAFF_COOKIE};
 use crate::validate::{self, Text};
 use crate::AppState;
+use secrecy::{ExposeSecret, SecretString};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// A lead's status or level (free words: the original used 待定 and B类).
@@ -149,6 +151,50 @@ fn me_view(state: &AppState, a: &StaffAccount) -> Value {
 /// `GET /api/staff/me`: who is signed in.
 pub async fn me(State(state): State<AppState>, Staff(staff): Staff) -> Response {
     ok(me_view(&state, &staff), "ok")
+}
+
+/// A password field of a body: present, 1 to `MAX_PASSWORD` characters.
+fn password_field(body: &Map<String, Value>, field: &str) -> Result<SecretString, ApiError> {
+    match body.get(field) {
+        Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= MAX_PASSWORD => {
+            Ok(SecretString::from(p.clone()))
+        }
+        _ => Err(ApiError::validation(
+            field,
+            format!("is required (at most {MAX_PASSWORD} characters)"),
+        )),
+    }
+}
+
+/// `POST /api/staff/me/password {currentPassword, newPassword}`: change one's own password (a
+/// new colleague replaces the generated one). The current password is checked like a sign-in
+/// (same throttling); then every token of the account stops working, and the console gets a new
+/// cookie so it stays signed in.
+#[tracing::instrument(skip_all, fields(staff = %staff.username))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Staff(staff): Staff,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let current = password_field(&body, "currentPassword")?;
+    let new = password_field(&body, "newPassword")?;
+    let check = json!({ "username": staff.username, "password": current.expose_secret() });
+    let check = check.as_object().expect("an object");
+    super::messages::authenticate(&state, ip, check).await?;
+    if let Some(problem) = auth::password_problem(&staff.username, &new) {
+        return Err(ApiError::validation("newPassword", problem));
+    }
+    let again = json!({ "username": staff.username, "password": new.expose_secret() });
+    auth::set_staff_password(&state.pool, &staff.username, new)
+        .await
+        .map_err(ApiError::internal)?;
+    let again = again.as_object().expect("an object");
+    let (_, token) = super::messages::authenticate(&state, ip, again).await?;
+    let mut resp = ok(me_view(&state, &staff), "密码已修改");
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, sign_in_cookie(&state, &token));
+    Ok(resp)
 }
 
 /// `GET /api/staff/leads`: a page of leads with filters, search, sort and cursor.
