@@ -444,9 +444,37 @@ async function password() {
   page('修改密码', form);
 }
 
+async function deadLetters() {
+  const d = await api('GET', '/api/staff/dead-letters');
+  const act = async (seq, what) => {
+    if (what === 'purge' && !window.confirm('永久删除死信 #' + seq + '？')) return;
+    try {
+      await api('POST', `/api/staff/dead-letters/${seq}/${what}`);
+      say(what === 'retry' ? '死信 #' + seq + ' 已重新投递' : '死信 #' + seq + ' 已清除');
+      route(true);
+    } catch (e) { say('操作失败：' + e.message); }
+  };
+  const rows = d.deadLetters.flatMap((l) => {
+    const detail = h('tr', { hidden: true, id: 'dl-' + l.seq },
+      h('td', { colspan: 7 }, h('pre', { class: 'wrap', text: JSON.stringify(l.event || { decodeError: l.decodeError }, null, 2) })));
+    const show = () => { detail.hidden = !detail.hidden; };
+    return [h('tr', {},
+      h('td', { text: '#' + l.seq }), h('td', { text: when(l.storedAt) }), h('td', { text: l.consumer }),
+      h('td', { class: 'wrap', text: l.reason }), h('td', { text: l.type || '—' }),
+      h('td', { class: 'wrap', text: l.original.subject }),
+      h('td', {},
+        h('button', { type: 'button', class: 'secondary', 'aria-controls': 'dl-' + l.seq, onclick: show }, '查看'), ' ',
+        h('button', { type: 'button', 'data-dlq-retry': l.seq, onclick: () => act(l.seq, 'retry') }, '重试'), ' ',
+        h('button', { type: 'button', class: 'danger', onclick: () => act(l.seq, 'purge') }, '清除'))),
+    detail];
+  });
+  page('死信', h('p', { class: 'muted', text: `共 ${d.total} 条（显示最新的 ${d.deadLetters.length} 条）。先修复原因再重试，否则消息会再次进入死信。` }),
+    table(['序号', '时间', '消费者', '原因', '事件', '原主题', '操作'], rows));
+}
+
 // ---------- routing ----------
 
-const PAGES = { overview, leads, advisors, notifications, users, password };
+const PAGES = { overview, leads, advisors, notifications, users, password, 'dead-letters': deadLetters };
 
 /** Show the page the hash names; `keep` leaves the status line (a refresh after an action). */
 async function route(keep) {

@@ -305,6 +305,42 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/api/staff/dead-letters",
+        route: || get(routes::dead_letters::list),
+        summary: "Dead letters, newest first (at most 200), decoded; optionally one consumer's (admin)",
+        auth: "admin",
+        request: None,
+        response: dead_letters_resp,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/staff/dead-letters/{seq}",
+        route: || get(routes::dead_letters::show),
+        summary: "One dead letter: why, where from, its headers and the event decoded (admin)",
+        auth: "admin",
+        request: None,
+        response: dead_letter_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/dead-letters/{seq}/retry",
+        route: || post(routes::dead_letters::retry),
+        summary: "Republish a dead letter's event (one the gateway produces; 409 otherwise) and delete it (admin)",
+        auth: "admin",
+        request: None,
+        response: dlq_retried_resp,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/staff/dead-letters/{seq}/purge",
+        route: || post(routes::dead_letters::purge),
+        summary: "Delete a dead letter for good (admin)",
+        auth: "admin",
+        request: None,
+        response: dlq_purged_resp,
+    },
+    Endpoint {
+        method: "get",
         path: "/api/staff/users",
         route: || get(routes::staff::users),
         summary: "Staff accounts (admin)",
@@ -693,6 +729,31 @@ fn advisors_resp() -> Value {
         json!({ "advisors": { "type": "array", "items": advisor } }),
     )
 }
+fn dead_letter_resp() -> Value {
+    obj(
+        &[
+            "seq", "storedAt", "consumer", "reason", "original", "headers",
+        ],
+        json!({ "seq": { "type": "integer" }, "storedAt": text(), "consumer": text(), "reason": text(),
+                "original": obj(&["subject"], json!({ "subject": text() })), "headers": { "type": "object" },
+                "event": { "type": "object" }, "decodeError": text() }),
+    )
+}
+fn dead_letters_resp() -> Value {
+    obj(
+        &["deadLetters", "total"],
+        json!({ "deadLetters": { "type": "array", "items": dead_letter_resp() }, "total": { "type": "integer" } }),
+    )
+}
+fn dlq_retried_resp() -> Value {
+    obj(
+        &["seq", "subject", "newSequence"],
+        json!({ "seq": { "type": "integer" }, "subject": text(), "newSequence": { "type": "integer" } }),
+    )
+}
+fn dlq_purged_resp() -> Value {
+    obj(&["seq"], json!({ "seq": { "type": "integer" } }))
+}
 fn retried_resp() -> Value {
     obj(&["requeued"], json!({ "requeued": { "type": "integer" } }))
 }
@@ -872,6 +933,9 @@ pub fn build() -> Value {
         }
         if let Some(params) = query_params(e) {
             op["parameters"] = params;
+        }
+        if e.path.contains("{seq}") {
+            op["parameters"] = json!([{ "name": "seq", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[1-9][0-9]{0,18}$" } }]);
         }
         if e.path.contains("{name}") {
             op["parameters"] = json!([{ "name": "name", "in": "path", "required": true, "schema": validate::USERNAME.schema(true) }]);

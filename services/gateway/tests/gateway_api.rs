@@ -1342,7 +1342,7 @@ async fn health_and_readiness_report_each_dependency() {
 
 /// The paths the issue asks for; the document must list each, and every path it lists must be
 /// served.
-const EXPECTED_PATHS: [(&str, &str); 36] = [
+const EXPECTED_PATHS: [(&str, &str); 40] = [
     ("post", "/api/wechat/openid"),
     ("post", "/api/wechat/phone"),
     ("get", "/api/wechat/events"),
@@ -1373,6 +1373,10 @@ const EXPECTED_PATHS: [(&str, &str); 36] = [
     ("post", "/api/staff/notifications/{id}/retry"),
     ("post", "/api/staff/sending"),
     ("get", "/api/staff/overview"),
+    ("get", "/api/staff/dead-letters"),
+    ("get", "/api/staff/dead-letters/{seq}"),
+    ("post", "/api/staff/dead-letters/{seq}/retry"),
+    ("post", "/api/staff/dead-letters/{seq}/purge"),
     ("get", "/api/staff/users"),
     ("post", "/api/staff/users"),
     ("post", "/api/staff/users/{name}"),

@@ -4,8 +4,6 @@
 
 use ande_platform::bus::Bus;
 use ande_platform::config::CommonConfig;
-use anyhow::Context;
-use async_nats::jetstream::stream::Stream;
 use sqlx::PgPool;
 
 /// Connect to NATS as `andectl`. Fails fast (no retry loop) when NATS does not answer.
@@ -29,25 +27,7 @@ pub async fn ask<M: ande_platform::rpc::Method>(
     .map_err(|e| anyhow::anyhow!("{} service: {e}", M::SERVICE))
 }
 
-/// The environment's event stream, or an error naming it and how it gets created.
-pub async fn events_stream(bus: &Bus) -> anyhow::Result<Stream> {
-    stream(bus, &bus.subjects.stream()).await
-}
-
-/// The environment's dead-letter stream.
-pub async fn dlq_stream(bus: &Bus) -> anyhow::Result<Stream> {
-    stream(bus, &bus.subjects.dlq_stream()).await
-}
-
-pub async fn stream(bus: &Bus, name: &str) -> anyhow::Result<Stream> {
-    bus.js.get_stream(name).await.with_context(|| {
-        format!(
-            "stream {name} is not there (prefix {:?}); every service creates it at start, so run `andectl up` or a service with ANDE_PREFIX={}",
-            bus.subjects.prefix(),
-            bus.subjects.prefix()
-        )
-    })
-}
+pub use ande_ops::streams::{dlq_stream, events_stream, stream};
 
 /// The gateway's schema (staff accounts), migrated if needed, exactly as the gateway opens it.
 /// The notifier's schema (advisor bindings), migrated if needed.

@@ -192,7 +192,7 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
 
     // The staff console works through the gateway's user: lists, a lead's timeline, a change
     // (an event leads applies with its own user), the queue, pause and resume, the overview.
-    staff_console_works(&t).await;
+    let admin = staff_console_works(&t).await;
 
     // The gateway's user cannot dump leads through the old unscoped list, nor read the event
     // log (the staff lists go through `leads.search`, scoped by the gateway per account).
@@ -247,6 +247,61 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
     // The operator's user (andectl) sees events: a positive signal that one was published
     // while the gateway's user was subscribed, and the gateway's user still saw nothing.
     let operator = client(&nats, "andectl").await;
+    // A dead letter, listed, retried and purged by an admin through the gateway's user.
+    let dlq_subject = format!("{prefix}.events.v1.action.recorded");
+    let js = async_nats::jetstream::new(operator.clone());
+    js.publish(dlq_subject.clone(), "not protobuf".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dlq = |m: reqwest::Method, path: String| {
+        let r = t.http.request(m, t.api(&path)).bearer_auth(&admin);
+        async move {
+            let resp = r.send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let seq = loop {
+        let (status, body) = dlq(reqwest::Method::GET, "/api/staff/dead-letters".into()).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(seq) = body["data"]["deadLetters"][0]["seq"].as_u64() {
+            break seq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, body) = dlq(
+        reqwest::Method::POST,
+        format!("/api/staff/dead-letters/{seq}/retry"),
+    )
+    .await;
+    assert_eq!(status, 200, "retried with the gateway's user: {body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        let (_, body) = dlq(reqwest::Method::GET, "/api/staff/dead-letters".into()).await;
+        if let Some(n) = body["data"]["deadLetters"][0]["seq"].as_u64() {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, body) = dlq(
+        reqwest::Method::POST,
+        format!("/api/staff/dead-letters/{again}/purge"),
+    )
+    .await;
+    assert_eq!(status, 200, "purged with the gateway's user: {body}");
     let mut watch = operator
         .subscribe(format!("{prefix}.events.>"))
         .await
@@ -270,7 +325,7 @@ async fn services_work_with_their_own_users_and_nobody_else_gets_in() {
 }
 
 /// An admin's console calls through the stack: every NATS subject they need is allowed.
-async fn staff_console_works(t: &common::TestStack) {
+async fn staff_console_works(t: &common::TestStack) -> String {
     let pw = ande_platform::SecretString::from("Console-check-2026!".to_string());
     let pool = &t.stack.gateway_pool;
     let admin = ande_gateway::auth::Role::Admin;
@@ -325,6 +380,7 @@ async fn staff_console_works(t: &common::TestStack) {
         "/api/staff/notifications?state=sent",
         "/api/staff/advisors",
         "/api/staff/overview",
+        "/api/staff/dead-letters",
     ] {
         let (status, body) = call(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -344,4 +400,5 @@ async fn staff_console_works(t: &common::TestStack) {
         .await;
         assert_eq!(status, 200, "{body}");
     }
+    token
 }

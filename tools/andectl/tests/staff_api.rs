@@ -111,6 +111,20 @@ async fn every_staff_route_checks_who_calls() {
             true,
         ),
         (Method::GET, "/api/staff/users".into(), None, true),
+        (Method::GET, "/api/staff/dead-letters".into(), None, true),
+        (Method::GET, "/api/staff/dead-letters/1".into(), None, true),
+        (
+            Method::POST,
+            "/api/staff/dead-letters/1/retry".into(),
+            Some(json!({})),
+            true,
+        ),
+        (
+            Method::POST,
+            "/api/staff/dead-letters/1/purge".into(),
+            Some(json!({})),
+            true,
+        ),
         (
             Method::POST,
             "/api/staff/users".into(),
@@ -693,4 +707,138 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
         .unwrap()
         .contains("Max-Age=0"));
     t.stack.stop().await.unwrap();
+}
+
+/// Dead letters through the console's API (admins): listed and shown decoded, retried (the
+/// event goes back to its consumer; here it fails again, so it comes back as a new dead letter),
+/// purged; a dead lead outcome is not the gateway's to republish (409 naming andectl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_decoded_retried_and_purged_by_admins() {
+    use ande_events::{meta_with_id, ActionRecorded, EventKind, LeadOutcome};
+    let t = common::start().await;
+    let s = accounts(&t).await;
+    let bus = ande_platform::bus::Bus::connect(&t.stack.common, "staff-api-dlq")
+        .await
+        .unwrap();
+    // Leads can never store an action without a customer: dead-lettered with the reason.
+    let id = uuid::Uuid::now_v7();
+    let action = ActionRecorded {
+        meta: Some(meta_with_id(
+            id,
+            &id.to_string(),
+            "test",
+            chrono::Utc::now(),
+        )),
+        action_id: id.to_string(),
+        advisor_id: "adv-1".into(),
+        action_type: "view_resume".into(),
+        ..Default::default()
+    };
+    bus.publish(&action).await.unwrap();
+    // The notifier cannot use an outcome without an action id.
+    let oid = uuid::Uuid::now_v7();
+    let outcome = LeadOutcome {
+        meta: Some(meta_with_id(oid, "x", "test", chrono::Utc::now())),
+        advisor_id: "adv-1".into(),
+        ..Default::default()
+    };
+    bus.publish(&outcome).await.unwrap();
+    let letters = wait_letters(&t, &s.admin, 2).await;
+    let by = |consumer: &str| {
+        letters
+            .iter()
+            .find(|l| l["consumer"] == consumer)
+            .unwrap_or_else(|| panic!("a dead letter of {consumer}: {letters:?}"))
+            .clone()
+    };
+    let (dead_action, dead_outcome) = (by("leads"), by("notifier-outcomes"));
+    assert!(
+        dead_action["reason"].as_str().unwrap().contains("customer"),
+        "{dead_action}"
+    );
+    let seq = dead_action["seq"].as_u64().unwrap();
+    let (status, shown) = get(&t, &format!("/api/staff/dead-letters/{seq}"), &s.admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shown["data"]["event"]["actionId"],
+        id.to_string(),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["data"]["original"]["subject"],
+        bus.subjects.event(EventKind::ActionRecorded)
+    );
+
+    let (status, b) = post(
+        &t,
+        &format!("/api/staff/dead-letters/{seq}/retry"),
+        &s.admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let (status, _) = get(&t, &format!("/api/staff/dead-letters/{seq}"), &s.admin).await;
+    assert_eq!(status, 404, "a retried dead letter is gone");
+    let again = wait_letters(&t, &s.admin, 2).await;
+    let back = again
+        .iter()
+        .find(|l| l["consumer"] == "leads")
+        .expect("dead-lettered again");
+    assert_ne!(back["seq"], dead_action["seq"]);
+
+    let oseq = dead_outcome["seq"].as_u64().unwrap();
+    let (status, b) = post(
+        &t,
+        &format!("/api/staff/dead-letters/{oseq}/retry"),
+        &s.admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("andectl dlq retry"),
+        "{b}"
+    );
+    for l in &again {
+        let n = l["seq"].as_u64().unwrap();
+        let (status, _) = post(
+            &t,
+            &format!("/api/staff/dead-letters/{n}/purge"),
+            &s.admin,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (_, empty) = get(&t, "/api/staff/dead-letters", &s.admin).await;
+    assert_eq!(empty["data"]["total"], 0, "{empty}");
+    let (status, _) = post(
+        &t,
+        "/api/staff/dead-letters/999999/purge",
+        &s.admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    t.stack.stop().await.unwrap();
+}
+
+async fn wait_letters(t: &TestStack, token: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(t, "/api/staff/dead-letters", token).await;
+        assert_eq!(status, 200, "{body}");
+        let letters = body["data"]["deadLetters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if letters.len() >= n {
+            return letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} dead letters never came: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

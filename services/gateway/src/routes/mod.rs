@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod advisors;
 pub mod console;
+pub mod dead_letters;
 pub mod digests;
 pub mod health;
 pub mod messages;

@@ -1,4 +1,5 @@
-//! `andectl dlq ls | show | retry | purge`: the dead letters consumers set aside.
+//! The dead letters consumers set aside: list, show, retry, purge (`andectl dlq`, and the staff
+//! console for admins).
 //!
 //! A dead letter (`ande_platform::bus::Bus::dead_letter`) is the original message, payload and
 //! headers, published on `<prefix>.dlq.<consumer>` in the `<PREFIX>_DLQ` stream with headers
@@ -23,9 +24,9 @@ use async_nats::HeaderMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::conn;
 use crate::decode::{rfc3339, short_type, StoredMsg};
-use crate::events::{Scan, Start};
+use crate::scan::{Scan, Start};
+use crate::streams as conn;
 
 /// A dead letter with its bookkeeping headers read.
 #[derive(Clone, Debug)]
