@@ -324,24 +324,39 @@ pub async fn add_staff(
     Ok(created == 1)
 }
 
-/// Set an account's role and advisor (a sales user's advisor limits what it sees); `false` when
-/// there is no such account. Its tokens stay valid: the role is read on every request.
+/// Set an account's role and, when given, its advisor (a sales user's advisor limits what it
+/// sees); `false` when there is no such account. Its tokens stay valid: the role is read on every request.
 pub async fn set_role(
     pool: &PgPool,
     username: &str,
     role: Role,
-    advisor_id: Option<&str>,
+    advisor_id: Option<Option<&str>>,
 ) -> Result<bool, sqlx::Error> {
+    // `advisor_id`: `None` keeps the account's advisor, `Some(None)` clears it; an admin has none
+    // (it sees every advisor).
     let changed = sqlx::query!(
-        "UPDATE staff_users SET role = $2, advisor_id = $3, updated_at = now() WHERE username = $1",
+        "UPDATE staff_users SET role = $2, updated_at = now(),
+                advisor_id = CASE WHEN $2 = 'admin' THEN NULL WHEN $4 THEN $3 ELSE advisor_id END
+         WHERE username = $1",
         username,
         role.as_str(),
-        advisor_id
+        advisor_id.flatten(),
+        advisor_id.is_some()
     )
     .execute(pool)
     .await?
     .rows_affected();
     Ok(changed == 1)
+}
+
+/// The token version of an enabled account.
+pub async fn token_version(pool: &PgPool, username: &str) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT token_version FROM staff_users WHERE username = $1 AND NOT disabled",
+        username
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn staff_exists(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {

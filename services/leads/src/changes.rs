@@ -12,8 +12,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub const DURABLE: &str = "leads-changes";
-/// Longest value of a changed field, in characters (the gateway holds staff to 64).
-const MAX_FIELD: usize = 200;
+/// Longest value of a changed field, in characters: the gateway's longest (a remark, 500).
+const MAX_FIELD: usize = 500;
 
 pub struct ChangeHandler {
     pub pool: PgPool,
@@ -89,38 +89,71 @@ impl ApplyInTx<LeadChanged> for ChangeHandler {
         let Some(before) = before else {
             return Ok(Disposition::DeadLetter(format!("no lead {lead_id}")));
         };
-        let changed_at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(chrono::Utc::now);
-        let fresh = sqlx::query!(
-            "INSERT INTO lead_changes (event_id, lead_id, changed_by, changes, changed_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-            event_id,
-            lead_id,
-            e.changed_by,
-            Value::Object(differences(&before, &wanted)),
-            changed_at
+        // Applied before (a redelivery or a replay): nothing to do, whoever owns the lead now.
+        let applied = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM lead_changes WHERE event_id = $1) AS "applied!""#,
+            event_id
         )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if fresh {
-            sqlx::query!(
-                "UPDATE leads SET status = COALESCE(NULLIF($2, ''), status),
+        .fetch_one(&mut *tx)
+        .await?;
+        if applied {
+            return Ok(Disposition::Ack);
+        }
+        // A sales account's change was allowed for the owner it saw; if the lead has moved to
+        // another advisor since, the change is not theirs to make any more.
+        let owner = before["owner_advisor_id"].as_str().unwrap_or_default();
+        if !e.expected_owner.is_empty() && e.expected_owner != owner {
+            return Ok(Disposition::DeadLetter(format!(
+                "lead {lead_id} changed owner before this change applied"
+            )));
+        }
+        let changed_at = from_timestamp(meta.occurred_at.as_ref()).unwrap_or_else(chrono::Utc::now);
+        let changes = Value::Object(differences(&before, &wanted));
+        record(tx, event_id, lead_id, e, changes, changed_at).await?;
+        Ok(Disposition::Ack)
+    }
+}
+
+/// The history row and the lead's new values, in the caller's transaction (the event id makes
+/// the row, and so the update, happen once).
+async fn record(
+    tx: &mut PgConnection,
+    event_id: Uuid,
+    lead_id: Uuid,
+    e: &LeadChanged,
+    changes: Value,
+    changed_at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    let fresh = sqlx::query!(
+        "INSERT INTO lead_changes (event_id, lead_id, changed_by, changes, changed_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        event_id,
+        lead_id,
+        e.changed_by,
+        changes,
+        changed_at
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if fresh {
+        sqlx::query!(
+            "UPDATE leads SET status = COALESCE(NULLIF($2, ''), status),
                         level = COALESCE(NULLIF($3, ''), level),
                         owner_advisor_id = COALESCE(NULLIF($4, ''), owner_advisor_id),
                         remark = COALESCE(NULLIF($5, ''), remark), updated_at = now()
                  WHERE id = $1",
-                lead_id,
-                e.status.trim(),
-                e.level.trim(),
-                e.owner_advisor_id.trim(),
-                e.remark.trim()
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        Ok(Disposition::Ack)
+            lead_id,
+            e.status.trim(),
+            e.level.trim(),
+            e.owner_advisor_id.trim(),
+            e.remark.trim()
+        )
+        .execute(&mut *tx)
+        .await?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ pub async fn set_role(
     advisor: Option<&str>,
 ) -> anyhow::Result<()> {
     let name = validate_username(name)?;
+    // Without --advisor a sales account keeps its advisor.
+    let advisor = advisor.map(Some);
     if !ande_gateway::auth::set_role(pool, name, role, advisor).await? {
         bail!(UserError::Missing(name.into()));
     }

@@ -412,6 +412,12 @@ async fn lead_changes_are_events_applied_once_and_scoped_to_the_account() {
     assert_eq!(status, 403, "a sales account cannot give a lead away");
     let (status, b) = post(&t, &path, &s.sales, json!({"status": "  "})).await;
     assert_eq!(status, 400, "{b}");
+    // A remark as long as the API takes (500) is applied, not dropped by leads.
+    let long = "约".repeat(500);
+    let (status, b) = post(&t, &path, &s.sales, json!({ "remark": long })).await;
+    assert_eq!(status, 202, "{b}");
+    let applied = wait_change(&t, &s.admin, &path, b["data"]["eventId"].as_str().unwrap()).await;
+    assert_eq!(applied["data"]["lead"]["remark"], long);
     let (status, changed) = post(
         &t,
         &path,
@@ -459,7 +465,7 @@ async fn lead_changes_are_events_applied_once_and_scoped_to_the_account() {
         .unwrap();
     let (_, after) = get(&t, &path, &s.admin).await;
     let changes = after["data"]["changes"].as_array().unwrap();
-    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes.len(), 3, "{changes:?}");
     let l = &after["data"]["lead"];
     assert_eq!(
         (
@@ -474,6 +480,48 @@ async fn lead_changes_are_events_applied_once_and_scoped_to_the_account() {
         json!({"from": "待定", "to": "跟进中"})
     );
     assert_eq!(changes[1]["changedBy"], format!("staff:{}", SALES.0));
+    // A sales change allowed for the owner of the time is not applied once the lead moved.
+    let stale_id = uuid::Uuid::now_v7();
+    let stale = ande_events::LeadChanged {
+        meta: Some(ande_events::meta_with_id(
+            stale_id,
+            &id,
+            "test",
+            chrono::Utc::now(),
+        )),
+        lead_id: id.clone(),
+        changed_by: format!("staff:{}", SALES.0),
+        status: "无效".into(),
+        expected_owner: SALES_ADVISOR.into(),
+        ..Default::default()
+    };
+    bus.publish(&stale).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, dl) = get(
+            &t,
+            "/api/staff/dead-letters?consumer=leads-changes",
+            &s.admin,
+        )
+        .await;
+        if dl["data"]["total"] == 1 {
+            assert!(
+                dl["data"]["deadLetters"][0]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("changed owner"),
+                "{dl}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale change was not set aside: {dl}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, after) = get(&t, &path, &s.admin).await;
+    assert_eq!(after["data"]["lead"]["status"], "跟进中");
     t.stack.stop().await.unwrap();
 }
 
@@ -614,6 +662,23 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
     let (status, _) = get(&t, "/api/staff/me", &token).await;
     assert_eq!(status, 401, "the old token ended with the old password");
     login(&t, ("new-sales", "Fresh-pass-2026")).await;
+    // A role change keeps the advisor unless one is given; an advisor alone is refused.
+    let path = "/api/staff/users/new-sales";
+    let (status, b) = post(&t, path, &s.admin, json!({"role": "sales"})).await;
+    assert_eq!(
+        (status, b["data"]["advisorId"].as_str()),
+        (200, Some("adv-9")),
+        "{b}"
+    );
+    let (status, _) = post(&t, path, &s.admin, json!({"advisorId": "adv-8"})).await;
+    assert_eq!(status, 400);
+    let fresh = login(&t, ("new-sales", "Fresh-pass-2026")).await;
+    let (_, o) = get(&t, "/api/staff/overview", &fresh).await;
+    assert_eq!(
+        o["data"]["consumers"],
+        json!([]),
+        "the pipeline's state is for admins"
+    );
     let again = with_cookie(Method::POST, "/api/staff/users", true)
         .json(&change)
         .send()

@@ -185,12 +185,21 @@ pub async fn change_password(
     if let Some(problem) = auth::password_problem(&staff.username, &new) {
         return Err(ApiError::validation("newPassword", problem));
     }
-    let again = json!({ "username": staff.username, "password": new.expose_secret() });
     auth::set_staff_password(&state.pool, &staff.username, new)
         .await
         .map_err(ApiError::internal)?;
-    let again = again.as_object().expect("an object");
-    let (_, token) = super::messages::authenticate(&state, ip, again).await?;
+    // A token at the account's new version, for this session's cookie.
+    let ver = auth::token_version(&state.pool, &staff.username)
+        .await
+        .map_err(ApiError::db)?
+        .ok_or_else(|| ApiError::unauthorized("this account is gone"))?;
+    let token = auth::issue_staff(
+        &state.config.jwt_secret,
+        &staff.username,
+        ver,
+        state.config.jwt_expires_in,
+    )
+    .map_err(ApiError::internal)?;
     let mut resp = ok(me_view(&state, &staff), "密码已修改");
     resp.headers_mut()
         .insert(header::SET_COOKIE, sign_in_cookie(&state, &token));
@@ -255,13 +264,25 @@ pub async fn lead(
         return Err(ApiError::not_found("no such lead"));
     }
     let ids: Vec<Uuid> = timeline.actions.iter().map(|a| a.action_id).collect();
+    let scope = staff.advisor_scope();
     let journeys: Vec<Value> = futures::stream::iter(ids)
         .map(|action_id| {
-            let state = state.clone();
+            let (state, scope) = (state.clone(), scope.clone());
             let q = ActionQuery { action_id };
             async move {
                 match state.call::<Journey>(&q, TIMEOUT).await {
-                    Ok(j) => json!({ "notifications": j.notifications, "log": j.log }),
+                    Ok(mut j) => {
+                        // A bound sales account sees its own advisor's messages only (an action
+                        // about another advisor's resume notified that advisor).
+                        if let Some(scope) = scope {
+                            let all = j.notifications.len();
+                            j.notifications.retain(|n| scope.contains(&n.advisor_id));
+                            if j.notifications.len() != all {
+                                j.log.clear();
+                            }
+                        }
+                        json!({ "notifications": j.notifications, "log": j.log })
+                    }
                     Err(e) => json!({ "notifications": [], "log": [], "unavailable": e.message }),
                 }
             }
@@ -340,6 +361,11 @@ pub async fn change_lead(
         level: level.unwrap_or_default(),
         owner_advisor_id: owner.unwrap_or_default(),
         remark: remark.unwrap_or_default(),
+        expected_owner: if staff.advisor_scope().is_some() {
+            lead.owner_advisor_id.clone()
+        } else {
+            String::new()
+        },
     };
     state.require_bus()?;
     let ack = state.bus.publish(&event).await.map_err(|e| {
@@ -546,7 +572,12 @@ pub async fn overview(
         state.call::<DeliveryStats>(&scope, TIMEOUT),
         state.call::<QueueStatus>(&QueueQuery {}, TIMEOUT),
     );
-    let (consumers, dead_letters) = tokio::join!(consumer_lag(&state), dead_letters(&state));
+    // The pipeline's own state is for admins; a sales account sees its leads and messages.
+    let (consumers, dead_letters) = if staff.is_admin() {
+        tokio::join!(consumer_lag(&state), dead_letters(&state))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(ok(
         json!({ "leads": leads?, "messages": sent?, "queue": queue?, "consumers": consumers,
                 "deadLetters": dead_letters }),
@@ -680,7 +711,17 @@ pub async fn change_user(
         Some(_) => return Err(ApiError::validation("disabled", "must be true or false")),
     };
     let role = role_of(&body)?;
-    let advisor = validate::ID.optional("advisorId", body.get("advisorId"))?;
+    // `advisorId` absent: the account keeps its advisor; null or blank: none.
+    let advisor = match body.contains_key("advisorId") {
+        true => Some(validate::ID.optional("advisorId", body.get("advisorId"))?),
+        false => None,
+    };
+    if advisor.is_some() && role.is_none() {
+        return Err(ApiError::validation(
+            "role",
+            "give the role with advisorId (sales with an advisor, or admin)",
+        ));
+    }
     if name == staff.username && (disabled == Some(true) || role == Some(Role::Sales)) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -698,7 +739,8 @@ pub async fn change_user(
         }
     }
     if let Some(r) = role {
-        if !auth::set_role(&state.pool, &name, r, advisor.as_deref())
+        let advisor = advisor.as_ref().map(Option::as_deref);
+        if !auth::set_role(&state.pool, &name, r, advisor)
             .await
             .map_err(ApiError::db)?
         {
