@@ -324,22 +324,22 @@ pub async fn add_staff(
     Ok(created == 1)
 }
 
-/// Set an account's role and, when given, its advisor (a sales user's advisor limits what it
-/// sees); `false` when there is no such account. Its tokens stay valid: the role is read on every request.
+/// Set an account's role and/or its advisor (a sales user's advisor limits what it sees);
+/// `false` when there is no such account. `role`: `None` keeps it; `advisor_id`: `None` keeps
+/// it, `Some(None)` clears it; an admin has none (it sees every advisor).
 pub async fn set_role(
     pool: &PgPool,
     username: &str,
-    role: Role,
+    role: Option<Role>,
     advisor_id: Option<Option<&str>>,
 ) -> Result<bool, sqlx::Error> {
-    // `advisor_id`: `None` keeps the account's advisor, `Some(None)` clears it; an admin has none
-    // (it sees every advisor).
     let changed = sqlx::query!(
-        "UPDATE staff_users SET role = $2, updated_at = now(),
-                advisor_id = CASE WHEN $2 = 'admin' THEN NULL WHEN $4 THEN $3 ELSE advisor_id END
+        "UPDATE staff_users SET role = COALESCE($2, role), updated_at = now(),
+                advisor_id = CASE WHEN COALESCE($2, role) = 'admin' THEN NULL
+                                  WHEN $4 THEN $3 ELSE advisor_id END
          WHERE username = $1",
         username,
-        role.as_str(),
+        role.map(Role::as_str),
         advisor_id.flatten(),
         advisor_id.is_some()
     )

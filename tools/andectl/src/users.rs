@@ -97,7 +97,7 @@ pub async fn set_role(
     let name = validate_username(name)?;
     // Without --advisor a sales account keeps its advisor.
     let advisor = advisor.map(Some);
-    if !ande_gateway::auth::set_role(pool, name, role, advisor).await? {
+    if !ande_gateway::auth::set_role(pool, name, Some(role), advisor).await? {
         bail!(UserError::Missing(name.into()));
     }
     Ok(())

@@ -662,7 +662,7 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
     let (status, _) = get(&t, "/api/staff/me", &token).await;
     assert_eq!(status, 401, "the old token ended with the old password");
     login(&t, ("new-sales", "Fresh-pass-2026")).await;
-    // A role change keeps the advisor unless one is given; an advisor alone is refused.
+    // A role change keeps the advisor unless one is given; an advisor alone changes just that.
     let path = "/api/staff/users/new-sales";
     let (status, b) = post(&t, path, &s.admin, json!({"role": "sales"})).await;
     assert_eq!(
@@ -670,8 +670,12 @@ async fn the_console_session_is_csrf_safe_and_accounts_are_managed_by_admins() {
         (200, Some("adv-9")),
         "{b}"
     );
-    let (status, _) = post(&t, path, &s.admin, json!({"advisorId": "adv-8"})).await;
-    assert_eq!(status, 400);
+    let (status, b) = post(&t, path, &s.admin, json!({"advisorId": "adv-8"})).await;
+    assert_eq!(
+        (status, b["data"]["advisorId"].as_str()),
+        (200, Some("adv-8")),
+        "{b}"
+    );
     let fresh = login(&t, ("new-sales", "Fresh-pass-2026")).await;
     let (_, o) = get(&t, "/api/staff/overview", &fresh).await;
     assert_eq!(

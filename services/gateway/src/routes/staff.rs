@@ -716,12 +716,6 @@ pub async fn change_user(
         true => Some(validate::ID.optional("advisorId", body.get("advisorId"))?),
         false => None,
     };
-    if advisor.is_some() && role.is_none() {
-        return Err(ApiError::validation(
-            "role",
-            "give the role with advisorId (sales with an advisor, or admin)",
-        ));
-    }
     if name == staff.username && (disabled == Some(true) || role == Some(Role::Sales)) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -738,9 +732,9 @@ pub async fn change_user(
             return Err(missing());
         }
     }
-    if let Some(r) = role {
+    if role.is_some() || advisor.is_some() {
         let advisor = advisor.as_ref().map(Option::as_deref);
-        if !auth::set_role(&state.pool, &name, r, advisor)
+        if !auth::set_role(&state.pool, &name, role, advisor)
             .await
             .map_err(ApiError::db)?
         {
