@@ -61,10 +61,8 @@ pub async fn list(
     Admin(staff): Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let consumer = validate::ID.optional(
-        "consumer",
-        q.get("consumer").map(|c| Value::String(c.clone())).as_ref(),
-    )?;
+    let consumer =
+        validate::ID.optional("consumer", super::staff::param(&q, "consumer").as_ref())?;
     state.require_bus()?;
     let all = dlq::list(&state.bus, consumer.as_deref())
         .await

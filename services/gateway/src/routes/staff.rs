@@ -53,13 +53,14 @@ pub const SEARCH: Text = Text {
     max: 64,
     numbers: true,
 };
-/// Journeys fetched at once for a lead's timeline.
-const JOURNEYS_AT_ONCE: usize = 8;
+/// Request/reply calls made at once for one answer (a timeline's journeys, advisors' credits).
+const RPCS_AT_ONCE: usize = 8;
 const PRODUCER: &str = "gateway";
 
 type Params = Query<HashMap<String, String>>;
 
-fn param(q: &HashMap<String, String>, name: &str) -> Option<Value> {
+/// A query parameter as the JSON value the `validate` rules take.
+pub(crate) fn param(q: &HashMap<String, String>, name: &str) -> Option<Value> {
     q.get(name).map(|v| Value::String(v.clone()))
 }
 
@@ -87,17 +88,21 @@ fn advisor_filter(
     }
 }
 
-fn sign_in_cookie(state: &AppState, token: &str) -> HeaderValue {
+/// The session cookie holding `token` for `max_age` seconds (empty and 0: forget it).
+fn session_cookie(state: &AppState, token: &str, max_age: u64) -> HeaderValue {
     let secure = if state.config.cookie_secure {
         "; Secure"
     } else {
         ""
     };
     let v = format!(
-        "{STAFF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        state.config.jwt_expires_in.as_secs()
+        "{STAFF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     );
     HeaderValue::from_str(&v).expect("a token is header-safe")
+}
+
+fn sign_in_cookie(state: &AppState, token: &str) -> HeaderValue {
+    session_cookie(state, token, state.config.jwt_expires_in.as_secs())
 }
 
 /// `POST /api/staff/session {username, password}`: sign in for the console. The token goes into
@@ -130,16 +135,9 @@ pub async fn sign_in(
 
 /// `POST /api/staff/session/end`: forget the cookie.
 pub async fn sign_out(State(state): State<AppState>) -> Response {
-    let secure = if state.config.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    let v = format!("{STAFF_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
     let mut resp = ok(json!({}), "已退出");
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     resp
 }
 
@@ -287,7 +285,7 @@ pub async fn lead(
                 }
             }
         })
-        .buffered(JOURNEYS_AT_ONCE)
+        .buffered(RPCS_AT_ONCE)
         .collect()
         .await;
     let actions: Vec<Value> = timeline
@@ -523,7 +521,7 @@ pub async fn advisors(
                     .await
             }
         })
-        .buffered(JOURNEYS_AT_ONCE)
+        .buffered(RPCS_AT_ONCE)
         .collect()
         .await;
     for b in &bindings {
