@@ -675,6 +675,15 @@ async fn the_schema_checks_the_shared_outcome_vocabulary() {
     env.stop().await;
 }
 
+/// Each outcome `record_batch` answered is the one `load_outcome` reads back.
+async fn assert_as_stored(pool: &PgPool, out: &[Result<leads::StoredOutcome, String>]) {
+    let mut conn = pool.acquire().await.unwrap();
+    for o in out.iter().flatten() {
+        let stored = store::load_outcome(&mut conn, o.action_id).await.unwrap();
+        assert_eq!(Some(o), stored.as_ref(), "as stored: {}", o.action_id);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_is_stored_by_the_set_based_path() {
     // record_batch directly (the consumer falls back to one by one on error, which would hide a
@@ -710,6 +719,8 @@ async fn a_batch_is_stored_by_the_set_based_path() {
         .await
         .unwrap();
     assert_eq!(lead, (Some("周八".to_string()), 2));
+    // The outcomes are built from what the statements returned: exactly what is stored.
+    assert_as_stored(&pool, &out).await;
     // Again: all duplicates, nothing changes.
     let mut tx = pool.begin().await.unwrap();
     let again = store::record_batch(&mut tx, &events[..3], &config)
@@ -717,11 +728,41 @@ async fn a_batch_is_stored_by_the_set_based_path() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(again[0].as_ref().unwrap().kind, OutcomeKind::Created);
+    assert_eq!(
+        again[0], out[0],
+        "a redelivery answers the outcome stored the first time"
+    );
     let touches: i32 = sqlx::query_scalar("SELECT touch_count FROM leads.leads")
         .fetch_one(&env.db)
         .await
         .unwrap();
     assert_eq!(touches, 2);
+    // A session's earlier views without a phone join the lead its phone creates; an anonymous
+    // action with the same phone in the same batch matches it.
+    let with_session = |advisor: &str, phone: &str| {
+        let mut a = action(advisor, "contact_advisor", "李四", phone);
+        a.openid = "o_batch".into();
+        a
+    };
+    let (e1, e2) = (with_session("adv-1", ""), with_session("adv-2", ""));
+    let mut tx = pool.begin().await.unwrap();
+    store::record_batch(&mut tx, &[(&e1, 10), (&e2, 11)], &config)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let phone = with_session("adv-3", "13700001111");
+    let anonymous = action("adv-3", "view_resume", "", "13700001111");
+    let mut tx = pool.begin().await.unwrap();
+    let out = store::record_batch(&mut tx, &[(&phone, 12), (&anonymous, 13)], &config)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let first = out[0].as_ref().unwrap();
+    let ids: Vec<String> = first.linked_actions.iter().map(Uuid::to_string).collect();
+    assert_eq!(ids, [e1.action_id.clone(), e2.action_id.clone()]);
+    assert_eq!(first.linked_advisors, 2);
+    assert_eq!(out[1].as_ref().unwrap().kind, OutcomeKind::Matched);
+    assert_as_stored(&pool, &out).await;
     env.stop().await;
 }
 
