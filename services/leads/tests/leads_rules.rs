@@ -396,6 +396,53 @@ async fn the_same_new_phone_from_two_processes_makes_one_lead() {
     env.stop().await;
 }
 
+/// One action in a transaction of its own, committed.
+async fn record_alone(
+    pool: &PgPool,
+    config: &LeadsConfig,
+    act: &ActionRecorded,
+    seq: u64,
+) -> leads::StoredOutcome {
+    let mut tx = pool.begin().await.unwrap();
+    let mut r = store::record_batch(&mut tx, &[(act, seq)], config)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    r.pop().unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_action_in_two_transactions_is_stored_and_counted_once() {
+    // Two workers holding the same message (redelivered after an ack timeout): the second waits
+    // for the first's lock on the action, then finds it stored and answers its outcome.
+    let env = start(0).await;
+    let (pool, config) = env.store().await;
+    let phone = "13611112222";
+    record_alone(
+        &pool,
+        &config,
+        &action("adv-a", "view_resume", "", phone),
+        1,
+    )
+    .await;
+    for round in 0..10u64 {
+        let a = action("adv-a", "contact_advisor", "", phone);
+        let (x, y) = tokio::join!(
+            record_alone(&pool, &config, &a, 2 + round),
+            record_alone(&pool, &config, &a, 2 + round)
+        );
+        assert_eq!(x, y, "one stored it, the other read what it stored");
+        assert_eq!(x.kind, OutcomeKind::Matched);
+    }
+    assert_eq!(env.count(ACTIONS).await, 11);
+    assert_eq!(
+        env.count("SELECT touch_count::int8 FROM leads.leads").await,
+        11,
+        "each action touched the lead once"
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_transactions_on_one_new_phone_create_once() {
     // The race itself, without the consumer's batching: two transactions, same new phone.
@@ -407,20 +454,11 @@ async fn concurrent_transactions_on_one_new_phone_create_once() {
             action("adv-a", "view_resume", "", &phone),
             action("adv-b", "view_resume", "", &phone),
         );
-        let (ta, tb) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
-        let run =
-            |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, act: ActionRecorded, seq: u64| {
-                let config = config.clone();
-                async move {
-                    let mut r = store::record_batch(&mut tx, &[(&act, seq)], &config)
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                    r.pop().unwrap().unwrap()
-                }
-            };
         // One takes the row first; the other waits for it, then sees the first one's lead.
-        let (ra, commit_then_b) = tokio::join!(run(ta, a, 1), run(tb, b, 2));
+        let (ra, commit_then_b) = tokio::join!(
+            record_alone(&pool, &config, &a, 1),
+            record_alone(&pool, &config, &b, 2)
+        );
         let kinds = [ra.kind, commit_then_b.kind];
         assert!(
             kinds.contains(&OutcomeKind::Created) && kinds.contains(&OutcomeKind::Matched),
