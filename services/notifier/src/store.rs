@@ -1076,7 +1076,10 @@ pub async fn fold_into_digest(
         .execute(&mut *conn)
         .await?;
     let moved = sqlx::query!(
-        "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) RETURNING id, action_id",
+        // `IS NOT NULL` lets the planner use the partial index (`= ANY` of a parameter alone
+        // does not prove it).
+        "UPDATE notifications SET digest_id = $2, updated_at = now() WHERE digest_id = ANY($1) AND digest_id IS NOT NULL
+         RETURNING id, action_id",
         ids,
         digest_id
     )
