@@ -30,14 +30,26 @@ pub fn ok<T: Serialize>(data: T, message: &str) -> Response {
 }
 
 pub fn ok_with<T: Serialize>(status: StatusCode, data: T, message: &str) -> Response {
-    let body = json!({
-        "success": true,
-        "data": data,
-        "message": message,
-        "timestamp": now_ms(),
-        "requestId": request_id(),
-    });
+    let body = Envelope {
+        data,
+        message,
+        request_id: request_id(),
+        success: true,
+        timestamp: now_ms(),
+    };
     (status, Json(body)).into_response()
+}
+
+/// The seed's envelope, serialised straight from the handler's data (building a `Value` first
+/// copied the data into a map on every answer). The fields are in the order that map wrote them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a, T> {
+    data: T,
+    message: &'a str,
+    request_id: String,
+    success: bool,
+    timestamp: i64,
 }
 
 #[derive(Debug)]

@@ -41,8 +41,8 @@ struct ActionBody {
     action_data: Value,
     customer_name: Option<String>,
     customer_phone: Option<String>,
-    /// Fields this endpoint does not model, kept as sent.
-    extra: Value,
+    /// Fields this endpoint does not model, kept as sent (as JSON text).
+    extra: String,
 }
 
 impl ActionBody {
@@ -59,8 +59,8 @@ impl ActionBody {
             .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let extra = Value::Object(extra);
-        if extra.to_string().len() > validate::MAX_ACTION_DATA_BYTES {
+        let extra = Value::Object(extra).to_string();
+        if extra.len() > validate::MAX_ACTION_DATA_BYTES {
             return Err(ApiError::validation(
                 "body",
                 "too many or too large extra fields",
@@ -137,25 +137,35 @@ pub async fn record(
         openid,
         client_ip: ip.to_string(),
         user_agent,
-        extra_json: a.extra.to_string(),
+        extra_json: a.extra,
     };
     state.require_bus()?;
     let ack = state.bus.publish(&event).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         ApiError::bus_unavailable()
     })?;
-    let data = json!({
-        "actionId": action_id,
-        "eventId": event_id,
-        "sequence": ack.sequence,
-        "duplicate": replayed || ack.duplicate,
-    });
+    let data = Recorded {
+        action_id,
+        duplicate: replayed || ack.duplicate,
+        event_id,
+        sequence: ack.sequence,
+    };
     let status = if replayed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     Ok(ok_with(status, data, "行为记录成功"))
+}
+
+/// The answer to a recorded action.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Recorded {
+    action_id: Uuid,
+    duplicate: bool,
+    event_id: Uuid,
+    sequence: u64,
 }
 
 /// The action's and its event's ids: fresh, or those of the first request with the same

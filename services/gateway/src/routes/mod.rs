@@ -51,11 +51,9 @@ pub fn router(state: AppState) -> Router {
         // After the routes: it applies to the paths registered above (axum keeps the Allow header).
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .layer(middleware::from_fn(deadline))
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(cors)
-        .layer(middleware::from_fn(request_id))
-        .layer(middleware::from_fn(metrics))
+        .layer(middleware::from_fn(observe))
         .with_state(state)
 }
 
@@ -72,33 +70,11 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Accept the caller's `x-request-id` (when sane) or make one; answer it; make it available to
-/// the envelope and the logs.
-async fn request_id(req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(String::from)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let span = tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path(), request_id = %id);
-    ande_platform::telemetry::extract_http(req.headers(), &span);
-    let mut resp = REQUEST_ID
-        .scope(
-            id.clone(),
-            tracing::Instrument::instrument(next.run(req), span),
-        )
-        .await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
-}
-
-/// Count the request and time it, by route template (`/api/actions/{id}`, never the id; a path
-/// no route knows is `unmatched`), method and status.
-async fn metrics(req: Request, next: Next) -> Response {
+/// What every request passes first (one middleware: each layer costs a boxed future per
+/// request). Accept the caller's `x-request-id` (when sane) or make one; answer it; make it
+/// available to the envelope and the logs. Count the request and time it, by route template
+/// (`/api/actions/{id}`, never the id; a path no route knows is `unmatched`), method and status.
+async fn observe(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     // MatchedPath is a shared string: cloning it allocates nothing on this hot path.
     let matched = req
@@ -107,7 +83,22 @@ async fn metrics(req: Request, next: Next) -> Response {
         .cloned();
     let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = req.method().clone();
-    let resp = next.run(req).await;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!("http", otel.kind = "server", method = %method, path = %req.uri().path(), request_id = %id);
+    ande_platform::telemetry::extract_http(req.headers(), &span);
+    let header = HeaderValue::from_str(&id);
+    let mut resp = REQUEST_ID
+        .scope(id, tracing::Instrument::instrument(next.run(req), span))
+        .await;
+    if let Ok(v) = header {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     let m = ande_platform::metrics::HTTP_REQUESTS.with_label_values(&[
         route,
         method.as_str(),
@@ -124,19 +115,8 @@ async fn metrics(req: Request, next: Next) -> Response {
 /// end hangs: the connection and its task are freed, the client gets an answer.
 const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn deadline(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request took too long",
-        )
-        .into_response(),
-    }
-}
-
-async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The per-IP rate limit, then the deadline (one middleware, as for [`observe`]).
+async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let ip = crate::extract::client_ip(&parts, &state.config.trusted_proxies);
     if let Err(wait) = state.ip_limiter.check(&crate::clientip::limit_key(ip)) {
@@ -148,5 +128,14 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
         .retry_after(wait)
         .into_response();
     }
-    next.run(Request::from_parts(parts, body)).await
+    let req = Request::from_parts(parts, body);
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long",
+        )
+        .into_response(),
+    }
 }
