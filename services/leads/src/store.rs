@@ -277,19 +277,12 @@ pub async fn record_batch(
     };
     let ids: Vec<Uuid> = unique.iter().map(|p| p.action_id).collect();
     lock_actions(conn, &ids).await?;
-    // Stored before (a redelivery, a replay): their outcome as it was stored.
-    let before = stored_before(conn, &ids).await?;
-    let mut outcomes: HashMap<Uuid, StoredOutcome> = match before.is_empty() {
-        true => HashMap::new(),
-        false => load_outcomes(conn, &before)
-            .await?
-            .into_iter()
-            .map(|o| (o.action_id, o))
-            .collect(),
-    };
+    // Stored before (a redelivery, a replay): changed nothing, answered as stored (below).
+    let before: std::collections::HashSet<Uuid> =
+        stored_before(conn, &ids).await?.into_iter().collect();
     let fresh: Vec<&Prepared> = unique
         .into_iter()
-        .filter(|p| !outcomes.contains_key(&p.action_id))
+        .filter(|p| !before.contains(&p.action_id))
         .collect();
     let groups = group_by_phone(&fresh);
     let leads = match groups.is_empty() {
@@ -300,6 +293,16 @@ pub async fn record_batch(
     let linked = match leads.is_empty() {
         true => HashMap::new(),
         false => link_earlier(conn, &stored.keys().copied().collect::<Vec<_>>()).await?,
+    };
+    // Read after this batch's upserts: a lead the batch changed (a verified action naming it,
+    // say) is answered as it now is, as `load_outcome` will read it.
+    let mut outcomes: HashMap<Uuid, StoredOutcome> = match before.is_empty() {
+        true => HashMap::new(),
+        false => load_outcomes(conn, &before.into_iter().collect::<Vec<_>>())
+            .await?
+            .into_iter()
+            .map(|o| (o.action_id, o))
+            .collect(),
     };
     for p in &fresh {
         let Some(s) = stored.get(&p.action_id) else {

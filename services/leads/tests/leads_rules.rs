@@ -801,6 +801,21 @@ async fn a_batch_is_stored_by_the_set_based_path() {
     assert_eq!(first.linked_advisors, 2);
     assert_eq!(out[1].as_ref().unwrap().kind, OutcomeKind::Matched);
     assert_as_stored(&pool, &out).await;
+    // A redelivered action in a batch that changes its lead (the first verified action names it
+    // and takes it over) is answered with the lead as the batch left it.
+    let early = action("adv-1", "view_resume", "", "13700002222");
+    record_alone(&pool, &config, &early, 14).await;
+    let mut verified = action("adv-2", "book_service", "赵六", "13700002222");
+    verified.openid = "o_verified".into();
+    let mut tx = pool.begin().await.unwrap();
+    let out = store::record_batch(&mut tx, &[(&early, 14), (&verified, 15)], &config)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let redelivered = out[0].as_ref().unwrap();
+    assert_eq!(redelivered.lead_owner.as_deref(), Some("adv-2"));
+    assert_eq!(redelivered.customer_name.as_deref(), Some("赵六"));
+    assert_as_stored(&pool, &out).await;
     env.stop().await;
 }
 
