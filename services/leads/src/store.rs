@@ -346,7 +346,9 @@ const ACTION_LOCK_CLASS: i32 = 0x4c45_4144; // "LEAD"
 
 /// Lock these actions for the rest of the transaction, in key order (so that two batches
 /// sharing actions cannot deadlock). Distinct ids may share a key; they then only wait for each
-/// other.
+/// other. Each lock takes a slot of Postgres' shared lock table (`max_locks_per_transaction` ×
+/// `max_connections`, 6,400 by default): a batch of `LEADS_BATCH` (at most 512) per worker fits
+/// many times over; an exhausted table fails the batch (retried), it does not corrupt anything.
 async fn lock_actions(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "SELECT count(pg_advisory_xact_lock($1, k)) FROM
