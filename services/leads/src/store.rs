@@ -285,24 +285,25 @@ pub async fn record_batch(
         .filter(|p| !before.contains(&p.action_id))
         .collect();
     let groups = group_by_phone(&fresh);
-    let leads = match groups.is_empty() {
-        true => HashMap::new(),
-        false => upsert_leads(conn, groups, config).await?,
+    let leads = if groups.is_empty() {
+        HashMap::new()
+    } else {
+        upsert_leads(conn, groups, config).await?
     };
     let stored = insert_actions(conn, &fresh, &leads).await?;
-    let linked = match leads.is_empty() {
-        true => HashMap::new(),
-        false => link_earlier(conn, &stored.keys().copied().collect::<Vec<_>>()).await?,
+    let linked = if leads.is_empty() {
+        HashMap::new()
+    } else {
+        link_earlier(conn, &stored.keys().copied().collect::<Vec<_>>()).await?
     };
     // Read after this batch's upserts: a lead the batch changed (a verified action naming it,
     // say) is answered as it now is, as `load_outcome` will read it.
-    let mut outcomes: HashMap<Uuid, StoredOutcome> = match before.is_empty() {
-        true => HashMap::new(),
-        false => load_outcomes(conn, &before.into_iter().collect::<Vec<_>>())
-            .await?
-            .into_iter()
-            .map(|o| (o.action_id, o))
-            .collect(),
+    let mut outcomes: HashMap<Uuid, StoredOutcome> = if before.is_empty() {
+        HashMap::new()
+    } else {
+        let before: Vec<Uuid> = before.into_iter().collect();
+        let stored = load_outcomes(conn, &before).await?;
+        stored.into_iter().map(|o| (o.action_id, o)).collect()
     };
     for p in &fresh {
         let Some(s) = stored.get(&p.action_id) else {
