@@ -92,12 +92,17 @@ pub fn client(peer: IpAddr, forwarded: Option<&str>, trusted: &[Cidr]) -> IpAddr
 
 /// The key a client is rate-limited under: its address, or its /64 for IPv6.
 pub fn limit_key(ip: IpAddr) -> String {
-    match canonical(ip) {
+    match limit_net(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let net = u128::from(v6) & (u128::MAX << 64);
-            format!("{}/64", Ipv6Addr::from(net))
-        }
+        IpAddr::V6(net) => format!("{net}/64"),
+    }
+}
+
+/// What [`limit_key`] names, as an address: the IPv4 address, or the IPv6 /64's first address.
+pub fn limit_net(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
     }
 }
 

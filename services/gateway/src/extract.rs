@@ -74,16 +74,28 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         }
         return Err(too_large());
     }
+    // A small body arrives as one chunk: kept as it is, copied only when a second one follows.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    let mut read = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|_| unreadable())?;
-        if buf.len() + chunk.len() > limit {
+        read += chunk.len();
+        if read > limit {
             drain(body).await;
             return Err(too_large());
         }
-        buf.extend_from_slice(&chunk);
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    buf.extend_from_slice(&earlier);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 async fn drain(mut body: axum::body::BodyDataStream) {

@@ -3,7 +3,7 @@
 //! the consumers' own idempotency after). Keys live in the gateway's schema, per scope (whose
 //! keys they are), with a fingerprint of the request so a key reused for another request is a 409.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -14,7 +14,15 @@ const MAX_KEY: usize = 200;
 
 /// The request's `Idempotency-Key`, if any: 1 to 200 visible ASCII characters.
 pub fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+    key_in(headers.get(HEADER))
+}
+
+/// The header's name.
+pub const HEADER: &str = "idempotency-key";
+
+/// [`key`], given the header's value (when the caller took only that one header).
+pub fn key_in(value: Option<&HeaderValue>) -> Result<Option<String>, ApiError> {
+    let Some(v) = value else {
         return Ok(None);
     };
     let k = v

@@ -59,7 +59,7 @@ pub struct Shared {
     pub bus: Bus,
     pub pool: PgPool,
     pub wechat: WechatClient,
-    pub ip_limiter: limits::RateLimiter,
+    pub ip_limiter: limits::RateLimiter<std::net::IpAddr>,
     pub openid_limiter: limits::RateLimiter,
     /// WeChat logins and phone lookups per client and per session.
     pub wechat_limiter: limits::RateLimiter,

@@ -76,9 +76,11 @@ impl From<vocab::OutcomeKind> for LeadOutcomeKind {
     }
 }
 
-/// Header names used on every event message besides `Nats-Msg-Id`.
+/// Headers that events published before 2026-12-06 carry besides `Nats-Msg-Id`. Events no longer
+/// get them (the subject names the type; `meta` holds the correlation id and producer), but the
+/// stream keeps old events for its whole retention, so the tools still read them when present.
 pub mod headers {
-    /// The event type, e.g. `ande.events.v1.ActionRecorded`, so tools can decode without the subject.
+    /// The event type, e.g. `ande.events.v1.ActionRecorded`.
     pub const EVENT_TYPE: &str = "Ande-Event-Type";
     pub const CORRELATION_ID: &str = "Ande-Correlation-Id";
     pub const PRODUCER: &str = "Ande-Producer";

@@ -389,6 +389,10 @@ impl Extractor for HttpExtractor<'_> {
 /// Make `span` a child of the caller's W3C `traceparent` (and `tracestate`), when it sent one
 /// that parses; otherwise the span starts a trace.
 pub fn extract_http(headers: &axum::http::HeaderMap, span: &tracing::Span) {
+    // Most callers send none: skip building a context (allocations) only to find it empty.
+    if !headers.contains_key("traceparent") {
+        return;
+    }
     adopt(
         span,
         TraceContextPropagator::new().extract(&HttpExtractor(headers)),

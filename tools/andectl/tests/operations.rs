@@ -499,9 +499,10 @@ async fn events_are_tailed_and_shown_decoded() {
     assert_eq!(lines[0]["event"]["actionId"], action_id.as_str());
     assert_eq!(lines[0]["event"]["customerName"], "李四");
     assert_eq!(
-        lines[0]["headers"]["Ande-Correlation-Id"],
+        lines[0]["event"]["meta"]["correlationId"],
         action_id.as_str()
     );
+    assert!(lines[0]["headers"]["Nats-Msg-Id"].is_string(), "{lines:?}");
     assert_eq!(lines[1]["type"], "LeadOutcome");
     assert_eq!(lines[1]["event"]["kind"], "created");
     assert_eq!(lines[1]["event"]["customerPhone"], "13700137000");

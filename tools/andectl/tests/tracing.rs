@@ -7,7 +7,7 @@ use andectl::testing as common;
 
 use std::time::Duration;
 
-use ande_events::EventKind;
+use ande_events::{Event, EventKind, LeadOutcome};
 use ande_platform::bus::Bus;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
@@ -48,14 +48,14 @@ async fn the_outcome_continues_the_trace_of_the_action() {
                     .await
                     .unwrap();
                 if let Some(Ok(m)) = batch.next().await {
-                    return m.headers.clone().unwrap_or_default();
+                    return (m.headers.clone().unwrap_or_default(), m.payload.clone());
                 }
             }
             panic!("no {kind:?} event");
         }
     };
-    let action = read(EventKind::ActionRecorded).await;
-    let outcome = read(EventKind::LeadOutcome).await;
+    let (action, _) = read(EventKind::ActionRecorded).await;
+    let (outcome, outcome_payload) = read(EventKind::LeadOutcome).await;
     let a = action
         .get("traceparent")
         .expect("the gateway sends trace context")
@@ -74,12 +74,15 @@ async fn the_outcome_continues_the_trace_of_the_action() {
             .as_str(),
         body["data"]["eventId"].as_str().unwrap()
     );
+    // The correlation id rides in the envelope (events carry no header for it any more).
+    let outcome_event = LeadOutcome::decode_checked(&outcome_payload).unwrap();
     assert_eq!(
-        outcome
-            .get(ande_events::headers::CORRELATION_ID)
-            .unwrap()
-            .as_str(),
+        outcome_event.meta.unwrap().correlation_id,
         body["data"]["actionId"].as_str().unwrap()
+    );
+    assert!(
+        outcome.get(ande_events::headers::CORRELATION_ID).is_none(),
+        "the envelope's fields are not repeated as headers"
     );
     t.stack.stop().await.unwrap();
 }

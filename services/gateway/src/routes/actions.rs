@@ -7,8 +7,10 @@ use ande_contracts::notifier::{self, NotifierJourney};
 use ande_contracts::vocab::{NotificationKind, NotificationState};
 use ande_events::{meta_with_id, ActionRecorded};
 use ande_platform::rpc::{self, RpcError};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::USER_AGENT;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -83,7 +85,7 @@ pub async fn record(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     MaybeSession(session): MaybeSession,
-    headers: HeaderMap,
+    headers: ActionHeaders,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let mut a = ActionBody::parse(&body)?;
@@ -110,7 +112,8 @@ pub async fn record(
         })?;
     }
     let user_agent = headers
-        .get("user-agent")
+        .user_agent
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .chars()
@@ -158,6 +161,24 @@ pub async fn record(
     Ok(ok_with(status, data, "行为记录成功"))
 }
 
+/// The two headers an action reads, taken by themselves: axum's `HeaderMap` extractor would copy
+/// the whole map on every action.
+pub struct ActionHeaders {
+    user_agent: Option<HeaderValue>,
+    idempotency_key: Option<HeaderValue>,
+}
+
+impl<S: Sync> FromRequestParts<S> for ActionHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            user_agent: parts.headers.get(USER_AGENT).cloned(),
+            idempotency_key: parts.headers.get(idempotency::HEADER).cloned(),
+        })
+    }
+}
+
 /// The answer to a recorded action.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -172,11 +193,11 @@ struct Recorded {
 /// `Idempotency-Key` (`replayed`).
 async fn ids(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &ActionHeaders,
     a: &ActionBody,
     openid: &str,
 ) -> Result<(Uuid, Uuid, bool), ApiError> {
-    let Some(key) = idempotency::key(headers)? else {
+    let Some(key) = idempotency::key_in(headers.idempotency_key.as_ref())? else {
         return Ok((Uuid::now_v7(), Uuid::now_v7(), false));
     };
     let request = json!([

@@ -119,7 +119,7 @@ const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30)
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let ip = crate::extract::client_ip(&parts, &state.config.trusted_proxies);
-    if let Err(wait) = state.ip_limiter.check(&crate::clientip::limit_key(ip)) {
+    if let Err(wait) = state.ip_limiter.check(&crate::clientip::limit_net(ip)) {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
