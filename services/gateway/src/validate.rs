@@ -182,9 +182,10 @@ pub fn time(field: &str, raw: &str) -> Result<chrono::DateTime<chrono::Utc>, Api
 }
 
 /// `actionData`: an object (absent means `{}`), bounded in size and depth, no NUL anywhere.
-pub fn action_data(value: Option<&Value>) -> Result<Value, ApiError> {
+/// Answers the object and its JSON text (encoded once: the check needs it, and so does the event).
+pub fn action_data(value: Option<Value>) -> Result<(Value, String), ApiError> {
     let v = match value {
-        None | Some(Value::Null) => return Ok(Value::Object(Default::default())),
+        None | Some(Value::Null) => return Ok((Value::Object(Default::default()), "{}".into())),
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err(ApiError::validation("actionData", "must be an object")),
     };
@@ -195,7 +196,7 @@ pub fn action_data(value: Option<&Value>) -> Result<Value, ApiError> {
             format!("must be at most {MAX_ACTION_DATA_BYTES} bytes as JSON"),
         ));
     }
-    if depth(v) > MAX_ACTION_DATA_DEPTH {
+    if depth(&v) > MAX_ACTION_DATA_DEPTH {
         return Err(ApiError::validation(
             "actionData",
             format!("must nest at most {MAX_ACTION_DATA_DEPTH} levels"),
@@ -207,7 +208,7 @@ pub fn action_data(value: Option<&Value>) -> Result<Value, ApiError> {
             "must not contain NUL characters",
         ));
     }
-    Ok(v.clone())
+    Ok((v, encoded))
 }
 
 fn depth(v: &Value) -> usize {
@@ -278,15 +279,16 @@ mod tests {
 
     #[test]
     fn action_data_must_be_a_bounded_object() {
-        assert_eq!(action_data(None).unwrap(), json!({}));
-        assert!(action_data(Some(&json!("x"))).is_err());
-        assert!(action_data(Some(&json!({"s": "x".repeat(MAX_ACTION_DATA_BYTES)}))).is_err());
+        assert_eq!(action_data(None).unwrap(), (json!({}), "{}".to_string()));
+        assert!(action_data(Some(json!("x"))).is_err());
+        assert!(action_data(Some(json!({"s": "x".repeat(MAX_ACTION_DATA_BYTES)}))).is_err());
         let mut deep = json!(1);
         for _ in 0..20 {
             deep = json!({ "d": deep });
         }
-        assert!(action_data(Some(&deep)).is_err());
-        assert!(action_data(Some(&json!({"resumeId": "r1"}))).is_ok());
+        assert!(action_data(Some(deep)).is_err());
+        let (v, text) = action_data(Some(json!({"resumeId": "r1"}))).unwrap();
+        assert_eq!(text, v.to_string(), "the text is the object's JSON");
     }
 
     const R40: Text = Text {
@@ -347,7 +349,7 @@ mod tests {
         fn non_text_values_are_refused(v in prop_oneof![Just(json!(true)), Just(json!([])), Just(json!({})), Just(json!([1, "a"]))]) {
             prop_assert!(R40.required("f", Some(&v)).is_err());
             prop_assert!(R40.optional("f", Some(&v)).is_err());
-            prop_assert!(action_data(Some(&v)).is_ok() == v.is_object());
+            prop_assert!(action_data(Some(v.clone())).is_ok() == v.is_object());
         }
 
         #[test]
@@ -356,10 +358,11 @@ mod tests {
             for i in 0..levels {
                 v = json!({ format!("k{i}"): v, "pad": "x".repeat(width) });
             }
-            if let Ok(ok) = action_data(Some(&v)) {
-                prop_assert!(ok.to_string().len() <= MAX_ACTION_DATA_BYTES);
+            if let Ok((ok, text)) = action_data(Some(v.clone())) {
+                prop_assert_eq!(&text, &ok.to_string());
+                prop_assert!(text.len() <= MAX_ACTION_DATA_BYTES);
                 prop_assert!(depth(&ok) <= MAX_ACTION_DATA_DEPTH);
-                prop_assert!(!ok.to_string().contains("\\u0000"));
+                prop_assert!(!text.contains("\\u0000"));
             } else {
                 prop_assert!(v.to_string().len() > MAX_ACTION_DATA_BYTES || depth(&v) > MAX_ACTION_DATA_DEPTH || v.to_string().contains("\\u0000"));
             }
@@ -368,7 +371,7 @@ mod tests {
         #[test]
         fn any_json_object_is_either_accepted_or_refused_cleanly(keys in prop::collection::vec("[a-z]{1,8}", 0..20), vals in prop::collection::vec(any::<i64>(), 0..20)) {
             let obj: serde_json::Map<String, Value> = keys.into_iter().zip(vals).map(|(k, v)| (k, json!(v))).collect();
-            prop_assert!(action_data(Some(&Value::Object(obj))).is_ok());
+            prop_assert!(action_data(Some(Value::Object(obj))).is_ok());
         }
     }
 }

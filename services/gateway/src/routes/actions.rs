@@ -41,6 +41,8 @@ struct ActionBody {
     advisor_id: String,
     action_type: String,
     action_data: Value,
+    /// `action_data` as JSON text.
+    action_data_json: String,
     customer_name: Option<String>,
     customer_phone: Option<String>,
     /// Fields this endpoint does not model, kept as sent (as JSON text).
@@ -48,20 +50,19 @@ struct ActionBody {
 }
 
 impl ActionBody {
-    fn parse(body: &Map<String, Value>) -> Result<Self, ApiError> {
+    fn parse(mut body: Map<String, Value>) -> Result<Self, ApiError> {
         let customer_id = validate::ID.required("customerId", body.get("customerId"))?;
         let advisor_id = validate::ID.required("advisorId", body.get("advisorId"))?;
         let action_type = validate::ACTION_TYPE.required("actionType", body.get("actionType"))?;
-        let action_data = validate::action_data(body.get("actionData"))?;
+        let (action_data, action_data_json) = validate::action_data(body.remove("actionData"))?;
         let customer_name = validate::NAME.optional("customerName", body.get("customerName"))?;
         let customer_phone =
             validate::PHONE.optional("customerPhone", body.get("customerPhone"))?;
-        let extra: Map<String, Value> = body
-            .iter()
-            .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let extra = Value::Object(extra).to_string();
+        // What is left once the known fields are taken out is the extra.
+        for k in KNOWN {
+            body.remove(k);
+        }
+        let extra = Value::Object(body).to_string();
         if extra.len() > validate::MAX_ACTION_DATA_BYTES {
             return Err(ApiError::validation(
                 "body",
@@ -73,6 +74,7 @@ impl ActionBody {
             advisor_id,
             action_type,
             action_data,
+            action_data_json,
             customer_name,
             customer_phone,
             extra,
@@ -88,7 +90,7 @@ pub async fn record(
     headers: ActionHeaders,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let mut a = ActionBody::parse(&body)?;
+    let mut a = ActionBody::parse(body)?;
     if session.is_none() && !state.config.anonymous_actions {
         return Err(ApiError::unauthorized(
             "this deployment records actions only with a mini-program session (Authorization: Bearer <session>)",
@@ -123,15 +125,11 @@ pub async fn record(
     tracing::Span::current().record("action_id", tracing::field::display(action_id));
 
     let now = chrono::Utc::now();
+    let action = action_id.to_string();
     let event = ActionRecorded {
-        meta: Some(meta_with_id(
-            event_id,
-            &action_id.to_string(),
-            PRODUCER,
-            now,
-        )),
-        action_id: action_id.to_string(),
-        action_data_json: a.action_data.to_string(),
+        meta: Some(meta_with_id(event_id, &action, PRODUCER, now)),
+        action_id: action,
+        action_data_json: a.action_data_json,
         customer_name: a.customer_name.unwrap_or_default(),
         customer_phone: a.customer_phone.unwrap_or_default(),
         customer_id: a.customer_id,
