@@ -121,9 +121,14 @@ async fn serve_connection<S>(
 /// An I/O object that fails reads once nothing was read for `idle`: hyper then closes the
 /// connection. Reads by hyper happen while it waits for the next request, so this bounds how
 /// long a keep-alive connection may sit unused.
+///
+/// A read only notes its time; the timer is moved when it fires early (re-armed for `idle`
+/// after the last read). Moving it on every read took the runtime's timer lock several times
+/// per request, which `andectl bench --part 5` showed as a few per cent of the gateway's time.
 struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
+    last_read: tokio::time::Instant,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -132,6 +137,7 @@ impl<T> IdleTimeout<T> {
         Self {
             inner,
             idle,
+            last_read: tokio::time::Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
         }
     }
@@ -144,19 +150,24 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for IdleTimeout<T> {
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
-                Poll::Ready(r)
+        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            this.last_read = tokio::time::Instant::now();
+            return Poll::Ready(r);
+        }
+        // Pending: the timer wakes this read when the idle time may be up.
+        loop {
+            if this.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+            let due = this.last_read + this.idle;
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connection idle too long",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+                )));
+            }
+            // Something was read since the timer was set: wait for the rest of the idle time.
+            this.deadline.as_mut().reset(due);
         }
     }
 }
