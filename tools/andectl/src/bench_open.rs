@@ -27,10 +27,14 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 /// Offered rates, actions per second.
-pub const RATES: [u32; 4] = [250, 500, 1000, 2000];
+pub const RATES: [u32; 5] = [250, 500, 1000, 2000, 4000];
 /// The simulator's latency settings, ms.
 pub const WECHAT_LATENCIES: [u64; 2] = [0, 20];
 const ADVISORS: usize = 100;
+/// The unmeasured load before the first rate: enough rows that the plans made after it are a
+/// running system's.
+const WARM_UP_RATE: u32 = 250;
+const WARM_UP_SECS: u64 = 2;
 const TEMPLATE: &str = ande_wechat::DEV_TEMPLATE_ID;
 
 /// p50, p99 and max of one stage, ms from the scheduled time.
@@ -576,8 +580,10 @@ async fn drained(t: &Target<'_>) -> anyhow::Result<()> {
         if (pending == 0 && queued == 0) || Instant::now() > deadline {
             // Fresh statistics, as autovacuum's analyze gives a running system within a minute
             // or so: without them the services keep plans made while their tables were empty
-            // (every run of this benchmark starts from empty tables) and the later rates measure
-            // table scans (issue 14: the notifier's claim took 20 ms on average, 1.4 s at worst).
+            // (every run of this benchmark starts from empty tables) and the rates measure table
+            // scans (issue 14: the notifier's claim took 20 ms on average, 1.4 s at worst; its
+            // updates by id 6-8 ms; each foreign-key check of leads' insert 4.6 ms). `ANALYZE`
+            // also drops the plans cached on these tables, in every session.
             sqlx::query(
                 "ANALYZE leads.actions, leads.leads, notifier.notifications, notifier.deliveries",
             )
@@ -668,8 +674,21 @@ pub async fn run(secs: u64, rates: &[u32], latencies: &[u64]) -> anyhow::Result<
         customer: &customer,
         pids: &pids,
     };
-    let mut runs = Vec::new();
     let mut seq = 0;
+    // Warm up (not measured): the tables start empty, and every plan a service caches while
+    // they are — its own statements', and Postgres' foreign-key checks (a sequential scan of
+    // `leads` per inserted action, 4.6 ms each at 6,000 leads) — stays until an `ANALYZE`.
+    // A running system has had autovacuum's; `drained` gives it before every rate.
+    offer(
+        &http,
+        &gateway,
+        &customer,
+        WARM_UP_RATE,
+        WARM_UP_SECS,
+        &mut seq,
+    )
+    .await;
+    let mut runs = Vec::new();
     for &wechat_ms in latencies {
         http.delete(format!("{sim}/sim/faults")).send().await?;
         if wechat_ms > 0 {
