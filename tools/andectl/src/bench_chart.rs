@@ -129,7 +129,12 @@ pub fn bars(title: &str, y_label: &str, categories: &[String], series: &[Series]
     s
 }
 
-/// Lines over the categories, with an optional horizontal target line.
+/// With a target line, the axis ends at this many times the target: a rate the pipeline cannot
+/// keep up with (seconds) would otherwise flatten every other point onto the axis.
+const CLIP_AT_TARGETS: f64 = 5.0;
+
+/// Lines over the categories, with an optional horizontal target line. A point above the axis
+/// (see [`CLIP_AT_TARGETS`]) sits on its top edge, labelled with its value.
 pub fn lines(
     title: &str,
     y_label: &str,
@@ -142,6 +147,7 @@ pub fn lines(
         .flat_map(|s| s.values.iter().copied())
         .chain(target.map(|t| t.0))
         .fold(0.0, f64::max);
+    let top = target.map_or(top, |(t, _)| top.min(t * CLIP_AT_TARGETS));
     let max = nice_max(top);
     let mut s = frame(title, y_label, categories, max);
     let plot_h = H - TOP - BOTTOM;
@@ -173,6 +179,13 @@ pub fn lines(
         );
         for (p, v) in points.iter().zip(&se.values) {
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            if *v > max {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{x}" y="{}" text-anchor="middle" fill="{colour}">↑ {v:.0}</text>"#,
+                    TOP + 14.0 + 12.0 * j as f64
+                );
+            }
             let _ = writeln!(
                 s,
                 r#"<circle cx="{x}" cy="{y}" r="3" fill="{colour}"><title>{}: {v:.1}</title></circle>"#,
@@ -210,6 +223,11 @@ mod tests {
             assert!(svg.contains("reference &lt;raw&gt;"));
             assert_eq!(svg.matches("<svg").count(), 1);
         }
+        let clipped = lines("p99", "ms", &cats, &series, Some((1000.0, "target")));
+        assert!(
+            clipped.contains("↑ 27000") && !clipped.contains("↑ 3000"),
+            "points past 5x the target are labelled on the top edge"
+        );
         assert_eq!(nice_max(13000.0), 20000.0);
         assert_eq!(nice_max(0.0), 1.0);
         assert_eq!(nice_max(87.0), 100.0);

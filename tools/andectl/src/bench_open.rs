@@ -674,34 +674,7 @@ pub async fn run(secs: u64, rates: &[u32], latencies: &[u64]) -> anyhow::Result<
         customer: &customer,
         pids: &pids,
     };
-    let mut seq = 0;
-    // Warm up (not measured): the tables start empty, and every plan a service caches while
-    // they are — its own statements', and Postgres' foreign-key checks (a sequential scan of
-    // `leads` per inserted action, 4.6 ms each at 6,000 leads) — stays until an `ANALYZE`.
-    // A running system has had autovacuum's; `drained` gives it before every rate.
-    offer(
-        &http,
-        &gateway,
-        &customer,
-        WARM_UP_RATE,
-        WARM_UP_SECS,
-        &mut seq,
-    )
-    .await;
-    let mut runs = Vec::new();
-    for &wechat_ms in latencies {
-        http.delete(format!("{sim}/sim/faults")).send().await?;
-        if wechat_ms > 0 {
-            http.post(format!("{sim}/sim/faults"))
-                .json(&json!({"endpoint": "subscribe_send", "latency_ms": wechat_ms}))
-                .send()
-                .await?
-                .error_for_status()?;
-        }
-        for &rate in rates {
-            runs.push(one_rate(&target, rate, wechat_ms, secs, &mut seq).await?);
-        }
-    }
+    let runs = every_rate(&target, secs, rates, latencies).await?;
     let mut highest = HashMap::new();
     for r in &runs {
         if r.message.p99_ms < 100.0 && r.message.count == r.sent {
@@ -718,4 +691,46 @@ pub async fn run(secs: u64, rates: &[u32], latencies: &[u64]) -> anyhow::Result<
         runs,
         highest_under_100ms: highest,
     })
+}
+
+/// Warm up, then every rate at every WeChat latency.
+async fn every_rate(
+    t: &Target<'_>,
+    secs: u64,
+    rates: &[u32],
+    latencies: &[u64],
+) -> anyhow::Result<Vec<Run>> {
+    let mut seq = 0;
+    // Warm up (not measured): the tables start empty, and every plan a service caches while
+    // they are — its own statements', and Postgres' foreign-key checks (a sequential scan of
+    // `leads` per inserted action, 4.6 ms each at 6,000 leads) — stays until an `ANALYZE`.
+    // A running system has had autovacuum's; `drained` gives it before every rate.
+    offer(
+        t.http,
+        t.gateway,
+        t.customer,
+        WARM_UP_RATE,
+        WARM_UP_SECS,
+        &mut seq,
+    )
+    .await;
+    let mut runs = Vec::new();
+    for &wechat_ms in latencies {
+        t.http
+            .delete(format!("{}/sim/faults", t.sim))
+            .send()
+            .await?;
+        if wechat_ms > 0 {
+            t.http
+                .post(format!("{}/sim/faults", t.sim))
+                .json(&json!({"endpoint": "subscribe_send", "latency_ms": wechat_ms}))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        for &rate in rates {
+            runs.push(one_rate(t, rate, wechat_ms, secs, &mut seq).await?);
+        }
+    }
+    Ok(runs)
 }
