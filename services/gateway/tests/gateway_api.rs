@@ -1494,6 +1494,29 @@ async fn rate_limit_per_openid_answers_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_in_chunks_is_read_whole_and_in_order() {
+    let t = common::start().await;
+    let addr = gateway_addr(&t);
+    // The JSON is cut mid-name and mid-value: any chunk dropped, kept alone or put out of order
+    // leaves a body that does not parse (400).
+    let mut req = b"POST /api/customer/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in [
+        &b"{\"customerId\":\"c-chunked\",\"advis"[..],
+        b"orId\":\"a-chunked\",\"actionType\":\"view_",
+        b"resume\",\"actionData\":{\"resumeId\":\"r-1\"}}",
+    ] {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let a = raw_http(&addr, &req).await;
+    assert_ok(&a, 201);
+    assert!(a.body["data"]["actionId"].is_string(), "{}", a.text);
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_is_413() {
     let t = common::start().await;
     let limit = 64 * 1024;
@@ -2889,6 +2912,47 @@ async fn slow_and_idle_connections_are_closed_and_normal_requests_still_served()
         start.elapsed() >= std::time::Duration::from_millis(900),
         "{:?}",
         start.elapsed()
+    );
+    t.stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_in_use_outlives_the_idle_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = std::time::Duration::from_secs(2);
+    let t = common::start_with(|o| o.gateway.limits.idle_timeout = idle).await;
+    let mut conn = tokio::net::TcpStream::connect(gateway_addr(&t))
+        .await
+        .unwrap();
+    // Requests 1.5 s apart for 3 s: the idle timer set when the connection opened fires while
+    // the connection is in use, and must wait for the rest of the idle time instead of closing.
+    let mut last = std::time::Instant::now();
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        conn.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "request {i}: the connection was closed while in use");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "request {i}");
+        last = std::time::Instant::now();
+    }
+    // Then left alone, it is closed about `idle` after its last read.
+    assert!(closed_within(&mut conn, std::time::Duration::from_secs(5)).await);
+    let quiet = last.elapsed();
+    assert!(
+        quiet >= idle - std::time::Duration::from_millis(200),
+        "closed {quiet:?} after the last request"
     );
     t.stack.stop().await.unwrap();
 }

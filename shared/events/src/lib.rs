@@ -76,9 +76,10 @@ impl From<vocab::OutcomeKind> for LeadOutcomeKind {
     }
 }
 
-/// Headers that events published before 2026-12-06 carry besides `Nats-Msg-Id`. Events no longer
-/// get them (the subject names the type; `meta` holds the correlation id and producer), but the
-/// stream keeps old events for its whole retention, so the tools still read them when present.
+/// Headers that events published by earlier builds (before commit 0e0d10f, 2026-12-06) carry
+/// besides `Nats-Msg-Id`. Events no longer get them (the subject names the type; `meta` holds the
+/// correlation id and producer), but the stream keeps old events for its whole retention, so the
+/// tools still read them when present.
 pub mod headers {
     /// The event type, e.g. `ande.events.v1.ActionRecorded`.
     pub const EVENT_TYPE: &str = "Ande-Event-Type";

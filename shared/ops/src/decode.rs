@@ -458,6 +458,42 @@ mod tests {
     }
 
     #[test]
+    fn events_with_and_without_the_old_envelope_headers_read_the_same() {
+        let ev = LeadOutcome {
+            meta: Some(new_meta("a-3", "leads", Utc::now())),
+            action_id: "a-3".into(),
+            kind: LeadOutcomeKind::Matched as i32,
+            ..Default::default()
+        };
+        let bare = StoredMsg {
+            stream: "s".into(),
+            seq: 7,
+            subject: "p.events.v1.lead.outcome".into(),
+            time: Utc::now(),
+            headers: HeaderMap::new(),
+            payload: ev.encode_to_vec().into(),
+        };
+        // As earlier builds published it (and the stream may still hold it).
+        let mut old = bare.clone();
+        old.headers
+            .insert(headers::EVENT_TYPE, "ande.events.v1.LeadOutcome");
+        old.headers.insert(headers::CORRELATION_ID, "a-3");
+        old.headers.insert(headers::PRODUCER, "leads");
+        for m in [&bare, &old] {
+            assert_eq!(m.kind(), Some(EventKind::LeadOutcome));
+            assert_eq!(m.correlation_id().as_deref(), Some("a-3"));
+            assert_eq!(m.event_json().unwrap()["kind"], "matched");
+        }
+        // A dead letter of a header-less event: its type from the original subject.
+        let mut dead = bare.clone();
+        dead.subject = "p.dlq.notifier".into();
+        dead.headers
+            .insert(dlq_headers::SUBJECT, "p.events.v1.lead.outcome");
+        assert_eq!(dead.kind(), Some(EventKind::LeadOutcome));
+        assert_eq!(dead.correlation_id().as_deref(), Some("a-3"));
+    }
+
+    #[test]
     fn kinds_are_found_by_subject_under_any_prefix() {
         assert_eq!(
             kind_from_subject("scratch.events.v1.action.recorded"),

@@ -1,5 +1,6 @@
-//! The event bus: one JetStream stream per environment, events published with their envelope in
-//! the headers, and dead letters in a stream of their own.
+//! The event bus: one JetStream stream per environment, events published with their id as
+//! `Nats-Msg-Id` (the rest of the envelope is in the payload), and dead letters in a stream of
+//! their own.
 //!
 //! Streams use limits retention: events stay for `event_max_age` after every consumer has acked
 //! them, which is what makes replay possible. The duplicate window makes a publish retried with

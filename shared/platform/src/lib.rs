@@ -4,7 +4,7 @@
 //! - [`config`]: the environment read once into typed settings, failing fast with the variable's name;
 //! - [`shutdown`]: one `CancellationToken` per process, cancelled by SIGTERM or Ctrl-C;
 //! - [`telemetry`]: tracing, with W3C trace context carried in NATS headers;
-//! - [`bus`]: the JetStream stream, publishing events with their envelope headers, dead letters;
+//! - [`bus`]: the JetStream stream, publishing events (id as `Nats-Msg-Id`), dead letters;
 //! - [`consumer`]: the one durable pull-consumer loop every consuming service runs;
 //! - [`rpc`]: JSON request/reply over NATS for queries between services;
 //! - [`db`]: a Postgres pool confined to the service's own schema, with its migrations;

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 /// Offered rates, actions per second.
-pub const RATES: [u32; 5] = [250, 500, 1000, 2000, 4000];
+pub const RATES: [u32; 4] = [250, 500, 1000, 2000];
 /// The simulator's latency settings, ms.
 pub const WECHAT_LATENCIES: [u64; 2] = [0, 20];
 const ADVISORS: usize = 100;
