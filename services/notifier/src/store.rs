@@ -554,7 +554,10 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
         });
     }
     // Candidates: among the oldest due notifications of advisors with no send in flight (a
-    // bounded index scan, however long the queue), at most `per_advisor` of each advisor. Then
+    // bounded index scan, however long the queue), at most `per_advisor` of each advisor. The
+    // advisors with a send in flight are listed once per claim: under a backlog most rows at
+    // the head of the queue are theirs, and a probe per row (`NOT EXISTS`) cost Postgres more
+    // than anything else while a backlog drained (issue 14). Then
     // lock what no other claim holds; a candidate another process claimed meanwhile no longer
     // matches `state = 'queued'` and is passed over.
     // `= ANY(ARRAY(…))` rather than `IN (…)`: the planner then always looks the candidates up
@@ -571,8 +574,8 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
                         row_number() OVER (PARTITION BY advisor_id ORDER BY next_attempt_at, created_at, id) AS nth
                  FROM (SELECT id, advisor_id, next_attempt_at, created_at FROM notifications q
                        WHERE state = 'queued' AND next_attempt_at <= now()
-                         AND NOT EXISTS (SELECT 1 FROM notifications s WHERE s.advisor_id = q.advisor_id AND s.state = 'sending'
-                                           AND s.claimed_at > now() - make_interval(secs => $3))
+                         AND advisor_id <> ALL(ARRAY(SELECT DISTINCT advisor_id FROM notifications s WHERE s.state = 'sending'
+                                                        AND s.claimed_at > now() - make_interval(secs => $3)))
                        ORDER BY next_attempt_at LIMIT $1 * 8) q
              ) c WHERE nth <= $2 ORDER BY next_attempt_at LIMIT $1 * 4))
            AND state = 'queued' AND next_attempt_at <= now()
