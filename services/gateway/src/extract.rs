@@ -75,7 +75,7 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         return Err(too_large());
     }
     // A small body arrives as one chunk: kept as it is, copied only when a second one follows.
-    let mut first: Option<Bytes> = None;
+    let mut only: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut read = 0;
     while let Some(chunk) = body.next().await {
@@ -85,17 +85,16 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
             drain(body).await;
             return Err(too_large());
         }
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    buf.extend_from_slice(&earlier);
-                }
-                buf.extend_from_slice(&chunk);
-            }
+        if let Some(earlier) = only.take() {
+            buf.extend_from_slice(&earlier);
+        }
+        if buf.is_empty() {
+            only = Some(chunk);
+        } else {
+            buf.extend_from_slice(&chunk);
         }
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok(only.unwrap_or_else(|| buf.freeze()))
 }
 
 async fn drain(mut body: axum::body::BodyDataStream) {

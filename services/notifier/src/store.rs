@@ -553,11 +553,12 @@ pub async fn claim(conn: &mut PgConnection, l: ClaimLimits<'_>) -> Result<Batch,
             ..Batch::default()
         });
     }
-    // Candidates: among the oldest due notifications of advisors with no send in flight (a
-    // bounded index scan, however long the queue), at most `per_advisor` of each advisor. The
-    // advisors with a send in flight are listed once per claim: under a backlog most rows at
-    // the head of the queue are theirs, and a probe per row (`NOT EXISTS`) cost Postgres more
-    // than anything else while a backlog drained (issue 14). Then
+    // Candidates: among the oldest due notifications of advisors with no send in flight (an
+    // index scan in due order that stops at `$1 * 8` rows), at most `per_advisor` of each
+    // advisor. Under a backlog most rows at the head of the queue belong to advisors with a send
+    // in flight, so the scan passes many of them: those advisors are listed once per claim, as
+    // a probe per row (`NOT EXISTS`) cost Postgres more than anything else while a backlog
+    // drained (issue 14). Then
     // lock what no other claim holds; a candidate another process claimed meanwhile no longer
     // matches `state = 'queued'` and is passed over.
     // `= ANY(ARRAY(…))` rather than `IN (…)`: the planner then always looks the candidates up
