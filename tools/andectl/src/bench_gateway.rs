@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Connections at each level.
 pub const LEVELS: [usize; 3] = [1, 16, 64];
+/// Turns each server takes at each level.
+const ROUNDS: u32 = 4;
 
 /// What one closed-loop run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -88,40 +90,84 @@ async fn connection(
     Ok((lat, errors))
 }
 
+/// What one slice of a run measured: latencies of good answers, errors, and how long it took.
+#[derive(Default)]
+struct Slice {
+    latencies: Vec<Duration>,
+    errors: u64,
+    elapsed: Duration,
+}
+
 /// `connections` connections for `secs` against `addr`.
-pub async fn drive(
+async fn drive(
     addr: SocketAddr,
     path: &'static str,
     connections: usize,
     secs: Duration,
-) -> anyhow::Result<Load> {
+) -> anyhow::Result<Slice> {
     let until = Instant::now() + secs;
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|_| tokio::spawn(connection(addr, path, body(), until)))
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut slice = Slice::default();
     for t in tasks {
         let (lat, e) = t.await.context("load task")??;
-        all.extend(lat);
-        errors += e;
+        slice.latencies.extend(lat);
+        slice.errors += e;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| {
-        let i = ((all.len().max(1) - 1) as f64 * p).round() as usize;
-        all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Ok(Load {
-        connections,
-        requests: all.len() as u64,
-        errors,
-        rps: all.len() as f64 / elapsed,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-    })
+    slice.elapsed = started.elapsed();
+    Ok(slice)
+}
+
+impl Slice {
+    /// Add another slice of the same server and level.
+    fn add(&mut self, other: Slice) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
+    fn load(mut self, connections: usize) -> Load {
+        let all = &mut self.latencies;
+        all.sort();
+        let pct = |p: f64| {
+            let i = ((all.len().max(1) - 1) as f64 * p).round() as usize;
+            all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Load {
+            connections,
+            requests: all.len() as u64,
+            errors: self.errors,
+            rps: all.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            p999_ms: pct(0.999),
+        }
+    }
+}
+
+/// The gateway and the reference at `connections`, `secs` each: in [`ROUNDS`] slices taking
+/// turns (reference first, then gateway first, …), so a drift of the machine during the level
+/// (another process, NATS compacting its files) falls on both alike.
+async fn level(
+    gateway: SocketAddr,
+    reference: SocketAddr,
+    connections: usize,
+    secs: Duration,
+) -> anyhow::Result<(Load, Load)> {
+    let slice = secs / ROUNDS;
+    let (mut gw, mut rf) = (Slice::default(), Slice::default());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            rf.add(drive(reference, "/reference", connections, slice).await?);
+            gw.add(drive(gateway, "/api/customer/action", connections, slice).await?);
+        } else {
+            gw.add(drive(gateway, "/api/customer/action", connections, slice).await?);
+            rf.add(drive(reference, "/reference", connections, slice).await?);
+        }
+    }
+    Ok((gw.load(connections), rf.load(connections)))
 }
 
 struct Reference {
@@ -202,8 +248,7 @@ pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
     println!("   conns   gateway req/s  p50 ms  p99 ms p99.9 ms | reference req/s  p50 ms  p99 ms p99.9 ms | ratio");
     let mut levels = Vec::new();
     for c in LEVELS {
-        let reference = drive(reference_addr, "/reference", c, secs).await?;
-        let gateway = drive(gateway_addr, "/api/customer/action", c, secs).await?;
+        let (gateway, reference) = level(gateway_addr, reference_addr, c, secs).await?;
         let ratio = gateway.rps / reference.rps.max(1e-9);
         println!(
             "   {c:5} {:15.0} {:7.2} {:7.2} {:8.2} | {:15.0} {:7.2} {:7.2} {:8.2} | {ratio:5.2}x",
