@@ -11,11 +11,13 @@
 pub mod auth;
 pub mod clientip;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
 pub mod logins;
+pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod server;

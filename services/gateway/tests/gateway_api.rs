@@ -1467,8 +1467,11 @@ async fn rate_limit_per_ip_answers_429_with_retry_after() {
     let a = send(post(&t, "/api/customer/action", action_body("c", "a"))).await;
     assert_error(&a, 429, "rate_limited");
     assert!((1..=60).contains(&retry_after(&a)), "{:?}", a.headers);
-    let a = send(get(&t, "/api/health")).await;
+    // Refused before any route runs, yet in the envelope with the request's id.
+    let a = send(get(&t, "/api/health").header("x-request-id", "limited-1")).await;
     assert_error(&a, 429, "rate_limited");
+    assert_eq!(a.body["requestId"], "limited-1");
+    assert_eq!(a.header("x-request-id"), Some("limited-1"));
     t.stack.stop().await.unwrap();
 }
 
@@ -1566,6 +1569,12 @@ async fn cors_allows_any_origin_by_default_and_exposes_the_request_id() {
     assert!(a
         .header("access-control-expose-headers")
         .is_some_and(|h| h.to_ascii_lowercase().contains("x-request-id")));
+    // Without `Origin` (the mini-program, any non-browser client): no CORS headers, and a
+    // `Vary` that keeps caches from serving this answer to a browser.
+    let plain = send(get(&t, "/api/health")).await;
+    assert_ok(&plain, 200);
+    assert_eq!(plain.header("access-control-allow-origin"), None);
+    assert_eq!(plain.header("vary"), Some("origin"));
     let pre = send(
         t.http
             .request(reqwest::Method::OPTIONS, t.api("/api/customer/action"))

@@ -39,6 +39,11 @@ pub struct Load {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// CPU time of this process (load, both servers, NATS client) per answered request, µs:
+    /// steadier than req/s on a shared machine, and the same load generator is in both.
+    pub cpu_us_per_request: f64,
+    /// nats-server's CPU time per answered request, µs.
+    pub nats_us_per_request: f64,
 }
 
 /// The gateway and the reference at one level.
@@ -96,6 +101,9 @@ struct Slice {
     latencies: Vec<Duration>,
     errors: u64,
     elapsed: Duration,
+    /// CPU seconds of this process and of nats-server during the slice.
+    cpu_s: f64,
+    nats_s: f64,
 }
 
 /// `connections` connections for `secs` against `addr`.
@@ -105,6 +113,7 @@ async fn drive(
     connections: usize,
     secs: Duration,
 ) -> anyhow::Result<Slice> {
+    let cpu = crate::bench_open::shared_cpu();
     let until = Instant::now() + secs;
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
@@ -117,6 +126,10 @@ async fn drive(
         slice.errors += e;
     }
     slice.elapsed = started.elapsed();
+    let after = crate::bench_open::shared_cpu();
+    let used = |n: &str| after.get(n).unwrap_or(&0.0) - cpu.get(n).unwrap_or(&0.0);
+    slice.cpu_s = used("bench");
+    slice.nats_s = used("nats-server");
     Ok(slice)
 }
 
@@ -126,6 +139,8 @@ impl Slice {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.cpu_s += other.cpu_s;
+        self.nats_s += other.nats_s;
     }
 
     fn load(mut self, connections: usize) -> Load {
@@ -135,7 +150,10 @@ impl Slice {
             let i = ((all.len().max(1) - 1) as f64 * p).round() as usize;
             all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
+        let per_request = |s: f64| s * 1e6 / all.len().max(1) as f64;
         Load {
+            cpu_us_per_request: per_request(self.cpu_s),
+            nats_us_per_request: per_request(self.nats_s),
             connections,
             requests: all.len() as u64,
             errors: self.errors,
@@ -245,13 +263,13 @@ pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
         "5. gateway vs the reference (decode JSON, publish with ack, answer JSON), {} s per run",
         secs.as_secs_f64()
     );
-    println!("   conns   gateway req/s  p50 ms  p99 ms p99.9 ms | reference req/s  p50 ms  p99 ms p99.9 ms | ratio");
+    println!("   conns   gateway req/s  p50 ms  p99 ms p99.9 ms | reference req/s  p50 ms  p99 ms p99.9 ms | ratio | CPU µs/req (this process + NATS): gateway, reference");
     let mut levels = Vec::new();
     for c in LEVELS {
         let (gateway, reference) = level(gateway_addr, reference_addr, c, secs).await?;
         let ratio = gateway.rps / reference.rps.max(1e-9);
         println!(
-            "   {c:5} {:15.0} {:7.2} {:7.2} {:8.2} | {:15.0} {:7.2} {:7.2} {:8.2} | {ratio:5.2}x",
+            "   {c:5} {:15.0} {:7.2} {:7.2} {:8.2} | {:15.0} {:7.2} {:7.2} {:8.2} | {ratio:4.2}x | {:.0} + {:.0}, {:.0} + {:.0}",
             gateway.rps,
             gateway.p50_ms,
             gateway.p99_ms,
@@ -259,7 +277,11 @@ pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
             reference.rps,
             reference.p50_ms,
             reference.p99_ms,
-            reference.p999_ms
+            reference.p999_ms,
+            gateway.cpu_us_per_request,
+            gateway.nats_us_per_request,
+            reference.cpu_us_per_request,
+            reference.nats_us_per_request,
         );
         anyhow::ensure!(
             gateway.errors == 0 && reference.errors == 0,

@@ -125,7 +125,7 @@ fn sample(pid: u32) -> Option<(u64, f64)> {
 
 /// CPU time (s) of every process whose command is `comm` (Postgres runs one per connection),
 /// and of this benchmark itself: what the services' CPU does not show.
-fn shared_cpu() -> HashMap<&'static str, f64> {
+pub(crate) fn shared_cpu() -> HashMap<&'static str, f64> {
     let mut out = HashMap::from([("nats-server", 0.0), ("postgres", 0.0)]);
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
