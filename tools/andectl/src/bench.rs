@@ -186,12 +186,12 @@ pub fn markdown(r: &Report) -> String {
     );
     if let Some(levels) = &r.gateway_vs_reference {
         md.push_str("\n## Gateway vs the reference (target: ≥ 0.8×; p99 ≤ 10 ms at 64)\n\n");
-        md.push_str("| connections | gateway req/s | p50 / p99 / p99.9 ms | reference req/s | p50 / p99 / p99.9 ms | ratio |\n|---|---|---|---|---|---|\n");
+        md.push_str("| connections | gateway req/s | p50 / p99 / p99.9 ms | reference req/s | p50 / p99 / p99.9 ms | ratio | CPU µs per request, bench process + NATS: gateway / reference |\n|---|---|---|---|---|---|---|\n");
         for l in levels {
             let (g, f) = (&l.gateway, &l.reference);
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2}× |",
+                "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2}× | {:.0} + {:.0} / {:.0} + {:.0} |",
                 g.connections,
                 g.rps,
                 g.p50_ms,
@@ -201,7 +201,11 @@ pub fn markdown(r: &Report) -> String {
                 f.p50_ms,
                 f.p99_ms,
                 f.p999_ms,
-                l.ratio
+                l.ratio,
+                g.cpu_us_per_request,
+                g.nats_us_per_request,
+                f.cpu_us_per_request,
+                f.nats_us_per_request,
             );
         }
     }
