@@ -1,11 +1,12 @@
-//! CORS for browsers (the staff console on another origin, tools), and nothing for the rest.
+//! CORS for browser pages on other origins (tools an operator builds on the API; the staff
+//! console itself is same-origin), and nothing for the rest.
 //!
 //! Only a browser sends `Origin`, and only a browser reads the CORS headers. The mini-program's
-//! `wx.request` sends none, so for its requests the CORS layer's work (a header map of allowed
-//! values and three `Vary` entries built per response) was pure cost: about 4 % of the
-//! gateway's throughput in `andectl bench --part 5`. Requests without `Origin` skip it and get
-//! `Vary: origin` alone, so a cache never hands such an answer to a browser that would need the
-//! CORS headers.
+//! `wx.request` sends none, so for its requests the CORS layer's work (its headers built into
+//! every answer) was pure cost: about 4 % of the gateway's throughput in `andectl bench --part
+//! 5`. Requests without `Origin` skip it, except `OPTIONS`, which tower-http answers as a
+//! preflight whatever sent it (as before). Those that skip it get `Vary: origin`, so a cache
+//! never hands such an answer to a browser that would need the CORS headers.
 
 use std::task::{Context, Poll};
 
@@ -41,46 +42,38 @@ pub fn layer(config: &GatewayConfig, expose: axum::http::HeaderName) -> CorsIfOr
 #[derive(Clone)]
 pub struct CorsIfOrigin(cors::CorsLayer);
 
-impl<S: Clone> Layer<S> for CorsIfOrigin {
+impl<S> Layer<S> for CorsIfOrigin {
     type Service = CorsIfOriginService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CorsIfOriginService {
-            cors: self.0.layer(inner.clone()),
-            plain: inner,
-        }
+        CorsIfOriginService(self.0.layer(inner))
     }
 }
 
+/// The CORS service; a request without `Origin` goes straight to the service it wraps.
 #[derive(Clone)]
-pub struct CorsIfOriginService<S> {
-    cors: cors::Cors<S>,
-    plain: S,
-}
+pub struct CorsIfOriginService<S>(cors::Cors<S>);
 
 type WithVary<F, E> = Map<F, fn(Result<Response, E>) -> Result<Response, E>>;
 
 impl<S> Service<Request> for CorsIfOriginService<S>
 where
-    S: Service<Request, Response = Response> + Clone,
+    S: Service<Request, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
     type Future = Either<cors::ResponseFuture<S::Future>, WithVary<S::Future, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Either may serve the next request: both must be ready (axum's routes always are).
-        match self.cors.poll_ready(cx)? {
-            Poll::Ready(()) => self.plain.poll_ready(cx),
-            Poll::Pending => Poll::Pending,
-        }
+        // The CORS service is ready when the service it wraps is.
+        self.0.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if req.headers().contains_key(ORIGIN) {
-            Either::Left(self.cors.call(req))
+        if req.headers().contains_key(ORIGIN) || req.method() == Method::OPTIONS {
+            Either::Left(self.0.call(req))
         } else {
-            Either::Right(self.plain.call(req).map(vary_origin::<S::Error>))
+            Either::Right(self.0.get_mut().call(req).map(vary_origin::<S::Error>))
         }
     }
 }

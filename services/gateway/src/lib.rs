@@ -4,7 +4,8 @@
 //! answering. It owns only its own schema (staff accounts, idempotency keys); everything else it
 //! asks the leads and notifier services over NATS request/reply.
 //!
-//! - [`routes`]: the endpoints and middleware; [`error`]: the envelope and error mapping;
+//! - [`routes`]: the endpoints; [`middleware`]: request id, metrics, rate limit and deadline
+//!   around every route; [`cors`]: CORS for browsers; [`error`]: the envelope and error mapping;
 //! - [`extract`]: body, IP and token extractors; [`auth`]: JWTs and staff passwords;
 //! - [`validate`]: input rules; [`limits`]: rate limits; [`openapi`]: the API document.
 

@@ -1472,6 +1472,10 @@ async fn rate_limit_per_ip_answers_429_with_retry_after() {
     assert_error(&a, 429, "rate_limited");
     assert_eq!(a.body["requestId"], "limited-1");
     assert_eq!(a.header("x-request-id"), Some("limited-1"));
+    // A browser page can read the refusal.
+    let a = send(get(&t, "/api/health").header("origin", "https://tool.example")).await;
+    assert_error(&a, 429, "rate_limited");
+    assert_eq!(a.header("access-control-allow-origin"), Some("*"));
     t.stack.stop().await.unwrap();
 }
 
@@ -1575,6 +1579,13 @@ async fn cors_allows_any_origin_by_default_and_exposes_the_request_id() {
     assert_ok(&plain, 200);
     assert_eq!(plain.header("access-control-allow-origin"), None);
     assert_eq!(plain.header("vary"), Some("origin"));
+    // OPTIONS is answered as a preflight with or without `Origin`, as tower-http always did.
+    let options = send(
+        t.http
+            .request(reqwest::Method::OPTIONS, t.api("/api/health")),
+    )
+    .await;
+    assert!(options.status < 300, "{} {}", options.status, options.text);
     let pre = send(
         t.http
             .request(reqwest::Method::OPTIONS, t.api("/api/customer/action"))

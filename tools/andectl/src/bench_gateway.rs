@@ -29,7 +29,7 @@ pub const LEVELS: [usize; 3] = [1, 16, 64];
 /// Turns each server takes at each level.
 const ROUNDS: u32 = 4;
 
-/// What one closed-loop run measured.
+/// What one server's closed-loop runs at one level measured (its slices together).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Load {
     pub connections: usize,
@@ -260,7 +260,7 @@ pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
     .await?;
     drive(reference_addr, "/reference", 4, Duration::from_millis(500)).await?;
     println!(
-        "5. gateway vs the reference (decode JSON, publish with ack, answer JSON), {} s per run",
+        "5. gateway vs the reference (decode JSON, publish with ack, answer JSON), {} s per server and level in {ROUNDS} turns",
         secs.as_secs_f64()
     );
     println!("   conns   gateway req/s  p50 ms  p99 ms p99.9 ms | reference req/s  p50 ms  p99 ms p99.9 ms | ratio | CPU µs/req (this process + NATS): gateway, reference");
