@@ -38,7 +38,7 @@ pub fn layer(config: &GatewayConfig, expose: axum::http::HeaderName) -> CorsIfOr
     )
 }
 
-/// tower-http's CORS layer, applied to requests that carry `Origin`.
+/// tower-http's CORS layer, applied to requests that carry `Origin` and to every `OPTIONS`.
 #[derive(Clone)]
 pub struct CorsIfOrigin(cors::CorsLayer);
 
