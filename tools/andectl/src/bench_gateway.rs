@@ -299,3 +299,34 @@ pub async fn run(secs: Duration) -> anyhow::Result<Vec<Level>> {
     serving.await.context("gateway task")??;
     Ok(levels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ms: &[u64], errors: u64, secs: u64, cpu_s: f64) -> Slice {
+        Slice {
+            latencies: ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+            errors,
+            elapsed: Duration::from_secs(secs),
+            cpu_s,
+            nats_s: cpu_s / 2.0,
+        }
+    }
+
+    #[test]
+    fn slices_of_one_server_add_up_to_one_load() {
+        // Four answers in 2 s and one in 3 s: 5 requests in 5 s (1/s; the mean of the two
+        // slices' rates would be 1.17/s).
+        let mut s = slice(&[4, 1, 3, 2], 1, 2, 0.004);
+        s.add(slice(&[5], 0, 3, 0.001));
+        let l = s.load(16);
+        assert_eq!((l.connections, l.requests, l.errors), (16, 5, 1));
+        assert!((l.rps - 1.0).abs() < 1e-9, "{}", l.rps);
+        // Percentiles over all latencies together, not an average of each slice's.
+        assert_eq!((l.p50_ms, l.p99_ms), (3.0, 5.0));
+        // CPU per answered request: 5 ms over 5 requests.
+        assert!((l.cpu_us_per_request - 1000.0).abs() < 1e-6);
+        assert!((l.nats_us_per_request - 500.0).abs() < 1e-6);
+    }
+}
