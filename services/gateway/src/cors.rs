@@ -20,10 +20,11 @@ use tower::{Layer, Service};
 use tower_http::cors::{self, AllowOrigin, Any};
 
 use crate::config::GatewayConfig;
+use crate::middleware::REQUEST_ID_HEADER;
 
 /// The CORS rules: any origin unless `CORS_ORIGINS` lists some; the methods the API takes; any
 /// request header; the request id readable by the page.
-pub fn layer(config: &GatewayConfig, expose: axum::http::HeaderName) -> CorsIfOrigin {
+pub fn layer(config: &GatewayConfig) -> CorsIfOrigin {
     let origins = if config.cors_origins.is_empty() {
         AllowOrigin::from(Any)
     } else {
@@ -34,7 +35,7 @@ pub fn layer(config: &GatewayConfig, expose: axum::http::HeaderName) -> CorsIfOr
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers(Any)
-            .expose_headers([expose]),
+            .expose_headers([REQUEST_ID_HEADER.clone()]),
     )
 }
 

@@ -18,7 +18,7 @@ use axum::Router;
 use tower::ServiceBuilder;
 
 use crate::error::ApiError;
-use crate::middleware::{LimitLayer, ObserveLayer, REQUEST_ID_HEADER};
+use crate::middleware::{LimitLayer, ObserveLayer};
 use crate::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -37,7 +37,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(ObserveLayer)
-                .layer(crate::cors::layer(&state.config, REQUEST_ID_HEADER.clone()))
+                .layer(crate::cors::layer(&state.config))
                 .layer(LimitLayer(state.clone()))
                 .layer(DefaultBodyLimit::max(state.config.body_limit)),
         )
